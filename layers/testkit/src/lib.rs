@@ -1,0 +1,46 @@
+//! Test harness for Omega Penta (dev-only, not published).
+//!
+//! It gives tests real components they can break on purpose:
+//!
+//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port that a test can
+//!   [kill](RedisServer::kill), [pause](RedisServer::pause), [resume](RedisServer::resume) and
+//!   [restart](RedisServer::restart) on the same port;
+//! - [`RedisCluster`]: a local 3-node Redis Cluster (no replicas);
+//! - [`FaultProxy`]: a TCP proxy that adds latency, swallows bytes or resets connections;
+//! - [`PgDatabase`]: a fresh PostgreSQL database, dropped again when the value is dropped.
+//!
+//! Every child process is killed when its handle is dropped (also when a test panics) and, on
+//! Linux, when the test process dies.
+//!
+//! ```no_run
+//! use omega_testkit::{FaultProxy, RedisServer};
+//! use std::time::Duration;
+//!
+//! # async fn demo() {
+//! let mut redis = RedisServer::start();
+//! assert_eq!(redis.cli(&["PING"]), "PONG");
+//!
+//! // Put a proxy in front of it and slow every chunk down by 50 ms.
+//! let proxy = FaultProxy::start(redis.addr()).await;
+//! proxy.set_latency(Duration::from_millis(50));
+//! let url = proxy.url(); // give this to the client under test
+//! # let _ = url;
+//!
+//! // Take the server away and bring it back on the same port.
+//! redis.kill();
+//! redis.restart();
+//! # }
+//! ```
+
+mod cluster;
+mod pg;
+mod port;
+mod process;
+mod proxy;
+mod redis;
+
+pub use cluster::RedisCluster;
+pub use pg::PgDatabase;
+pub use port::free_port;
+pub use proxy::FaultProxy;
+pub use redis::{RedisServer, require_redis_server};

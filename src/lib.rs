@@ -1,0 +1,40 @@
+//! # Omega Penta
+//!
+//! Five Tower middlewares over shared state: a two-tier query cache, a cluster-wide rate
+//! limiter, a circuit breaker, a consistent-hashing shard router and aggregate snapshots for
+//! event-sourced handlers. State lives in memory for one process, or in Redis (or Redis
+//! Cluster) for many.
+//!
+//! This crate is the umbrella: it re-exports each layer behind a feature of the same name, and
+//! the shared-state core as [`core`]. Layers land one by one; see the README for the status of
+//! each.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> omega_penta::core::Result<()> {
+//! use omega_penta::core::{Backend, Keyspace};
+//!
+//! // One process: in-memory state, no server needed.
+//! let backend = Backend::memory();
+//! let key = Keyspace::default().tagged("tenant:acme", &["requests"]);
+//! assert_eq!(backend.incr_by(&key, 1, None).await?, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `redis` | Redis and Redis Cluster state (`core::redis`) |
+//! | `tls` | `rediss://` URLs |
+//! | `codec` | JSON and compact binary codecs for stored values |
+//! | `full` | all of the above |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The shared-state core: backends, keys, scripts, clock, codecs, errors.
+pub use omega_core as core;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
