@@ -369,7 +369,7 @@ impl Shared {
         };
         let conn = match tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(map_error(&e).at(&self.target).during("connect")),
+            Ok(Err(e)) => return Err(map_error(e).at(&self.target).during("connect")),
             Err(_) => {
                 return Err(Error::timeout(self.cfg.connect_timeout)
                     .at(&self.target)
@@ -410,11 +410,11 @@ impl Shared {
     }
 
     fn on_error(&self, e: RedisError, generation: u64) -> Error {
-        let err = map_error(&e).at(&self.target);
         let broken = e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_unrecoverable_error();
+        let err = map_error(e).at(&self.target);
         if broken {
             self.mark_down(&err);
             self.invalidate(generation);
@@ -513,7 +513,7 @@ fn bad_url(url: &str, e: RedisError) -> Error {
 }
 
 /// Maps a redis-rs error onto our kinds: timeout vs refused vs protocol vs server.
-fn map_error(e: &RedisError) -> Error {
+fn map_error(e: RedisError) -> Error {
     use redis::ErrorKind as K;
     let kind = if e.is_connection_refusal() {
         ErrorKind::Refused
@@ -540,5 +540,5 @@ fn map_error(e: &RedisError) -> Error {
             _ => ErrorKind::Server,
         }
     };
-    Error::new(kind, e.to_string())
+    Error::new(kind, e.to_string()).with_source(e)
 }

@@ -1,0 +1,74 @@
+//! The errors the rate limiter returns.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A request was denied by a limit.
+///
+/// Services built by [`crate::RateLimitLayer`] return it boxed in a `tower::BoxError`;
+/// downcast to read it:
+///
+/// ```
+/// # use omega_rate_limit::RateLimited;
+/// fn retry_after(err: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+///     err.downcast_ref::<RateLimited>().map(|rl| rl.retry_after())
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimited {
+    pub(crate) limit: Arc<str>,
+    pub(crate) retry_after: Duration,
+    pub(crate) quota_burst: u32,
+}
+
+impl RateLimited {
+    /// The name of the limit that denied the request (the one that frees up last, when several
+    /// did).
+    pub fn limit(&self) -> &str {
+        &self.limit
+    }
+
+    /// How long until the same request would be admitted. [`Duration::MAX`] when its cost is
+    /// larger than the limit's burst, so it never will be.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The burst of the limit that denied the request.
+    pub fn burst(&self) -> u32 {
+        self.quota_burst
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.retry_after == Duration::MAX {
+            write!(
+                f,
+                "rate limited by {:?}: the request costs more than its burst of {}",
+                self.limit, self.quota_burst
+            )
+        } else {
+            write!(
+                f,
+                "rate limited by {:?}; retry after {:?}",
+                self.limit, self.retry_after
+            )
+        }
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+/// A limiter could not be built or changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub(crate) String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}

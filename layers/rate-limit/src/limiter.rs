@@ -1,0 +1,555 @@
+//! The limiter: a set of limits over one backend, shared by every clone.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use omega_core::{Backend, Clock};
+
+use crate::error::{ConfigError, RateLimited};
+use crate::limit::{Limit, LimitState, OnBackendFailure, Params};
+use crate::memory::{DEFAULT_MAX_KEYS, LocalBuckets};
+use crate::quota::{Gcra, Quota, Step};
+
+/// The most limits one limiter checks per request.
+pub const MAX_LIMITS: usize = 16;
+
+/// Checks requests against a set of limits, in memory or in Redis. Cloning is cheap and every
+/// clone shares the same buckets, so per-clone limits (tower#794) cannot happen.
+///
+/// ```
+/// use omega_rate_limit::{Limit, Quota, RateLimiter};
+///
+/// let limiter = RateLimiter::<u64>::builder()
+///     .limit(Limit::global("global", Quota::per_second(2)))
+///     .build()
+///     .unwrap();
+/// assert!(limiter.check_local(&1).is_allowed());
+/// assert!(limiter.check_local(&2).is_allowed());
+/// assert!(!limiter.check_local(&3).is_allowed());
+/// ```
+pub struct RateLimiter<Req> {
+    pub(crate) inner: Arc<Inner<Req>>,
+}
+
+impl<Req> Clone for RateLimiter<Req> {
+    fn clone(&self) -> Self {
+        RateLimiter {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<Req> fmt::Debug for RateLimiter<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.inner.limits.iter().map(|l| &*l.name).collect();
+        f.debug_struct("RateLimiter")
+            .field("limits", &names)
+            .field("backend", &self.inner.backend_name())
+            .finish()
+    }
+}
+
+type CostFn<Req> = Box<dyn Fn(&Req) -> u32 + Send + Sync>;
+
+pub(crate) struct Inner<Req> {
+    pub(crate) limits: Box<[LimitState<Req>]>,
+    cost: Option<CostFn<Req>>,
+    clock: Clock,
+    pub(crate) store: Store,
+}
+
+pub(crate) enum Store {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis(crate::redis_store::RedisStore),
+}
+
+impl<Req> Inner<Req> {
+    fn backend_name(&self) -> String {
+        match &self.store {
+            Store::Memory => "memory".to_owned(),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.backend().target().to_owned(),
+        }
+    }
+}
+
+/// Builds a [`RateLimiter`].
+pub struct RateLimiterBuilder<Req> {
+    limits: Vec<Limit<Req>>,
+    cost: Option<CostFn<Req>>,
+    clock: Clock,
+    backend: Backend,
+    max_keys: usize,
+}
+
+impl<Req> fmt::Debug for RateLimiterBuilder<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("limits", &self.limits)
+            .field("backend", &self.backend)
+            .field("max_keys", &self.max_keys)
+            .finish()
+    }
+}
+
+impl<Req> RateLimiterBuilder<Req> {
+    /// Adds a limit. Every limit that applies to a request must admit it.
+    pub fn limit(mut self, limit: Limit<Req>) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// The cost of a request in cells (default 1 for every request). A cost of 0 checks
+    /// without consuming.
+    pub fn cost(mut self, cost: impl Fn(&Req) -> u32 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Box::new(cost));
+        self
+    }
+
+    /// Where the buckets live (default: in memory). With Redis, limits hold across every
+    /// process that shares the Redis and keyspace.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The clock for in-memory buckets (default: [`Clock::system`]). Redis uses its own.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The most keys a keyed limit holds in memory (default 100,000); idle keys are dropped
+    /// first when it is reached. Also bounds the local fallback used while Redis is down.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Builds the limiter. Fails on duplicate or empty limit names, on more than
+    /// [`MAX_LIMITS`] limits, on an invalid fallback share, or with no limit at all.
+    pub fn build(self) -> Result<RateLimiter<Req>, ConfigError> {
+        if self.limits.is_empty() {
+            return Err(ConfigError(
+                "a rate limiter needs at least one limit".into(),
+            ));
+        }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(ConfigError(format!(
+                "{} limits given; at most {MAX_LIMITS} apply to one request",
+                self.limits.len()
+            )));
+        }
+        for (i, l) in self.limits.iter().enumerate() {
+            if l.name.is_empty() || l.name.contains(['{', '}']) {
+                return Err(ConfigError(format!(
+                    "limit #{} has an invalid name {:?}: use a non-empty name without braces",
+                    i + 1,
+                    l.name
+                )));
+            }
+            if self.limits[..i].iter().any(|o| o.name == l.name) {
+                return Err(ConfigError(format!("two limits are named {:?}", l.name)));
+            }
+            if let OnBackendFailure::Local { share } = l.on_failure
+                && !(share > 0.0 && share <= 1.0)
+            {
+                return Err(ConfigError(format!(
+                    "limit {:?}: the local fallback share must be in (0, 1], got {share}",
+                    l.name
+                )));
+            }
+        }
+        let store = match self.backend {
+            Backend::Memory(_) => Store::Memory,
+            #[cfg(feature = "redis")]
+            Backend::Redis(r) => Store::Redis(crate::redis_store::RedisStore::new(r)),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(ConfigError(format!(
+                    "backend {} is not supported by this build",
+                    other.health().target
+                )));
+            }
+        };
+        let max_keys = self.max_keys;
+        let limits = self
+            .limits
+            .into_iter()
+            .map(|l| LimitState {
+                params: ArcSwap::from_pointee(Params::new(l.quota, l.on_failure)),
+                name: l.name,
+                key: l.key,
+                shadow: l.shadow,
+                on_failure: l.on_failure,
+                local: LocalBuckets::new(max_keys),
+            })
+            .collect();
+        Ok(RateLimiter {
+            inner: Arc::new(Inner {
+                limits,
+                cost: self.cost,
+                clock: self.clock,
+                store,
+            }),
+        })
+    }
+}
+
+/// The outcome of checking one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    denied: Option<RateLimited>,
+    binding: Option<Binding>,
+    shadow_denied: u32,
+    degraded: bool,
+}
+
+/// The limit with the fewest cells left after a decision: what the `RateLimit` header fields
+/// report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The limit's name.
+    pub limit: Arc<str>,
+    /// Its quota.
+    pub quota: Quota,
+    /// Cells left.
+    pub remaining: u32,
+    /// Time until its bucket is full again.
+    pub reset_after: Duration,
+}
+
+impl Decision {
+    /// `true` when the request may proceed.
+    pub fn is_allowed(&self) -> bool {
+        self.denied.is_none()
+    }
+
+    /// Why the request was denied.
+    pub fn denied(&self) -> Option<&RateLimited> {
+        self.denied.as_ref()
+    }
+
+    /// Turns the decision into a result.
+    pub fn into_result(self) -> Result<Decision, RateLimited> {
+        match self.denied {
+            Some(rl) => Err(rl),
+            None => Ok(self),
+        }
+    }
+
+    /// The most constrained limit that applied (for headers).
+    pub fn binding(&self) -> Option<&Binding> {
+        self.binding.as_ref()
+    }
+
+    /// How many shadow limits would have denied this request.
+    pub fn shadow_denied(&self) -> u32 {
+        self.shadow_denied
+    }
+
+    /// `true` when Redis failed and the limits' failure policies decided.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+}
+
+/// Accumulates a decision limit by limit.
+struct Tally {
+    denied: Option<RateLimited>,
+    binding: Option<Binding>,
+    shadow_denied: u32,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            denied: None,
+            binding: None,
+            shadow_denied: 0,
+        }
+    }
+
+    fn allow(&mut self, name: &Arc<str>, quota: Quota, remaining: u32, reset_after: Duration) {
+        if self
+            .binding
+            .as_ref()
+            .is_none_or(|b| remaining < b.remaining)
+        {
+            self.binding = Some(Binding {
+                limit: name.clone(),
+                quota,
+                remaining,
+                reset_after,
+            });
+        }
+    }
+
+    fn deny(&mut self, name: &Arc<str>, quota: Quota, retry_after: Duration, shadow: bool) {
+        if shadow {
+            self.shadow_denied += 1;
+            return;
+        }
+        if self
+            .denied
+            .as_ref()
+            .is_none_or(|d| retry_after > d.retry_after)
+        {
+            self.denied = Some(RateLimited {
+                limit: name.clone(),
+                retry_after,
+                quota_burst: quota.burst(),
+            });
+        }
+        self.binding = Some(Binding {
+            limit: name.clone(),
+            quota,
+            remaining: 0,
+            reset_after: retry_after,
+        });
+    }
+
+    fn finish(self, degraded: bool) -> Decision {
+        Decision {
+            denied: self.denied,
+            binding: self.binding,
+            shadow_denied: self.shadow_denied,
+            degraded,
+        }
+    }
+}
+
+fn retry_after(g: &Gcra, cost: u32, nanos: u64) -> Duration {
+    if cost > g.burst {
+        Duration::MAX
+    } else {
+        Duration::from_nanos(nanos)
+    }
+}
+
+impl<Req: 'static> RateLimiter<Req> {
+    /// Starts a limiter.
+    pub fn builder() -> RateLimiterBuilder<Req> {
+        RateLimiterBuilder {
+            limits: Vec::new(),
+            cost: None,
+            clock: Clock::system(),
+            backend: Backend::memory(),
+            max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+
+    /// `true` when decisions are made in this process (no await needed).
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner.store, Store::Memory)
+    }
+
+    /// Changes a limit's quota while serving. The next decision uses it; every key keeps its
+    /// state (a key that used its burst under the old quota stays as far behind under the new
+    /// one, in time).
+    pub fn set_quota(&self, limit: &str, quota: Quota) -> Result<(), ConfigError> {
+        let l = self
+            .inner
+            .limits
+            .iter()
+            .find(|l| &*l.name == limit)
+            .ok_or_else(|| ConfigError(format!("no limit is named {limit:?}")))?;
+        l.params.store(Arc::new(Params::new(quota, l.on_failure)));
+        Ok(())
+    }
+
+    /// The current quota of every limit, by name.
+    pub fn quotas(&self) -> Vec<(Arc<str>, Quota)> {
+        self.inner
+            .limits
+            .iter()
+            .map(|l| (l.name.clone(), l.params.load().quota))
+            .collect()
+    }
+
+    /// How many keys a limit holds in this process (its buckets in memory, or its fallback
+    /// buckets with Redis); `None` for an unknown limit name.
+    pub fn local_keys(&self, limit: &str) -> Option<usize> {
+        let l = self.inner.limits.iter().find(|l| &*l.name == limit)?;
+        Some(l.local.len())
+    }
+
+    fn cost(&self, req: &Req) -> u32 {
+        self.inner.cost.as_ref().map_or(1, |c| c(req))
+    }
+
+    /// Decides in memory: the limiter's own buckets (in-memory backend) or the local fallback
+    /// buckets. Lock-free for known keys; allocation-free unless a closure key extractor
+    /// allocates.
+    pub fn check_local(&self, req: &Req) -> Decision {
+        let now = self.inner.clock.now();
+        let cost = self.cost(req);
+        let mut tally = Tally::new();
+        let mut taken: [Option<Option<u64>>; MAX_LIMITS] = [None; MAX_LIMITS];
+        for (i, l) in self.inner.limits.iter().enumerate() {
+            let key = match &l.key {
+                None => None,
+                Some(extract) => match extract.key(req) {
+                    Some(k) => Some(l.local.hash(&k)),
+                    None => continue,
+                },
+            };
+            let params = l.params.load();
+            let g = &params.gcra;
+            match l.local.step(key, g, now, cost) {
+                Step::Allow { tat } => {
+                    taken[i] = Some(key);
+                    tally.allow(
+                        &l.name,
+                        params.quota,
+                        g.remaining(tat, now),
+                        Duration::from_nanos(Gcra::reset_after(tat, now)),
+                    );
+                }
+                Step::Deny { retry_after: r } => {
+                    tally.deny(&l.name, params.quota, retry_after(g, cost, r), l.shadow);
+                    if !l.shadow {
+                        break;
+                    }
+                }
+            }
+        }
+        if tally.denied.is_some() {
+            for (l, key) in self.inner.limits.iter().zip(taken) {
+                if let Some(key) = key {
+                    l.local.refund(key, &l.params.load().gcra, now, cost);
+                }
+            }
+        }
+        tally.finish(false)
+    }
+
+    /// Decides for `req` on the limiter's backend. In memory this never waits; with Redis it
+    /// makes one script call (one per slot on a cluster), bounded by the backend's operation
+    /// timeout, and applies each limit's failure policy when Redis fails.
+    pub async fn check(&self, req: &Req) -> Decision {
+        match &self.inner.store {
+            Store::Memory => self.check_local(req),
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => {
+                let prepared = self.prepare_remote(req);
+                self.check_remote(store, prepared).await
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+pub(crate) struct Prepared {
+    items: Vec<crate::redis_store::Item>,
+    /// For each item, the limit it belongs to and its in-memory key (for the fallback).
+    owners: Vec<(usize, Option<u64>)>,
+    cost: u32,
+}
+
+#[cfg(feature = "redis")]
+impl<Req: 'static> RateLimiter<Req> {
+    /// Extracts keys and parameters, so the request need not be borrowed across the await.
+    pub(crate) fn prepare_remote(&self, req: &Req) -> Prepared {
+        let Store::Redis(store) = &self.inner.store else {
+            unreachable!("prepare_remote on a memory limiter")
+        };
+        let ks = store.backend().keyspace();
+        let cost = self.cost(req);
+        let mut items = Vec::with_capacity(self.inner.limits.len());
+        let mut owners = Vec::with_capacity(self.inner.limits.len());
+        for (i, l) in self.inner.limits.iter().enumerate() {
+            let (tag, local_key) = match &l.key {
+                None => (format!("rl:{}", l.name), None),
+                Some(extract) => match extract.key(req) {
+                    Some(k) => (format!("rl:{}:{}", l.name, k), Some(l.local.hash(&k))),
+                    None => continue,
+                },
+            };
+            items.push(crate::redis_store::Item {
+                key: ks.tagged(&tag, &[]),
+                gcra: l.params.load().gcra,
+                cost,
+                shadow: l.shadow,
+            });
+            owners.push((i, local_key));
+        }
+        Prepared {
+            items,
+            owners,
+            cost,
+        }
+    }
+
+    pub(crate) async fn check_remote(
+        &self,
+        store: &crate::redis_store::RedisStore,
+        prepared: Prepared,
+    ) -> Decision {
+        use crate::redis_store::{RemoteStep, from_micros};
+        let cost = prepared.cost;
+        match store.take(&prepared.items).await {
+            Ok(steps) => {
+                let mut tally = Tally::new();
+                for ((step, &(owner, _)), item) in
+                    steps.iter().zip(&prepared.owners).zip(&prepared.items)
+                {
+                    let l = &self.inner.limits[owner];
+                    let quota = l.params.load().quota;
+                    match *step {
+                        RemoteStep::Allow {
+                            remaining,
+                            reset_us,
+                        } => tally.allow(&l.name, quota, remaining, from_micros(reset_us)),
+                        RemoteStep::Deny { retry_us, .. } => tally.deny(
+                            &l.name,
+                            quota,
+                            retry_after(&item.gcra, cost, retry_us * 1_000),
+                            l.shadow,
+                        ),
+                    }
+                }
+                tally.finish(false)
+            }
+            Err(_) => self.decide_degraded(&prepared),
+        }
+    }
+
+    /// Redis failed: every limit follows its own policy.
+    fn decide_degraded(&self, prepared: &Prepared) -> Decision {
+        let now = self.inner.clock.now();
+        let cost = prepared.cost;
+        let mut tally = Tally::new();
+        for &(owner, key) in &prepared.owners {
+            let l = &self.inner.limits[owner];
+            let params = l.params.load();
+            match l.on_failure {
+                OnBackendFailure::Open => {}
+                OnBackendFailure::Closed => tally.deny(
+                    &l.name,
+                    params.quota,
+                    Duration::from_nanos(params.gcra.interval),
+                    l.shadow,
+                ),
+                OnBackendFailure::Local { .. } => {
+                    let g = &params.fallback;
+                    match l.local.step(key, g, now, cost) {
+                        Step::Allow { tat } => tally.allow(
+                            &l.name,
+                            params.quota,
+                            g.remaining(tat, now),
+                            Duration::from_nanos(Gcra::reset_after(tat, now)),
+                        ),
+                        Step::Deny { retry_after: r } => {
+                            tally.deny(&l.name, params.quota, retry_after(g, cost, r), l.shadow)
+                        }
+                    }
+                }
+            }
+        }
+        tally.finish(true)
+    }
+}

@@ -1,0 +1,241 @@
+//! The in-memory limiter under a clock the tests control.
+
+use std::time::Duration;
+
+use omega_core::Clock;
+use omega_rate_limit::{Limit, Quota, RateLimitLayer, RateLimited, RateLimiter};
+use proptest::prelude::*;
+use tower::{Service, ServiceExt, service_fn};
+
+#[derive(Clone, Debug)]
+struct Req {
+    user: &'static str,
+    cost: u32,
+}
+
+fn limiter(clock: &Clock, quota: Quota) -> RateLimiter<Req> {
+    RateLimiter::builder()
+        .limit(Limit::keyed("per_user", quota, |r: &Req| {
+            Some(r.user.to_owned())
+        }))
+        .cost(|r: &Req| r.cost)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Over any window, the admitted cost never exceeds burst + rate × window, and every
+    /// admitted request counts with its weight.
+    #[test]
+    fn admitted_cost_stays_within_burst_plus_rate(
+        count in 1u32..50,
+        burst in 1u32..20,
+        steps in prop::collection::vec((0u64..200_000_000, 1u32..5), 1..300),
+    ) {
+        let clock = Clock::manual();
+        clock.set(1_000_000_000);
+        let period = Duration::from_secs(1);
+        let l = limiter(&clock, Quota::new(count, period).unwrap().with_burst(burst));
+        let mut admitted: Vec<(u64, u32)> = Vec::new();
+        for (gap, cost) in steps {
+            clock.advance(Duration::from_nanos(gap));
+            let d = l.check_local(&Req { user: "u", cost });
+            if d.is_allowed() {
+                admitted.push((clock.now(), cost));
+            } else {
+                let retry = d.denied().unwrap().retry_after();
+                prop_assert!(retry > Duration::ZERO);
+            }
+        }
+        let interval = period.as_nanos() as u64 / u64::from(count);
+        for (i, &(start, _)) in admitted.iter().enumerate() {
+            let mut total = 0u64;
+            for &(t, cost) in &admitted[i..] {
+                total += u64::from(cost);
+                let window = t - start;
+                // burst cells at once, plus one per emission interval since.
+                let allowed = u64::from(burst) + window / interval;
+                prop_assert!(total <= allowed, "{total} admitted in {window} ns, bound {allowed}");
+            }
+        }
+    }
+}
+
+#[test]
+fn weighted_costs_add_up_and_keys_are_separate() {
+    let clock = Clock::manual();
+    let l = limiter(&clock, Quota::per_second(10));
+    assert!(l.check_local(&Req { user: "a", cost: 4 }).is_allowed());
+    assert!(l.check_local(&Req { user: "a", cost: 6 }).is_allowed());
+    let d = l.check_local(&Req { user: "a", cost: 1 });
+    assert_eq!(
+        d.denied().unwrap().retry_after(),
+        Duration::from_millis(100)
+    );
+    assert!(
+        l.check_local(&Req {
+            user: "b",
+            cost: 10
+        })
+        .is_allowed()
+    );
+    let d = l.check_local(&Req {
+        user: "b",
+        cost: 11,
+    });
+    assert_eq!(
+        d.denied().unwrap().retry_after(),
+        Duration::MAX,
+        "more than the burst"
+    );
+    clock.advance(Duration::from_millis(300));
+    let d = l.check_local(&Req { user: "a", cost: 3 });
+    assert!(d.is_allowed());
+    assert_eq!(d.binding().unwrap().remaining, 0);
+}
+
+#[test]
+fn a_request_denied_by_one_limit_takes_nothing_from_the_others() {
+    let clock = Clock::manual();
+    let l = RateLimiter::<Req>::builder()
+        .limit(Limit::global("global", Quota::per_second(100)))
+        .limit(Limit::keyed("per_user", Quota::per_second(2), |r: &Req| {
+            Some(r.user.to_owned())
+        }))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let ada = Req {
+        user: "ada",
+        cost: 1,
+    };
+    for _ in 0..2 {
+        assert!(l.check_local(&ada).is_allowed());
+    }
+    for _ in 0..50 {
+        let d = l.check_local(&ada);
+        assert_eq!(d.denied().unwrap().limit(), "per_user");
+    }
+    // The 50 denials took nothing from the global limit: 98 more fit.
+    for i in 0..98 {
+        let d = l.check_local(&Req {
+            user: Box::leak(format!("u{i}").into_boxed_str()),
+            cost: 1,
+        });
+        assert!(d.is_allowed(), "request {i}");
+    }
+    let d = l.check_local(&Req {
+        user: "zed",
+        cost: 1,
+    });
+    assert_eq!(d.denied().unwrap().limit(), "global");
+}
+
+#[test]
+fn shadow_limits_report_but_never_deny() {
+    let clock = Clock::manual();
+    let l = RateLimiter::<Req>::builder()
+        .limit(Limit::global("strict", Quota::per_second(1)).shadow(true))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let r = Req { user: "u", cost: 1 };
+    assert_eq!(l.check_local(&r).shadow_denied(), 0);
+    for _ in 0..5 {
+        let d = l.check_local(&r);
+        assert!(d.is_allowed());
+        assert_eq!(d.shadow_denied(), 1);
+    }
+}
+
+#[test]
+fn a_quota_change_applies_to_the_next_request_and_keeps_state() {
+    let clock = Clock::manual();
+    let l = limiter(&clock, Quota::per_second(2));
+    let r = Req { user: "u", cost: 1 };
+    assert!(l.check_local(&r).is_allowed());
+    assert!(l.check_local(&r).is_allowed());
+    assert!(!l.check_local(&r).is_allowed());
+    let bigger = Quota::per_second(4).with_burst(8);
+    l.set_quota("per_user", bigger).unwrap();
+    // The key keeps its TAT, one second ahead: of the new two seconds of capacity, one is
+    // left, which is 4 cells at the new rate (a fresh key gets 8).
+    for _ in 0..4 {
+        assert!(l.check_local(&r).is_allowed());
+    }
+    assert!(!l.check_local(&r).is_allowed());
+    for _ in 0..8 {
+        assert!(
+            l.check_local(&Req {
+                user: "fresh",
+                cost: 1
+            })
+            .is_allowed()
+        );
+    }
+    assert_eq!(l.quotas()[0].1, bigger);
+    assert!(l.set_quota("nope", Quota::per_second(1)).is_err());
+}
+
+#[test]
+fn bad_configurations_are_refused_with_a_reason() {
+    let e = RateLimiter::<Req>::builder().build().unwrap_err();
+    assert!(e.to_string().contains("at least one limit"), "{e}");
+    let e = RateLimiter::<Req>::builder()
+        .limit(Limit::global("a", Quota::per_second(1)))
+        .limit(Limit::global("a", Quota::per_second(2)))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("two limits are named \"a\""), "{e}");
+    let e = RateLimiter::<Req>::builder()
+        .limit(
+            Limit::global("a", Quota::per_second(1))
+                .on_backend_failure(omega_rate_limit::OnBackendFailure::Local { share: 0.0 }),
+        )
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("share"), "{e}");
+}
+
+#[test]
+fn a_million_distinct_keys_stay_within_the_bound() {
+    let clock = Clock::manual();
+    let l = RateLimiter::<u64>::builder()
+        .limit(Limit::keyed("per_key", Quota::per_minute(10), |k: &u64| {
+            Some(k.to_string())
+        }))
+        .max_keys(20_000)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for k in 0..1_000_000u64 {
+        clock.advance(Duration::from_micros(1));
+        assert!(l.check_local(&k).is_allowed());
+    }
+    let held = l.local_keys("per_key").unwrap();
+    assert!(held <= 20_032, "{held} keys held");
+}
+
+#[tokio::test]
+async fn clones_of_the_service_share_one_limit() {
+    let clock = Clock::manual();
+    let l = limiter(&clock, Quota::per_minute(3));
+    let svc = tower::ServiceBuilder::new()
+        .layer(RateLimitLayer::new(l))
+        .service(service_fn(|r: Req| async move {
+            Ok::<_, std::convert::Infallible>(r.user)
+        }));
+    let mut admitted = 0;
+    for _ in 0..10 {
+        let mut clone = svc.clone();
+        let ready = clone.ready().await.unwrap();
+        match ready.call(Req { user: "u", cost: 1 }).await {
+            Ok(_) => admitted += 1,
+            Err(e) => assert!(e.downcast_ref::<RateLimited>().is_some(), "{e}"),
+        }
+    }
+    assert_eq!(admitted, 3);
+}
