@@ -24,6 +24,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
+//! | `rate-limit` | [`rate_limit`]: `RateLimitLayer` |
 //! | `redis` | Redis and Redis Cluster state (`core::redis`) |
 //! | `tls` | `rediss://` URLs |
 //! | `codec` | JSON and compact binary codecs for stored values |
@@ -33,6 +34,10 @@
 
 /// The shared-state core: backends, keys, scripts, clock, codecs, errors.
 pub use omega_core as core;
+
+/// `RateLimitLayer`: GCRA rate limiting, in memory or cluster-wide over Redis.
+#[cfg(feature = "rate-limit")]
+pub use omega_rate_limit as rate_limit;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(all(doctest, feature = "redis"))]

@@ -1,0 +1,259 @@
+//! The Redis store against real servers: two limiter "processes" sharing one Redis, atomic
+//! multi-limit decisions, Redis dying under load, and a 3-node cluster.
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use omega_core::Backend;
+use omega_core::redis::RedisConfig;
+use omega_rate_limit::{Limit, OnBackendFailure, Quota, RateLimitLayer, RateLimited, RateLimiter};
+use omega_testkit::{RedisCluster, RedisServer};
+use tower::{Service, ServiceExt, service_fn};
+
+#[derive(Clone, Debug)]
+struct Req {
+    user: String,
+}
+
+fn req(user: &str) -> Req {
+    Req {
+        user: user.to_owned(),
+    }
+}
+
+async fn backend(url: String) -> Backend {
+    Backend::redis(
+        RedisConfig::url(url)
+            .op_timeout(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+    .await
+    .unwrap()
+}
+
+fn two_limits(backend: Backend, user_quota: Quota, global_quota: Quota) -> RateLimiter<Req> {
+    RateLimiter::builder()
+        .limit(Limit::global("global", global_quota))
+        .limit(Limit::keyed("per_user", user_quota, |r: &Req| {
+            Some(r.user.clone())
+        }))
+        .backend(backend)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_redis_admit_no_more_than_the_global_limit() {
+    let server = RedisServer::start();
+    let (rate, burst) = (200u64, 50u64);
+    let quota = Quota::per_second(rate as u32).with_burst(burst as u32);
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        // Each "process" has its own connection and its own limiter.
+        let b = backend(server.url()).await;
+        instances.push(two_limits(b, Quota::per_second(1_000_000), quota));
+    }
+    let admitted = Arc::new(AtomicU64::new(0));
+    let denied = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let run_for = Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for (i, limiter) in instances.iter().enumerate() {
+        for t in 0..16 {
+            let limiter = limiter.clone();
+            let (admitted, denied) = (admitted.clone(), denied.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = req(&format!("user{i}-{t}"));
+                while started.elapsed() < run_for {
+                    let d = limiter.check(&r).await;
+                    assert!(!d.is_degraded(), "Redis answered every decision");
+                    if d.is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        denied.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed);
+    let bound = burst + (rate as f64 * elapsed).ceil() as u64;
+    assert!(admitted <= bound, "{admitted} admitted, bound {bound}");
+    assert!(
+        denied.load(Ordering::Relaxed) > 0,
+        "the load went over the limit"
+    );
+    // Not starved either: the limit was actually used (at least the burst and half the rate).
+    assert!(admitted >= burst + rate / 2, "{admitted} admitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_by_one_limit_takes_nothing_from_the_others() {
+    let server = RedisServer::start();
+    let limiter = two_limits(
+        backend(server.url()).await,
+        Quota::per_minute(2),
+        Quota::per_minute(10),
+    );
+    for _ in 0..2 {
+        assert!(limiter.check(&req("ada")).await.is_allowed());
+    }
+    for _ in 0..20 {
+        let d = limiter.check(&req("ada")).await;
+        let denied = d.denied().expect("ada is over her limit");
+        assert_eq!(denied.limit(), "per_user");
+        assert!(denied.retry_after() > Duration::from_secs(20), "{denied}");
+    }
+    // Eight global cells are left: the 20 denials took none.
+    for i in 0..8 {
+        assert!(
+            limiter.check(&req(&format!("u{i}"))).await.is_allowed(),
+            "{i}"
+        );
+    }
+    let d = limiter.check(&req("zed")).await;
+    assert_eq!(d.denied().unwrap().limit(), "global");
+    // Keys carry the prefix and expire when their bucket is full again.
+    let ttl: i64 = server.cli(&["PTTL", "omega:{rl:global}"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 60_001, "PTTL = {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_uses_redis_and_clones_share_it() {
+    let server = RedisServer::start();
+    let limiter = two_limits(
+        backend(server.url()).await,
+        Quota::per_minute(3),
+        Quota::per_minute(100),
+    );
+    let svc = tower::ServiceBuilder::new()
+        .layer(RateLimitLayer::new(limiter))
+        .service(service_fn(|r: Req| async move {
+            Ok::<_, std::convert::Infallible>(r.user)
+        }));
+    let mut admitted = 0;
+    for _ in 0..6 {
+        let mut clone = svc.clone();
+        match clone.ready().await.unwrap().call(req("bob")).await {
+            Ok(user) => {
+                assert_eq!(user, "bob");
+                admitted += 1;
+            }
+            Err(e) => assert!(e.is::<RateLimited>(), "{e}"),
+        }
+    }
+    assert_eq!(admitted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_policies_hold_while_redis_is_down_and_redis_decides_again_after() {
+    let mut server = RedisServer::start();
+    let b = backend(server.url()).await;
+    let make = |policy: OnBackendFailure, name: &str| {
+        RateLimiter::<Req>::builder()
+            .limit(Limit::global(name.to_owned(), Quota::per_minute(5)).on_backend_failure(policy))
+            .backend(b.clone())
+            .build()
+            .unwrap()
+    };
+    let open = make(OnBackendFailure::Open, "open");
+    let closed = make(OnBackendFailure::Closed, "closed");
+    let local = make(OnBackendFailure::Local { share: 0.4 }, "local");
+    for l in [&open, &closed, &local] {
+        let d = l.check(&req("x")).await;
+        assert!(d.is_allowed() && !d.is_degraded());
+    }
+
+    server.kill();
+    let mut counts = [0u32; 3];
+    for _ in 0..20 {
+        for (i, l) in [&open, &closed, &local].into_iter().enumerate() {
+            let started = Instant::now();
+            let d = l.check(&req("x")).await;
+            // Bounded by the operation timeout (200 ms): generous margin, no tight timing.
+            assert!(started.elapsed() < Duration::from_secs(2));
+            assert!(d.is_degraded());
+            if d.is_allowed() {
+                counts[i] += 1;
+            }
+        }
+    }
+    assert_eq!(counts[0], 20, "fail open admits everything");
+    assert_eq!(counts[1], 0, "fail closed admits nothing");
+    assert_eq!(
+        counts[2], 2,
+        "the local fallback enforces 40% of the quota (burst 2)"
+    );
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = local.check(&req("x")).await;
+        if !d.is_degraded() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "decisions never went back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Redis restarted empty: the full quota is there again (one was just used).
+    for _ in 0..4 {
+        assert!(local.check(&req("x")).await.is_allowed());
+    }
+    assert!(!local.check(&req("x")).await.is_allowed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_limit_decisions_on_a_three_node_cluster() {
+    let cluster = RedisCluster::start();
+    let b =
+        Backend::redis(RedisConfig::cluster(cluster.urls()).op_timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+    let limiter = RateLimiter::<Req>::builder()
+        .limit(Limit::global("global", Quota::per_minute(6)))
+        .limit(Limit::keyed("per_user", Quota::per_minute(2), |r: &Req| {
+            Some(r.user.clone())
+        }))
+        .limit(Limit::keyed(
+            "per_team",
+            Quota::per_minute(100),
+            |r: &Req| Some(format!("team-of-{}", r.user)),
+        ))
+        .backend(b.clone())
+        .build()
+        .unwrap();
+    // The three keys of one request live in different slots.
+    let slots: std::collections::HashSet<u16> =
+        ["rl:global", "rl:per_user:ann", "rl:per_team:team-of-ann"]
+            .iter()
+            .map(|t| omega_core::hash_slot(b.keyspace().tagged(t, &[]).as_bytes()))
+            .collect();
+    assert_eq!(slots.len(), 3);
+
+    assert!(limiter.check(&req("ann")).await.is_allowed());
+    assert!(limiter.check(&req("ann")).await.is_allowed());
+    for _ in 0..10 {
+        let d = limiter.check(&req("ann")).await;
+        assert_eq!(d.denied().unwrap().limit(), "per_user");
+    }
+    // The denials gave back what "global" took before "per_user" said no: 4 cells remain.
+    for i in 0..4 {
+        assert!(
+            limiter.check(&req(&format!("b{i}"))).await.is_allowed(),
+            "{i}"
+        );
+    }
+    assert_eq!(
+        limiter.check(&req("carl")).await.denied().unwrap().limit(),
+        "global"
+    );
+}
