@@ -49,6 +49,40 @@ impl Default for OnBackendFailure {
     }
 }
 
+/// GCRA parameters readable with two relaxed loads. A decision racing a quota change may
+/// mix the old interval with the new burst once; both are valid quotas.
+pub(crate) struct HotGcra {
+    interval: std::sync::atomic::AtomicU64,
+    burst: std::sync::atomic::AtomicU32,
+}
+
+impl HotGcra {
+    pub(crate) fn new(g: Gcra) -> Self {
+        HotGcra {
+            interval: g.interval.into(),
+            burst: g.burst.into(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> Gcra {
+        use std::sync::atomic::Ordering::Relaxed;
+        let interval = self.interval.load(Relaxed);
+        let burst = self.burst.load(Relaxed);
+        Gcra {
+            interval,
+            capacity: interval.saturating_mul(u64::from(burst)),
+            burst,
+        }
+    }
+
+    pub(crate) fn store(&self, g: Gcra) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.interval.store(g.interval, Relaxed);
+        self.burst.store(g.burst, Relaxed);
+    }
+}
+
 pub(crate) struct Params {
     pub(crate) quota: Quota,
     pub(crate) gcra: Gcra,
@@ -143,7 +177,10 @@ impl<Req> Limit<Req> {
 /// A limit inside a limiter: its quota can change while serving.
 pub(crate) struct LimitState<Req> {
     pub(crate) name: Arc<str>,
+    /// The quota and the fallback parameters, read off the hot path.
     pub(crate) params: ArcSwap<Params>,
+    /// The GCRA parameters of the hot path, as two atomics: no reference count to touch.
+    pub(crate) hot: HotGcra,
     pub(crate) key: Option<Box<dyn KeyExtractor<Req>>>,
     pub(crate) shadow: bool,
     pub(crate) on_failure: OnBackendFailure,

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use omega_core::{Backend, Clock};
 
 use crate::error::{ConfigError, RateLimited};
-use crate::limit::{Limit, LimitState, OnBackendFailure, Params};
+use crate::limit::{HotGcra, Limit, LimitState, OnBackendFailure, Params};
 use crate::memory::{DEFAULT_MAX_KEYS, LocalBuckets};
 use crate::quota::{Gcra, Quota, Step};
 
@@ -116,7 +116,8 @@ impl<Req> RateLimiterBuilder<Req> {
         self
     }
 
-    /// The clock for in-memory buckets (default: [`Clock::system`]). Redis uses its own.
+    /// The clock for in-memory buckets (default: [`Clock::fast`]; tests that pause tokio's
+    /// clock pass [`Clock::system`], property tests [`Clock::manual`]). Redis uses its own.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -181,6 +182,7 @@ impl<Req> RateLimiterBuilder<Req> {
             .into_iter()
             .map(|l| LimitState {
                 params: ArcSwap::from_pointee(Params::new(l.quota, l.on_failure)),
+                hot: HotGcra::new(l.quota.gcra()),
                 name: l.name,
                 key: l.key,
                 shadow: l.shadow,
@@ -199,50 +201,70 @@ impl<Req> RateLimiterBuilder<Req> {
     }
 }
 
-/// The outcome of checking one request.
+/// The outcome of checking one request. It borrows the limiter's limit names, so making one
+/// touches no reference count and allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
-    denied: Option<RateLimited>,
-    binding: Option<Binding>,
+pub struct Decision<'a> {
+    denied: Option<Denied<'a>>,
+    binding: Option<Binding<'a>>,
     shadow_denied: u32,
     degraded: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Denied<'a> {
+    limit: &'a Arc<str>,
+    retry_after: Duration,
+    burst: u32,
+}
+
+impl Denied<'_> {
+    fn to_error(&self) -> RateLimited {
+        RateLimited {
+            limit: self.limit.clone(),
+            retry_after: self.retry_after,
+            quota_burst: self.burst,
+        }
+    }
 }
 
 /// The limit with the fewest cells left after a decision: what the `RateLimit` header fields
 /// report.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Binding {
+pub struct Binding<'a> {
     /// The limit's name.
-    pub limit: Arc<str>,
-    /// Its quota.
-    pub quota: Quota,
+    pub limit: &'a str,
+    /// Its burst: the most cells available at once.
+    pub burst: u32,
+    /// The time a drained bucket takes to fill up again (`burst` emission intervals).
+    pub window: Duration,
     /// Cells left.
     pub remaining: u32,
     /// Time until its bucket is full again.
     pub reset_after: Duration,
 }
 
-impl Decision {
+impl<'a> Decision<'a> {
     /// `true` when the request may proceed.
     pub fn is_allowed(&self) -> bool {
         self.denied.is_none()
     }
 
-    /// Why the request was denied.
-    pub fn denied(&self) -> Option<&RateLimited> {
-        self.denied.as_ref()
+    /// Why the request was denied (the limit that frees up last, when several denied).
+    pub fn denied(&self) -> Option<RateLimited> {
+        self.denied.as_ref().map(Denied::to_error)
     }
 
     /// Turns the decision into a result.
-    pub fn into_result(self) -> Result<Decision, RateLimited> {
-        match self.denied {
-            Some(rl) => Err(rl),
+    pub fn into_result(self) -> Result<Decision<'a>, RateLimited> {
+        match &self.denied {
+            Some(d) => Err(d.to_error()),
             None => Ok(self),
         }
     }
 
     /// The most constrained limit that applied (for headers).
-    pub fn binding(&self) -> Option<&Binding> {
+    pub fn binding(&self) -> Option<&Binding<'a>> {
         self.binding.as_ref()
     }
 
@@ -258,13 +280,13 @@ impl Decision {
 }
 
 /// Accumulates a decision limit by limit.
-struct Tally {
-    denied: Option<RateLimited>,
-    binding: Option<Binding>,
+struct Tally<'a> {
+    denied: Option<Denied<'a>>,
+    binding: Option<Binding<'a>>,
     shadow_denied: u32,
 }
 
-impl Tally {
+impl<'a> Tally<'a> {
     fn new() -> Self {
         Tally {
             denied: None,
@@ -273,22 +295,24 @@ impl Tally {
         }
     }
 
-    fn allow(&mut self, name: &Arc<str>, quota: Quota, remaining: u32, reset_after: Duration) {
+    #[inline]
+    fn allow(&mut self, name: &'a Arc<str>, g: &Gcra, remaining: u32, reset_after: Duration) {
         if self
             .binding
             .as_ref()
             .is_none_or(|b| remaining < b.remaining)
         {
             self.binding = Some(Binding {
-                limit: name.clone(),
-                quota,
+                limit: name,
+                burst: g.burst,
+                window: Duration::from_nanos(g.capacity),
                 remaining,
                 reset_after,
             });
         }
     }
 
-    fn deny(&mut self, name: &Arc<str>, quota: Quota, retry_after: Duration, shadow: bool) {
+    fn deny(&mut self, name: &'a Arc<str>, g: &Gcra, retry_after: Duration, shadow: bool) {
         if shadow {
             self.shadow_denied += 1;
             return;
@@ -298,21 +322,22 @@ impl Tally {
             .as_ref()
             .is_none_or(|d| retry_after > d.retry_after)
         {
-            self.denied = Some(RateLimited {
-                limit: name.clone(),
+            self.denied = Some(Denied {
+                limit: name,
                 retry_after,
-                quota_burst: quota.burst(),
+                burst: g.burst,
             });
         }
         self.binding = Some(Binding {
-            limit: name.clone(),
-            quota,
+            limit: name,
+            burst: g.burst,
+            window: Duration::from_nanos(g.capacity),
             remaining: 0,
             reset_after: retry_after,
         });
     }
 
-    fn finish(self, degraded: bool) -> Decision {
+    fn finish(self, degraded: bool) -> Decision<'a> {
         Decision {
             denied: self.denied,
             binding: self.binding,
@@ -336,7 +361,7 @@ impl<Req: 'static> RateLimiter<Req> {
         RateLimiterBuilder {
             limits: Vec::new(),
             cost: None,
-            clock: Clock::system(),
+            clock: Clock::fast(),
             backend: Backend::memory(),
             max_keys: DEFAULT_MAX_KEYS,
         }
@@ -358,6 +383,7 @@ impl<Req: 'static> RateLimiter<Req> {
             .find(|l| &*l.name == limit)
             .ok_or_else(|| ConfigError(format!("no limit is named {limit:?}")))?;
         l.params.store(Arc::new(Params::new(quota, l.on_failure)));
+        l.hot.store(quota.gcra());
         Ok(())
     }
 
@@ -384,7 +410,8 @@ impl<Req: 'static> RateLimiter<Req> {
     /// Decides in memory: the limiter's own buckets (in-memory backend) or the local fallback
     /// buckets. Lock-free for known keys; allocation-free unless a closure key extractor
     /// allocates.
-    pub fn check_local(&self, req: &Req) -> Decision {
+    #[inline]
+    pub fn check_local(&self, req: &Req) -> Decision<'_> {
         let now = self.inner.clock.now();
         let cost = self.cost(req);
         let mut tally = Tally::new();
@@ -397,20 +424,19 @@ impl<Req: 'static> RateLimiter<Req> {
                     None => continue,
                 },
             };
-            let params = l.params.load();
-            let g = &params.gcra;
+            let g = &l.hot.load();
             match l.local.step(key, g, now, cost) {
                 Step::Allow { tat } => {
                     taken[i] = Some(key);
                     tally.allow(
                         &l.name,
-                        params.quota,
+                        g,
                         g.remaining(tat, now),
                         Duration::from_nanos(Gcra::reset_after(tat, now)),
                     );
                 }
                 Step::Deny { retry_after: r } => {
-                    tally.deny(&l.name, params.quota, retry_after(g, cost, r), l.shadow);
+                    tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
                     if !l.shadow {
                         break;
                     }
@@ -420,7 +446,7 @@ impl<Req: 'static> RateLimiter<Req> {
         if tally.denied.is_some() {
             for (l, key) in self.inner.limits.iter().zip(taken) {
                 if let Some(key) = key {
-                    l.local.refund(key, &l.params.load().gcra, now, cost);
+                    l.local.refund(key, &l.hot.load(), now, cost);
                 }
             }
         }
@@ -430,7 +456,7 @@ impl<Req: 'static> RateLimiter<Req> {
     /// Decides for `req` on the limiter's backend. In memory this never waits; with Redis it
     /// makes one script call (one per slot on a cluster), bounded by the backend's operation
     /// timeout, and applies each limit's failure policy when Redis fails.
-    pub async fn check(&self, req: &Req) -> Decision {
+    pub async fn check(&self, req: &Req) -> Decision<'_> {
         match &self.inner.store {
             Store::Memory => self.check_local(req),
             #[cfg(feature = "redis")]
@@ -471,7 +497,7 @@ impl<Req: 'static> RateLimiter<Req> {
             };
             items.push(crate::redis_store::Item {
                 key: ks.tagged(&tag, &[]),
-                gcra: l.params.load().gcra,
+                gcra: l.hot.load(),
                 cost,
                 shadow: l.shadow,
             });
@@ -488,7 +514,7 @@ impl<Req: 'static> RateLimiter<Req> {
         &self,
         store: &crate::redis_store::RedisStore,
         prepared: Prepared,
-    ) -> Decision {
+    ) -> Decision<'_> {
         use crate::redis_store::{RemoteStep, from_micros};
         let cost = prepared.cost;
         match store.take(&prepared.items).await {
@@ -498,15 +524,15 @@ impl<Req: 'static> RateLimiter<Req> {
                     steps.iter().zip(&prepared.owners).zip(&prepared.items)
                 {
                     let l = &self.inner.limits[owner];
-                    let quota = l.params.load().quota;
+                    let g = &item.gcra;
                     match *step {
                         RemoteStep::Allow {
                             remaining,
                             reset_us,
-                        } => tally.allow(&l.name, quota, remaining, from_micros(reset_us)),
+                        } => tally.allow(&l.name, g, remaining, from_micros(reset_us)),
                         RemoteStep::Deny { retry_us, .. } => tally.deny(
                             &l.name,
-                            quota,
+                            g,
                             retry_after(&item.gcra, cost, retry_us * 1_000),
                             l.shadow,
                         ),
@@ -519,7 +545,7 @@ impl<Req: 'static> RateLimiter<Req> {
     }
 
     /// Redis failed: every limit follows its own policy.
-    fn decide_degraded(&self, prepared: &Prepared) -> Decision {
+    fn decide_degraded(&self, prepared: &Prepared) -> Decision<'_> {
         let now = self.inner.clock.now();
         let cost = prepared.cost;
         let mut tally = Tally::new();
@@ -530,7 +556,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 OnBackendFailure::Open => {}
                 OnBackendFailure::Closed => tally.deny(
                     &l.name,
-                    params.quota,
+                    &params.gcra,
                     Duration::from_nanos(params.gcra.interval),
                     l.shadow,
                 ),
@@ -539,12 +565,12 @@ impl<Req: 'static> RateLimiter<Req> {
                     match l.local.step(key, g, now, cost) {
                         Step::Allow { tat } => tally.allow(
                             &l.name,
-                            params.quota,
+                            g,
                             g.remaining(tat, now),
                             Duration::from_nanos(Gcra::reset_after(tat, now)),
                         ),
                         Step::Deny { retry_after: r } => {
-                            tally.deny(&l.name, params.quota, retry_after(g, cost, r), l.shadow)
+                            tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow)
                         }
                     }
                 }
