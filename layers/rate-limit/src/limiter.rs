@@ -415,7 +415,8 @@ impl<Req: 'static> RateLimiter<Req> {
         let now = self.inner.clock.now();
         let cost = self.cost(req);
         let mut tally = Tally::new();
-        let mut taken: [Option<Option<u64>>; MAX_LIMITS] = [None; MAX_LIMITS];
+        // Limits that took cells, as a bit set: refunds re-derive their keys (denials only).
+        let mut taken: u16 = 0;
         for (i, l) in self.inner.limits.iter().enumerate() {
             let key = match &l.key {
                 None => None,
@@ -427,7 +428,7 @@ impl<Req: 'static> RateLimiter<Req> {
             let g = &l.hot.load();
             match l.local.step(key, g, now, cost) {
                 Step::Allow { tat } => {
-                    taken[i] = Some(key);
+                    taken |= 1 << i;
                     tally.allow(
                         &l.name,
                         g,
@@ -443,11 +444,17 @@ impl<Req: 'static> RateLimiter<Req> {
                 }
             }
         }
-        if tally.denied.is_some() {
-            for (l, key) in self.inner.limits.iter().zip(taken) {
-                if let Some(key) = key {
-                    l.local.refund(key, &l.hot.load(), now, cost);
+        if tally.denied.is_some() && taken != 0 {
+            for (i, l) in self.inner.limits.iter().enumerate() {
+                if taken & (1 << i) == 0 {
+                    continue;
                 }
+                let key = l
+                    .key
+                    .as_ref()
+                    .and_then(|extract| extract.key(req))
+                    .map(|k| l.local.hash(&k));
+                l.local.refund(key, &l.hot.load(), now, cost);
             }
         }
         tally.finish(false)
