@@ -186,3 +186,15 @@ pub(crate) struct LimitState<Req> {
     pub(crate) on_failure: OnBackendFailure,
     pub(crate) local: crate::memory::LocalBuckets,
 }
+
+impl<Req: 'static> LimitState<Req> {
+    /// The in-memory bucket of `req` under this limit: `None` when the limit does not apply,
+    /// `Some(None)` for the global bucket, `Some(Some(hash))` for a key.
+    #[inline]
+    pub(crate) fn local_key(&self, req: &Req) -> Option<Option<u64>> {
+        match &self.key {
+            None => Some(None),
+            Some(extract) => extract.key(req).map(|k| Some(self.local.hash(&k))),
+        }
+    }
+}

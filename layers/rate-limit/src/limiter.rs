@@ -418,12 +418,8 @@ impl<Req: 'static> RateLimiter<Req> {
         // Limits that took cells, as a bit set: refunds re-derive their keys (denials only).
         let mut taken: u16 = 0;
         for (i, l) in self.inner.limits.iter().enumerate() {
-            let key = match &l.key {
-                None => None,
-                Some(extract) => match extract.key(req) {
-                    Some(k) => Some(l.local.hash(&k)),
-                    None => continue,
-                },
+            let Some(key) = l.local_key(req) else {
+                continue;
             };
             let g = &l.hot.load();
             match l.local.step(key, g, now, cost) {
@@ -449,12 +445,9 @@ impl<Req: 'static> RateLimiter<Req> {
                 if taken & (1 << i) == 0 {
                     continue;
                 }
-                let key = l
-                    .key
-                    .as_ref()
-                    .and_then(|extract| extract.key(req))
-                    .map(|k| l.local.hash(&k));
-                l.local.refund(key, &l.hot.load(), now, cost);
+                if let Some(key) = l.local_key(req) {
+                    l.local.refund(key, &l.hot.load(), now, cost);
+                }
             }
         }
         tally.finish(false)
