@@ -25,7 +25,12 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `rate-limit` | [`rate_limit`]: `RateLimitLayer` |
+//! | `circuit-breaker` | [`circuit_breaker`]: `CircuitBreakerLayer` |
+//! | `shard-router` | [`shard_router`]: `ShardRouterLayer` |
 //! | `redis` | Redis and Redis Cluster state (`core::redis`) |
+//! | `http` | rejections as HTTP responses (429, 503), HTTP key extractors |
+//! | `grpc` | rejections as gRPC status codes |
+//! | `metrics` | metrics through the `metrics` crate |
 //! | `tls` | `rediss://` URLs |
 //! | `codec` | JSON and compact binary codecs for stored values |
 //! | `full` | all of the above |
@@ -38,6 +43,14 @@ pub use omega_core as core;
 /// `RateLimitLayer`: GCRA rate limiting, in memory or cluster-wide over Redis.
 #[cfg(feature = "rate-limit")]
 pub use omega_rate_limit as rate_limit;
+
+/// `CircuitBreakerLayer`: resilience4j's circuit breaker, lock-free, shared through Redis.
+#[cfg(feature = "circuit-breaker")]
+pub use omega_circuit_breaker as circuit_breaker;
+
+/// `ShardRouterLayer`: consistent routing of keys to nodes.
+#[cfg(feature = "shard-router")]
+pub use omega_shard_router as shard_router;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(all(doctest, feature = "redis"))]

@@ -31,6 +31,7 @@
 //! | `redis` | [`redis::RedisBackend`]: Redis and Redis Cluster through redis-rs |
 //! | `tls` | `rediss://` URLs |
 //! | `codec` | [`codec::JsonCodec`] and [`codec::BinaryCodec`] |
+//! | `http` | [`http`]: shared helpers for HTTP and gRPC rejections |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -40,6 +41,8 @@ pub mod clock;
 pub mod codec;
 mod error;
 mod health;
+#[cfg(feature = "http")]
+pub mod http;
 mod keys;
 mod memory;
 pub mod metrics;
