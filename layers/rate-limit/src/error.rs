@@ -61,6 +61,22 @@ impl fmt::Display for RateLimited {
 
 impl std::error::Error for RateLimited {}
 
+/// `RESOURCE_EXHAUSTED`, with the retry-after in seconds (rounded up) in the `retry-after`
+/// metadata entry when the request can be admitted later.
+#[cfg(feature = "grpc")]
+impl From<RateLimited> for tonic::Status {
+    fn from(denied: RateLimited) -> Self {
+        let mut status = tonic::Status::resource_exhausted(denied.to_string());
+        if denied.retry_after != Duration::MAX {
+            let secs = omega_core::http::seconds_rounded_up(denied.retry_after);
+            status
+                .metadata_mut()
+                .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
+        }
+        status
+    }
+}
+
 /// A limiter could not be built or changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub(crate) String);

@@ -13,6 +13,9 @@
 //!   chooses what happens when Redis fails ([`OnBackendFailure`]); decisions never wait longer
 //!   than the backend's operation timeout.
 //! - **Shadow mode** per limit, and **quota changes while serving** ([`RateLimiter::set_quota`]).
+//! - **HTTP** (`http` feature, module [`http`]): 429 with `Retry-After` and the IETF
+//!   `RateLimit` fields on every response; keys by header, client IP (trusted proxies only)
+//!   and endpoint (axum route template). **gRPC** (`grpc`): `RESOURCE_EXHAUSTED`.
 //!
 //! ```
 //! use omega_rate_limit::{Limit, Quota, RateLimitLayer, RateLimiter};
@@ -36,6 +39,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod limit;
 mod limiter;
 mod memory;

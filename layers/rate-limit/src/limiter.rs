@@ -145,9 +145,13 @@ impl<Req> RateLimiterBuilder<Req> {
             )));
         }
         for (i, l) in self.limits.iter().enumerate() {
-            if l.name.is_empty() || l.name.contains(['{', '}']) {
+            if l.name.is_empty()
+                || l.name.contains(['{', '}'])
+                || !l.name.bytes().all(|b| b.is_ascii_graphic())
+            {
                 return Err(ConfigError(format!(
-                    "limit #{} has an invalid name {:?}: use a non-empty name without braces",
+                    "limit #{} has an invalid name {:?}: use a non-empty name of visible ASCII \
+                     characters, without spaces or braces",
                     i + 1,
                     l.name
                 )));
@@ -508,6 +512,14 @@ impl<Req: 'static> RateLimiter<Req> {
             owners,
             cost,
         }
+    }
+
+    /// Decides a prepared request on Redis.
+    pub(crate) async fn check_prepared(&self, prepared: Prepared) -> Decision<'_> {
+        let Store::Redis(store) = &self.inner.store else {
+            unreachable!("check_prepared on a memory limiter")
+        };
+        self.check_remote(store, prepared).await
     }
 
     pub(crate) async fn check_remote(

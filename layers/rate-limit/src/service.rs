@@ -145,9 +145,6 @@ where
 {
     #[cfg(feature = "redis")]
     fn call_remote(&mut self, req: Req) -> ResponseFuture<S::Future, S::Response> {
-        let crate::limiter::Store::Redis(_) = &self.limiter.inner.store else {
-            unreachable!("a non-local limiter is a Redis limiter")
-        };
         let limiter = self.limiter.clone();
         let prepared = limiter.prepare_remote(&req);
         // The instance that was made ready serves this request (tower-service, "Be careful
@@ -155,11 +152,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::boxed(Box::pin(async move {
-            let crate::limiter::Store::Redis(store) = &limiter.inner.store else {
-                unreachable!()
-            };
-            let decision = limiter.check_remote(store, prepared).await;
-            match decision.into_result() {
+            let admitted = limiter.check_prepared(prepared).await.into_result();
+            match admitted {
                 Ok(_) => inner.call(req).await.map_err(Into::into),
                 Err(denied) => Err(denied.into()),
             }

@@ -7,7 +7,8 @@
 //!   [restart](RedisServer::restart) on the same port;
 //! - [`RedisCluster`]: a local 3-node Redis Cluster (no replicas);
 //! - [`FaultProxy`]: a TCP proxy that adds latency, swallows bytes or resets connections;
-//! - [`PgDatabase`]: a fresh PostgreSQL database, dropped again when the value is dropped.
+//! - [`PgDatabase`]: a fresh PostgreSQL database, dropped again when the value is dropped;
+//! - [`http`]: a minimal HTTP/1.1 client that shows a response exactly as it was sent.
 //!
 //! Every child process is killed when its handle is dropped (also when a test panics) and, on
 //! Linux, when the test process dies.
@@ -33,6 +34,7 @@
 //! ```
 
 mod cluster;
+pub mod http;
 mod pg;
 mod port;
 mod process;
