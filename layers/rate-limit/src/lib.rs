@@ -16,6 +16,9 @@
 //! - **HTTP** (`http` feature, module [`http`]): 429 with `Retry-After` and the IETF
 //!   `RateLimit` fields on every response; keys by header, client IP (trusted proxies only)
 //!   and endpoint (axum route template). **gRPC** (`grpc`): `RESOURCE_EXHAUSTED`.
+//! - **Metrics** (`metrics` feature): allowed, denied and shadow-denied requests per limit,
+//!   Redis decision latency and backend health, through the `metrics` crate. Install the
+//!   recorder before building limiters: handles are registered at build time.
 //!
 //! ```
 //! use omega_rate_limit::{Limit, Quota, RateLimitLayer, RateLimiter};
@@ -44,6 +47,7 @@ pub mod http;
 mod limit;
 mod limiter;
 mod memory;
+mod metrics;
 mod quota;
 #[cfg(feature = "redis")]
 mod redis_store;

@@ -185,6 +185,7 @@ pub(crate) struct LimitState<Req> {
     pub(crate) shadow: bool,
     pub(crate) on_failure: OnBackendFailure,
     pub(crate) local: crate::memory::LocalBuckets,
+    pub(crate) metrics: crate::metrics::LimitMetrics,
 }
 
 impl<Req: 'static> LimitState<Req> {

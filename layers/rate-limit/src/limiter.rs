@@ -187,11 +187,12 @@ impl<Req> RateLimiterBuilder<Req> {
             .map(|l| LimitState {
                 params: ArcSwap::from_pointee(Params::new(l.quota, l.on_failure)),
                 hot: HotGcra::new(l.quota.gcra()),
-                name: l.name,
                 key: l.key,
                 shadow: l.shadow,
                 on_failure: l.on_failure,
                 local: LocalBuckets::new(max_keys),
+                metrics: crate::metrics::LimitMetrics::new(&l.name),
+                name: l.name,
             })
             .collect();
         Ok(RateLimiter {
@@ -407,6 +408,18 @@ impl<Req: 'static> RateLimiter<Req> {
         Some(l.local.len())
     }
 
+    /// Counts an admitted request for every limit in `applied`.
+    #[inline]
+    fn count_allowed(&self, applied: u16) {
+        if cfg!(feature = "metrics") {
+            for (i, l) in self.inner.limits.iter().enumerate() {
+                if applied & (1 << i) != 0 {
+                    l.metrics.allowed();
+                }
+            }
+        }
+    }
+
     fn cost(&self, req: &Req) -> u32 {
         self.inner.cost.as_ref().map_or(1, |c| c(req))
     }
@@ -438,13 +451,18 @@ impl<Req: 'static> RateLimiter<Req> {
                 }
                 Step::Deny { retry_after: r } => {
                     tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
-                    if !l.shadow {
+                    if l.shadow {
+                        l.metrics.shadow_denied();
+                    } else {
+                        l.metrics.denied();
                         break;
                     }
                 }
             }
         }
-        if tally.denied.is_some() && taken != 0 {
+        if tally.denied.is_none() {
+            self.count_allowed(taken);
+        } else if taken != 0 {
             for (i, l) in self.inner.limits.iter().enumerate() {
                 if taken & (1 << i) == 0 {
                     continue;
@@ -529,26 +547,41 @@ impl<Req: 'static> RateLimiter<Req> {
     ) -> Decision<'_> {
         use crate::redis_store::{RemoteStep, from_micros};
         let cost = prepared.cost;
-        match store.take(&prepared.items).await {
+        let started = crate::metrics::StoreMetrics::start();
+        let result = store.take(&prepared.items).await;
+        store.metrics().decision(started, result.is_ok());
+        match result {
             Ok(steps) => {
                 let mut tally = Tally::new();
+                let mut applied: u16 = 0;
                 for ((step, &(owner, _)), item) in
                     steps.iter().zip(&prepared.owners).zip(&prepared.items)
                 {
                     let l = &self.inner.limits[owner];
                     let g = &item.gcra;
+                    applied |= 1 << owner;
                     match *step {
                         RemoteStep::Allow {
                             remaining,
                             reset_us,
                         } => tally.allow(&l.name, g, remaining, from_micros(reset_us)),
-                        RemoteStep::Deny { retry_us, .. } => tally.deny(
-                            &l.name,
-                            g,
-                            retry_after(&item.gcra, cost, retry_us * 1_000),
-                            l.shadow,
-                        ),
+                        RemoteStep::Deny { retry_us, .. } => {
+                            if l.shadow {
+                                l.metrics.shadow_denied();
+                            } else {
+                                l.metrics.denied();
+                            }
+                            tally.deny(
+                                &l.name,
+                                g,
+                                retry_after(&item.gcra, cost, retry_us * 1_000),
+                                l.shadow,
+                            )
+                        }
                     }
+                }
+                if tally.denied.is_none() {
+                    self.count_allowed(applied);
                 }
                 tally.finish(false)
             }
@@ -561,31 +594,58 @@ impl<Req: 'static> RateLimiter<Req> {
         let now = self.inner.clock.now();
         let cost = prepared.cost;
         let mut tally = Tally::new();
+        let mut applied: u16 = 0;
+        // Fallback buckets that took cells, refunded if another limit denies.
+        let mut taken: Vec<(usize, Option<u64>)> = Vec::new();
         for &(owner, key) in &prepared.owners {
             let l = &self.inner.limits[owner];
             let params = l.params.load();
-            match l.on_failure {
-                OnBackendFailure::Open => {}
-                OnBackendFailure::Closed => tally.deny(
-                    &l.name,
-                    &params.gcra,
-                    Duration::from_nanos(params.gcra.interval),
-                    l.shadow,
-                ),
+            applied |= 1 << owner;
+            let denied = match l.on_failure {
+                OnBackendFailure::Open => false,
+                OnBackendFailure::Closed => {
+                    tally.deny(
+                        &l.name,
+                        &params.gcra,
+                        Duration::from_nanos(params.gcra.interval),
+                        l.shadow,
+                    );
+                    true
+                }
                 OnBackendFailure::Local { .. } => {
                     let g = &params.fallback;
                     match l.local.step(key, g, now, cost) {
-                        Step::Allow { tat } => tally.allow(
-                            &l.name,
-                            g,
-                            g.remaining(tat, now),
-                            Duration::from_nanos(Gcra::reset_after(tat, now)),
-                        ),
+                        Step::Allow { tat } => {
+                            taken.push((owner, key));
+                            tally.allow(
+                                &l.name,
+                                g,
+                                g.remaining(tat, now),
+                                Duration::from_nanos(Gcra::reset_after(tat, now)),
+                            );
+                            false
+                        }
                         Step::Deny { retry_after: r } => {
-                            tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow)
+                            tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
+                            true
                         }
                     }
                 }
+            };
+            if denied {
+                if l.shadow {
+                    l.metrics.shadow_denied();
+                } else {
+                    l.metrics.denied();
+                }
+            }
+        }
+        if tally.denied.is_none() {
+            self.count_allowed(applied);
+        } else {
+            for (owner, key) in taken {
+                let l = &self.inner.limits[owner];
+                l.local.refund(key, &l.params.load().fallback, now, cost);
             }
         }
         tally.finish(true)

@@ -89,18 +89,23 @@ pub(crate) enum RemoteStep {
     Deny { retry_us: u64, reset_us: u64 },
 }
 
-#[derive(Clone, Debug)]
 pub(crate) struct RedisStore {
     backend: RedisBackend,
     script: Script,
+    metrics: crate::metrics::StoreMetrics,
 }
 
 impl RedisStore {
     pub(crate) fn new(backend: RedisBackend) -> Self {
         RedisStore {
-            backend,
             script: Script::new("rate_limit_gcra", GCRA_MULTI),
+            metrics: crate::metrics::StoreMetrics::new(backend.target()),
+            backend,
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::StoreMetrics {
+        &self.metrics
     }
 
     pub(crate) fn backend(&self) -> &RedisBackend {

@@ -1,0 +1,116 @@
+//! Metrics through the `metrics` crate (feature `metrics`); without the feature every call
+//! here compiles to nothing.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `omega_rate_limit_allowed_total` | counter | `limit`: requests this limit checked and admitted |
+//! | `omega_rate_limit_denied_total` | counter | `limit`: requests this limit denied |
+//! | `omega_rate_limit_shadow_denied_total` | counter | `limit`: requests a shadow limit would have denied |
+//! | `omega_rate_limit_redis_decision_seconds` | histogram | `target`: one decision's Redis time |
+//! | `omega_backend_up` | gauge | `target`: 1 while Redis answers, 0 after it failed |
+//!
+//! Handles are registered when the limiter is built, so recording is one atomic operation:
+//! install the recorder (for example the Prometheus exporter) before building limiters.
+
+#[cfg(feature = "metrics")]
+mod on {
+    use metrics::{Counter, Gauge, Histogram};
+
+    /// One limit's counters.
+    pub(crate) struct LimitMetrics {
+        allowed: Counter,
+        denied: Counter,
+        shadow_denied: Counter,
+    }
+
+    impl LimitMetrics {
+        pub(crate) fn new(limit: &str) -> Self {
+            let name = |what| omega_core::metrics::name("rate_limit", what);
+            LimitMetrics {
+                allowed: metrics::counter!(name("allowed_total"), "limit" => limit.to_owned()),
+                denied: metrics::counter!(name("denied_total"), "limit" => limit.to_owned()),
+                shadow_denied: metrics::counter!(
+                    name("shadow_denied_total"),
+                    "limit" => limit.to_owned()
+                ),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn allowed(&self) {
+            self.allowed.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn denied(&self) {
+            self.denied.increment(1);
+        }
+
+        #[inline]
+        pub(crate) fn shadow_denied(&self) {
+            self.shadow_denied.increment(1);
+        }
+    }
+
+    /// The Redis store's latency histogram and health gauge.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) struct StoreMetrics {
+        latency: Histogram,
+        up: Gauge,
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    impl StoreMetrics {
+        pub(crate) fn new(target: &str) -> Self {
+            StoreMetrics {
+                latency: metrics::histogram!(
+                    omega_core::metrics::name("rate_limit", "redis_decision_seconds"),
+                    "target" => target.to_owned()
+                ),
+                up: metrics::gauge!(omega_core::metrics::BACKEND_UP, "target" => target.to_owned()),
+            }
+        }
+
+        pub(crate) fn start() -> std::time::Instant {
+            std::time::Instant::now()
+        }
+
+        pub(crate) fn decision(&self, started: std::time::Instant, ok: bool) {
+            self.latency.record(started.elapsed().as_secs_f64());
+            self.up.set(if ok { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod on {
+    pub(crate) struct LimitMetrics;
+
+    impl LimitMetrics {
+        pub(crate) fn new(_limit: &str) -> Self {
+            LimitMetrics
+        }
+        #[inline(always)]
+        pub(crate) fn allowed(&self) {}
+        #[inline(always)]
+        pub(crate) fn denied(&self) {}
+        #[inline(always)]
+        pub(crate) fn shadow_denied(&self) {}
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) struct StoreMetrics;
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    impl StoreMetrics {
+        pub(crate) fn new(_target: &str) -> Self {
+            StoreMetrics
+        }
+        #[inline(always)]
+        pub(crate) fn start() {}
+        #[inline(always)]
+        pub(crate) fn decision(&self, _started: (), _ok: bool) {}
+    }
+}
+
+pub(crate) use on::{LimitMetrics, StoreMetrics};
