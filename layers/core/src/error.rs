@@ -89,6 +89,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn with_source(
         mut self,
         source: impl std::error::Error + Send + Sync + 'static,
@@ -97,6 +98,7 @@ impl Error {
         self
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn at(mut self, server: &Arc<str>) -> Self {
         self.inner_mut().server = Some(server.clone());
         self
@@ -107,6 +109,7 @@ impl Error {
         self
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn timeout(after: Duration) -> Self {
         Error::new(ErrorKind::Timeout, format!("after {after:?}"))
     }

@@ -547,6 +547,7 @@ impl<Req: 'static> RateLimiter<Req> {
     ) -> Decision<'_> {
         use crate::redis_store::{RemoteStep, from_micros};
         let cost = prepared.cost;
+        #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
         let started = crate::metrics::StoreMetrics::start();
         let result = store.take(&prepared.items).await;
         store.metrics().decision(started, result.is_ok());

@@ -53,13 +53,13 @@ mod on {
     }
 
     /// The Redis store's latency histogram and health gauge.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) struct StoreMetrics {
         latency: Histogram,
         up: Gauge,
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     impl StoreMetrics {
         pub(crate) fn new(target: &str) -> Self {
             StoreMetrics {
@@ -98,10 +98,10 @@ mod on {
         pub(crate) fn shadow_denied(&self) {}
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) struct StoreMetrics;
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     impl StoreMetrics {
         pub(crate) fn new(_target: &str) -> Self {
             StoreMetrics
@@ -113,4 +113,6 @@ mod on {
     }
 }
 
-pub(crate) use on::{LimitMetrics, StoreMetrics};
+pub(crate) use on::LimitMetrics;
+#[cfg(feature = "redis")]
+pub(crate) use on::StoreMetrics;
