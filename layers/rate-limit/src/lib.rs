@@ -12,6 +12,9 @@
 //!   every limit at once; on Redis Cluster one call per slot with refunds on denial. Each limit
 //!   chooses what happens when Redis fails ([`OnBackendFailure`]); decisions never wait longer
 //!   than the backend's operation timeout.
+//! - **Lease mode** (`redis` feature, per limit, [`Limit::lease`]): an instance takes a batch of
+//!   cells in one call and spends them locally; the cluster still admits no more than the
+//!   limit. The module docs of [`Lease`] say how many cells can go unused.
 //! - **Shadow mode** per limit, and **quota changes while serving** ([`RateLimiter::set_quota`]).
 //! - **HTTP** (`http` feature, module [`http`]): 429 with `Retry-After` and the IETF
 //!   `RateLimit` fields on every response; keys by header, client IP (trusted proxies only)
@@ -44,6 +47,8 @@
 mod error;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "redis")]
+mod lease;
 mod limit;
 mod limiter;
 mod memory;
@@ -54,6 +59,8 @@ mod redis_store;
 mod service;
 
 pub use error::{ConfigError, RateLimited};
+#[cfg(feature = "redis")]
+pub use lease::{DEFAULT_MAX_HOLD, Lease};
 pub use limit::{KeyExtractor, Limit, OnBackendFailure};
 pub use limiter::{Binding, Decision, MAX_LIMITS, RateLimiter, RateLimiterBuilder};
 pub use memory::DEFAULT_MAX_KEYS;

@@ -125,6 +125,8 @@ pub struct Limit<Req> {
     pub(crate) key: Option<Box<dyn KeyExtractor<Req>>>,
     pub(crate) shadow: bool,
     pub(crate) on_failure: OnBackendFailure,
+    #[cfg(feature = "redis")]
+    pub(crate) lease: Option<crate::lease::Lease>,
 }
 
 impl<Req> fmt::Debug for Limit<Req> {
@@ -148,6 +150,8 @@ impl<Req> Limit<Req> {
             key: None,
             shadow: false,
             on_failure: OnBackendFailure::default(),
+            #[cfg(feature = "redis")]
+            lease: None,
         }
     }
 
@@ -159,12 +163,24 @@ impl<Req> Limit<Req> {
             key: Some(Box::new(key)),
             shadow: false,
             on_failure: OnBackendFailure::default(),
+            #[cfg(feature = "redis")]
+            lease: None,
         }
     }
 
     /// In shadow mode the limit counts and reports what it would deny, but never denies.
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
+        self
+    }
+
+    /// With a Redis backend, takes cells from Redis in batches and spends them in this
+    /// process, so most decisions make no round trip (see [`crate::Lease`] for the
+    /// guarantees and the cells that can go unused). Ignored by an in-memory limiter, whose
+    /// decisions are local anyway.
+    #[cfg(feature = "redis")]
+    pub fn lease(mut self, lease: crate::lease::Lease) -> Self {
+        self.lease = Some(lease);
         self
     }
 
@@ -186,6 +202,9 @@ pub(crate) struct LimitState<Req> {
     pub(crate) shadow: bool,
     pub(crate) on_failure: OnBackendFailure,
     pub(crate) local: crate::memory::LocalBuckets,
+    /// Leases of this limit's keys (Redis backends with lease mode only).
+    #[cfg(feature = "redis")]
+    pub(crate) leases: Option<crate::lease::Leases>,
     pub(crate) metrics: crate::metrics::LimitMetrics,
 }
 

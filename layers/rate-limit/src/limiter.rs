@@ -167,6 +167,10 @@ impl<Req> RateLimiterBuilder<Req> {
                     l.name
                 )));
             }
+            #[cfg(feature = "redis")]
+            if let Some(lease) = &l.lease {
+                lease.validate(&l.name)?;
+            }
         }
         let store = match self.backend {
             Backend::Memory(_) => Store::Memory,
@@ -181,10 +185,17 @@ impl<Req> RateLimiterBuilder<Req> {
             }
         };
         let max_keys = self.max_keys;
+        #[cfg(feature = "redis")]
+        let remote = matches!(store, Store::Redis(_));
         let limits = self
             .limits
             .into_iter()
             .map(|l| LimitState {
+                #[cfg(feature = "redis")]
+                leases: l
+                    .lease
+                    .filter(|_| remote)
+                    .map(|lease| crate::lease::Leases::new(lease, max_keys)),
                 params: ArcSwap::from_pointee(Params::new(l.quota, l.on_failure)),
                 hot: HotGcra::new(l.quota.gcra()),
                 key: l.key,
@@ -492,10 +503,33 @@ impl<Req: 'static> RateLimiter<Req> {
 
 #[cfg(feature = "redis")]
 pub(crate) struct Prepared {
+    /// The limits decided by the script.
     items: Vec<crate::redis_store::Item>,
     /// For each item, the limit it belongs to and its in-memory key (for the fallback).
     owners: Vec<(usize, Option<u64>)>,
+    /// The leased limits, decided in this process.
+    leases: Vec<LeaseItem>,
     cost: u32,
+}
+
+#[cfg(feature = "redis")]
+struct LeaseItem {
+    owner: usize,
+    local_key: Option<u64>,
+    slot: Arc<crate::lease::Slot>,
+    gcra: Gcra,
+}
+
+/// What a leased limit said.
+#[cfg(feature = "redis")]
+enum LeaseStep {
+    Paid {
+        remaining: u32,
+        reset_after: Duration,
+    },
+    Denied {
+        retry_after: Duration,
+    },
 }
 
 #[cfg(feature = "redis")]
@@ -509,16 +543,32 @@ impl<Req: 'static> RateLimiter<Req> {
         let cost = self.cost(req);
         let mut items = Vec::with_capacity(self.inner.limits.len());
         let mut owners = Vec::with_capacity(self.inner.limits.len());
+        let mut leases = Vec::new();
         for (i, l) in self.inner.limits.iter().enumerate() {
-            let (tag, local_key) = match &l.key {
-                None => (format!("rl:{}", l.name), None),
+            let key = match &l.key {
+                None => None,
                 Some(extract) => match extract.key(req) {
-                    Some(k) => (format!("rl:{}:{}", l.name, k), Some(l.local.hash(&k))),
+                    Some(k) => Some(k),
                     None => continue,
                 },
             };
+            let local_key = key.as_deref().map(|k| l.local.hash(k));
+            let redis_key = || match key.as_deref() {
+                None => ks.tagged(&format!("rl:{}", l.name), &[]),
+                Some(k) => ks.tagged(&format!("rl:{}:{}", l.name, k), &[]),
+            };
+            if let Some(l_leases) = &l.leases {
+                // The key string is built only the first time this process sees the key.
+                leases.push(LeaseItem {
+                    owner: i,
+                    local_key,
+                    slot: l_leases.slot(local_key, redis_key),
+                    gcra: l.hot.load(),
+                });
+                continue;
+            }
             items.push(crate::redis_store::Item {
-                key: ks.tagged(&tag, &[]),
+                key: redis_key(),
                 gcra: l.hot.load(),
                 cost,
                 shadow: l.shadow,
@@ -528,6 +578,7 @@ impl<Req: 'static> RateLimiter<Req> {
         Prepared {
             items,
             owners,
+            leases,
             cost,
         }
     }
@@ -547,108 +598,252 @@ impl<Req: 'static> RateLimiter<Req> {
     ) -> Decision<'_> {
         use crate::redis_store::{RemoteStep, from_micros};
         let cost = prepared.cost;
-        #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
-        let started = crate::metrics::StoreMetrics::start();
-        let result = store.take(&prepared.items).await;
-        store.metrics().decision(started, result.is_ok());
-        match result {
-            Ok(steps) => {
-                let mut tally = Tally::new();
-                let mut applied: u16 = 0;
-                for ((step, &(owner, _)), item) in
-                    steps.iter().zip(&prepared.owners).zip(&prepared.items)
-                {
-                    let l = &self.inner.limits[owner];
-                    let g = &item.gcra;
-                    applied |= 1 << owner;
-                    match *step {
-                        RemoteStep::Allow {
-                            remaining,
-                            reset_us,
-                        } => tally.allow(&l.name, g, remaining, from_micros(reset_us)),
-                        RemoteStep::Deny { retry_us, .. } => {
-                            if l.shadow {
-                                l.metrics.shadow_denied();
-                            } else {
-                                l.metrics.denied();
-                            }
-                            tally.deny(
-                                &l.name,
-                                g,
-                                retry_after(&item.gcra, cost, retry_us * 1_000),
-                                l.shadow,
-                            )
-                        }
-                    }
-                }
-                if tally.denied.is_none() {
-                    self.count_allowed(applied);
-                }
-                tally.finish(false)
-            }
-            Err(_) => self.decide_degraded(&prepared),
-        }
-    }
-
-    /// Redis failed: every limit follows its own policy.
-    fn decide_degraded(&self, prepared: &Prepared) -> Decision<'_> {
-        let now = self.inner.clock.now();
-        let cost = prepared.cost;
         let mut tally = Tally::new();
-        let mut applied: u16 = 0;
-        // Fallback buckets that took cells, refunded if another limit denies.
-        let mut taken: Vec<(usize, Option<u64>)> = Vec::new();
-        for &(owner, key) in &prepared.owners {
-            let l = &self.inner.limits[owner];
-            let params = l.params.load();
-            applied |= 1 << owner;
-            let denied = match l.on_failure {
-                OnBackendFailure::Open => false,
-                OnBackendFailure::Closed => {
-                    tally.deny(
-                        &l.name,
-                        &params.gcra,
-                        Duration::from_nanos(params.gcra.interval),
-                        l.shadow,
-                    );
-                    true
+        // Limits that admitted the request, for the `allowed` counters.
+        let mut admitted: u16 = 0;
+        let mut degraded = false;
+        // What to give back if a later limit denies: leases paid, fallback buckets taken.
+        let mut paid: Vec<&LeaseItem> = Vec::new();
+        let mut fallback_taken: Vec<(usize, Option<u64>)> = Vec::new();
+
+        // 1. Leased limits: decided here; a round trip only to renew a lease.
+        for item in &prepared.leases {
+            let l = &self.inner.limits[item.owner];
+            let g = &item.gcra;
+            match self.spend_lease(store, l, item, cost).await {
+                Ok(LeaseStep::Paid {
+                    remaining,
+                    reset_after,
+                }) => {
+                    admitted |= 1 << item.owner;
+                    paid.push(item);
+                    tally.allow(&l.name, g, remaining, reset_after);
                 }
-                OnBackendFailure::Local { .. } => {
-                    let g = &params.fallback;
-                    match l.local.step(key, g, now, cost) {
-                        Step::Allow { tat } => {
-                            taken.push((owner, key));
-                            tally.allow(
-                                &l.name,
-                                g,
-                                g.remaining(tat, now),
-                                Duration::from_nanos(Gcra::reset_after(tat, now)),
-                            );
-                            false
-                        }
-                        Step::Deny { retry_after: r } => {
-                            tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
-                            true
+                Ok(LeaseStep::Denied { retry_after }) => {
+                    if l.shadow {
+                        l.metrics.shadow_denied();
+                    } else {
+                        l.metrics.denied();
+                    }
+                    tally.deny(&l.name, g, retry_after, l.shadow);
+                }
+                Err(_) => {
+                    degraded = true;
+                    let now = self.inner.clock.now();
+                    if self.fallback_step(
+                        item.owner,
+                        item.local_key,
+                        now,
+                        cost,
+                        &mut tally,
+                        &mut fallback_taken,
+                    ) {
+                        admitted |= 1 << item.owner;
+                    }
+                }
+            }
+            if tally.denied.is_some() {
+                break;
+            }
+        }
+
+        // 2. Exact limits: one script call (one per slot on a cluster).
+        if tally.denied.is_none() && !prepared.items.is_empty() {
+            #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
+            let started = crate::metrics::StoreMetrics::start();
+            let result = store.take(&prepared.items).await;
+            store.metrics().decision(started, result.is_ok());
+            match result {
+                Ok(steps) => {
+                    for ((step, &(owner, _)), item) in
+                        steps.iter().zip(&prepared.owners).zip(&prepared.items)
+                    {
+                        let l = &self.inner.limits[owner];
+                        let g = &item.gcra;
+                        match *step {
+                            RemoteStep::Allow {
+                                remaining,
+                                reset_us,
+                            } => {
+                                admitted |= 1 << owner;
+                                tally.allow(&l.name, g, remaining, from_micros(reset_us))
+                            }
+                            RemoteStep::Deny { retry_us, .. } => {
+                                if l.shadow {
+                                    l.metrics.shadow_denied();
+                                } else {
+                                    l.metrics.denied();
+                                }
+                                tally.deny(
+                                    &l.name,
+                                    g,
+                                    retry_after(g, cost, retry_us * 1_000),
+                                    l.shadow,
+                                )
+                            }
                         }
                     }
                 }
-            };
-            if denied {
-                if l.shadow {
-                    l.metrics.shadow_denied();
-                } else {
-                    l.metrics.denied();
+                Err(_) => {
+                    degraded = true;
+                    let now = self.inner.clock.now();
+                    for &(owner, key) in &prepared.owners {
+                        if self.fallback_step(
+                            owner,
+                            key,
+                            now,
+                            cost,
+                            &mut tally,
+                            &mut fallback_taken,
+                        ) {
+                            admitted |= 1 << owner;
+                        }
+                    }
                 }
             }
         }
+
         if tally.denied.is_none() {
-            self.count_allowed(applied);
+            self.count_allowed(admitted);
         } else {
-            for (owner, key) in taken {
+            let now = self.inner.clock.now();
+            for item in paid {
+                item.slot.give_back(cost, now);
+            }
+            for (owner, key) in fallback_taken {
                 let l = &self.inner.limits[owner];
                 l.local.refund(key, &l.params.load().fallback, now, cost);
             }
         }
-        tally.finish(true)
+        tally.finish(degraded)
+    }
+
+    /// Spends `cost` from a leased limit, renewing its lease from Redis when it cannot pay.
+    async fn spend_lease(
+        &self,
+        store: &crate::redis_store::RedisStore,
+        l: &LimitState<Req>,
+        item: &LeaseItem,
+        cost: u32,
+    ) -> omega_core::Result<LeaseStep> {
+        use crate::lease::Spend;
+        use crate::redis_store::LeaseGrant;
+        let g = &item.gcra;
+        if cost > g.burst {
+            return Ok(LeaseStep::Denied {
+                retry_after: Duration::MAX,
+            });
+        }
+        let lease = l
+            .leases
+            .as_ref()
+            .expect("a lease item belongs to a leased limit")
+            .lease;
+        loop {
+            let now = self.inner.clock.now();
+            match item.slot.spend(cost, now) {
+                Spend::Paid {
+                    remaining,
+                    reset_after,
+                } => {
+                    return Ok(LeaseStep::Paid {
+                        remaining,
+                        reset_after: Duration::from_nanos(reset_after),
+                    });
+                }
+                Spend::Denied { retry_after } => {
+                    return Ok(LeaseStep::Denied {
+                        retry_after: Duration::from_nanos(retry_after),
+                    });
+                }
+                Spend::Wait => item.slot.wait_for_fetch().await,
+                Spend::Fetch(guard) => {
+                    let want = lease.batch.max(cost).min(g.burst);
+                    #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
+                    let started = crate::metrics::StoreMetrics::start();
+                    let result = store.lease(&item.slot.redis_key, g, cost, want).await;
+                    store.metrics().decision(started, result.is_ok());
+                    // On error the guard drops here and the next caller may fetch.
+                    let grant = result?;
+                    let now = self.inner.clock.now();
+                    return Ok(match grant {
+                        LeaseGrant::Granted {
+                            cells,
+                            full_after_us,
+                        } => LeaseStep::Paid {
+                            remaining: guard.granted(
+                                cells,
+                                cost,
+                                full_after_us.saturating_mul(1_000),
+                                now,
+                                omega_core::clock::duration_nanos(lease.max_hold),
+                            ),
+                            reset_after: Duration::from_micros(full_after_us),
+                        },
+                        LeaseGrant::Denied { retry_us } => {
+                            let retry = retry_us.saturating_mul(1_000);
+                            guard.denied(retry, now);
+                            LeaseStep::Denied {
+                                retry_after: Duration::from_nanos(retry),
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Redis failed for limit `owner`: its failure policy decides. Returns `true` when the
+    /// limit admitted the request; fallback cells taken are recorded in `taken`.
+    fn fallback_step<'a>(
+        &'a self,
+        owner: usize,
+        key: Option<u64>,
+        now: omega_core::Nanos,
+        cost: u32,
+        tally: &mut Tally<'a>,
+        taken: &mut Vec<(usize, Option<u64>)>,
+    ) -> bool {
+        let l = &self.inner.limits[owner];
+        let params = l.params.load();
+        let denied = match l.on_failure {
+            OnBackendFailure::Open => false,
+            OnBackendFailure::Closed => {
+                tally.deny(
+                    &l.name,
+                    &params.gcra,
+                    Duration::from_nanos(params.gcra.interval),
+                    l.shadow,
+                );
+                true
+            }
+            OnBackendFailure::Local { .. } => {
+                let g = &params.fallback;
+                match l.local.step(key, g, now, cost) {
+                    Step::Allow { tat } => {
+                        taken.push((owner, key));
+                        tally.allow(
+                            &l.name,
+                            g,
+                            g.remaining(tat, now),
+                            Duration::from_nanos(Gcra::reset_after(tat, now)),
+                        );
+                        false
+                    }
+                    Step::Deny { retry_after: r } => {
+                        tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
+                        true
+                    }
+                }
+            }
+        };
+        if denied {
+            if l.shadow {
+                l.metrics.shadow_denied();
+            } else {
+                l.metrics.denied();
+            }
+        }
+        !denied
     }
 }

@@ -71,6 +71,38 @@ end
 return out
 "#;
 
+/// Takes a lease: `min(want, available)` cells of one key, provided at least `min` are
+/// available; otherwise nothing, and how long until `min` are. Same key format and GCRA as
+/// `GCRA_MULTI`, so exact and leasing instances share one bucket.
+const GCRA_LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local min = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if (not tat) or tat < now then tat = now end
+local ahead = tat - now
+local avail = math.floor((cap - ahead) / interval + 1e-9)
+if avail < min then
+  return {0, math.ceil(ahead + min * interval - cap)}
+end
+local n = math.min(want, avail)
+local nt = tat + n * interval
+redis.call('SET', KEYS[1], string.format('%.3f', nt), 'PX', math.ceil((nt - now) / 1000) + 1)
+return {n, math.ceil(nt - now)}
+"#;
+
+/// What a lease call gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeaseGrant {
+    /// `cells` taken; the bucket is full again `full_after_us` from now.
+    Granted { cells: u32, full_after_us: u64 },
+    /// Fewer cells than asked for are available; µs until there are enough.
+    Denied { retry_us: u64 },
+}
+
 /// One limit's part in a Redis decision.
 #[derive(Debug)]
 pub(crate) struct Item {
@@ -92,6 +124,7 @@ pub(crate) enum RemoteStep {
 pub(crate) struct RedisStore {
     backend: RedisBackend,
     script: Script,
+    lease_script: Script,
     metrics: crate::metrics::StoreMetrics,
 }
 
@@ -99,6 +132,7 @@ impl RedisStore {
     pub(crate) fn new(backend: RedisBackend) -> Self {
         RedisStore {
             script: Script::new("rate_limit_gcra", GCRA_MULTI),
+            lease_script: Script::new("rate_limit_lease", GCRA_LEASE),
             metrics: crate::metrics::StoreMetrics::new(backend.target()),
             backend,
         }
@@ -110,6 +144,37 @@ impl RedisStore {
 
     pub(crate) fn backend(&self) -> &RedisBackend {
         &self.backend
+    }
+
+    /// Takes a lease of up to `want` cells (at least `min`) from `key`.
+    pub(crate) async fn lease(
+        &self,
+        key: &str,
+        gcra: &Gcra,
+        min: u32,
+        want: u32,
+    ) -> omega_core::Result<LeaseGrant> {
+        let call = self
+            .lease_script
+            .call()
+            .key(key)
+            .arg(micros(gcra.interval))
+            .arg(micros(gcra.capacity))
+            .arg(min)
+            .arg(want);
+        let raw: Vec<i64> = self.backend.eval(&call).await?;
+        let (first, second) = (
+            raw.first().copied().unwrap_or(0),
+            raw.get(1).copied().unwrap_or(0).max(0) as u64,
+        );
+        Ok(if first > 0 {
+            LeaseGrant::Granted {
+                cells: u32::try_from(first).unwrap_or(u32::MAX),
+                full_after_us: second,
+            }
+        } else {
+            LeaseGrant::Denied { retry_us: second }
+        })
     }
 
     /// Takes from every item or from none. Errors are the backend's (bounded by its timeout).
