@@ -1,6 +1,106 @@
 //! # omega-circuit-breaker
 //!
-//! `CircuitBreakerLayer`: resilience4j's circuit breaker model for Tower. Being built; see
-//! the README for its status.
+//! `CircuitBreakerLayer`: resilience4j's circuit breaker for Tower services and plain futures,
+//! lock-free on its hot path, reconfigurable while serving, and optionally shared across
+//! instances through Redis.
+//!
+//! - **States** CLOSED, OPEN, HALF_OPEN, plus DISABLED, FORCED_OPEN and METRICS_ONLY, with
+//!   manual transitions on the [`CircuitBreaker`] (clones are handles on one breaker).
+//! - **Failure detection** ([`SlidingWindow`]): count-based or time-based window with a
+//!   failure-rate threshold, a slow-call duration and slow-call-rate threshold, a minimum number
+//!   of calls; or a number of consecutive failures.
+//! - **OPEN** waits, with optional exponential backoff and jitter over repeated openings, then
+//!   moves to HALF_OPEN on a timer (no traffic needed), or on the next call or state read.
+//! - **HALF_OPEN** admits exactly N probes however many tasks race; a dropped probe gives its
+//!   permit back; results of calls admitted in an earlier state are ignored (an epoch in the
+//!   permit); after an optional maximum wait it opens again. An optional ramp-up after
+//!   closing admits a growing share of traffic.
+//! - **Classification** ([`Classify`]): errors, HTTP 5xx and gRPC status codes
+//!   ([`http::HttpClassifier`], feature `http`), or any predicate; ignored outcomes.
+//! - **Per-key breakers** in a [`BreakerRegistry`] with a maximum size and idle eviction.
+//! - **Health** ([`HealthSnapshot`]), **events** ([`CircuitBreaker::events`], a tokio
+//!   broadcast) and **metrics** (feature `metrics`).
+//! - **Rejection** as [`CircuitOpen`] with the time until the next probe; with `http` a 503 with
+//!   `Retry-After` (or a trailers-only gRPC `UNAVAILABLE` for gRPC requests); with `grpc`,
+//!   `From<CircuitOpen> for tonic::Status`.
+//! - **Shared state** (feature `redis`, [`shared::RedisSync`]): OPEN transitions published through
+//!   Redis pub/sub with an optional quorum; never a Redis round trip per call.
+//!
+//! ## Cost per call
+//!
+//! CLOSED with a count-based or consecutive window: one atomic load to admit, and once the
+//! window holds only successes, one atomic load to record a success; no lock, no allocation,
+//! no clock reading. A slow-call duration adds a clock reading at the start and at the end of
+//! each call; a time-based window adds a clock reading and a short uncontended lock per
+//! recorded call. Failures, transitions and OPEN take slower (still lock-free, except
+//! transitions) paths.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::time::Duration;
+//! use omega_circuit_breaker::{CallError, CircuitBreaker, CircuitBreakerConfig, SlidingWindow, State};
+//!
+//! let breaker = CircuitBreaker::with_config(
+//!     "payment_gateway",
+//!     CircuitBreakerConfig::default()
+//!         .sliding_window(SlidingWindow::ConsecutiveFailures(3))
+//!         .wait_duration(Duration::from_secs(30)),
+//! )
+//! .unwrap();
+//! for _ in 0..3 {
+//!     let r: Result<(), _> = breaker.call(async { Err("boom") }).await;
+//!     assert!(matches!(r, Err(CallError::Inner("boom"))));
+//! }
+//! assert_eq!(breaker.state(), State::Open);
+//! let r = breaker.call(async { Ok::<_, &str>(()) }).await;
+//! assert!(matches!(r, Err(CallError::Rejected(_))));
+//! # }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `http` | [`http::HttpClassifier`], [`RejectWithResponse`]: 503 + `Retry-After` / gRPC `UNAVAILABLE` responses |
+//! | `grpc` | `From<CircuitOpen> for tonic::Status` |
+//! | `redis` | [`shared::RedisSync`]: OPEN shared across instances |
+//! | `metrics` | metrics through the `metrics` crate |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod breaker;
+mod classify;
+mod config;
+mod error;
+mod event;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "metrics")]
+mod metrics;
+mod registry;
+mod service;
+#[cfg(feature = "redis")]
+pub mod shared;
+mod state;
+mod window;
+
+pub use breaker::{
+    Call, CircuitBreaker, CircuitBreakerBuilder, HealthSnapshot, OwnedPermit, Permit,
+};
+pub use classify::{Classify, ClassifyFn, ErrorsAreFailures, Outcome};
+pub use config::{CircuitBreakerConfig, MAX_WINDOW_CALLS, MAX_WINDOW_SECONDS, SlidingWindow};
+pub use error::{CallError, CircuitOpen, ConfigError};
+pub use event::{Cause, Event, EventKind};
+pub use omega_core::Clock;
+pub use registry::{BreakerRegistry, BreakerRegistryBuilder, DEFAULT_MAX_BREAKERS};
+#[cfg(feature = "http")]
+pub use service::RejectWithResponse;
+pub use service::{
+    BoxError, CircuitBreakerLayer, CircuitBreakerService, KeyFn, OnRejection, RejectWithError,
+    ResponseFuture, Selector, Single,
+};
+pub use state::State;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,125 @@
+//! The errors of the breaker.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::State;
+
+/// A call was rejected because the circuit is open (or in HALF_OPEN with every probe taken,
+/// FORCED_OPEN, or ramping up after closing).
+///
+/// Services built by [`crate::CircuitBreakerLayer`] return it boxed in a `BoxError`; downcast
+/// to read it:
+///
+/// ```
+/// use omega_circuit_breaker::CircuitOpen;
+///
+/// fn is_open(err: &(dyn std::error::Error + 'static)) -> bool {
+///     err.downcast_ref::<CircuitOpen>().is_some()
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CircuitOpen {
+    pub(crate) breaker: Arc<str>,
+    pub(crate) state: State,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl CircuitOpen {
+    /// The name of the breaker that rejected the call.
+    pub fn breaker(&self) -> &str {
+        &self.breaker
+    }
+
+    /// The state the breaker was in.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The time until the breaker lets the next probe through, when known (OPEN). `None` in
+    /// FORCED_OPEN, or in HALF_OPEN while every probe is out.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit {:?} is {}", self.breaker, self.state)?;
+        if let Some(after) = self.retry_after {
+            write!(f, "; next probe in {after:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CircuitOpen {}
+
+/// The error of [`crate::CircuitBreaker::call`]: the breaker rejected the call, or the call
+/// itself failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallError<E> {
+    /// The circuit did not admit the call; the future was not polled.
+    Rejected(CircuitOpen),
+    /// The call ran and returned this error.
+    Inner(E),
+}
+
+impl<E> CallError<E> {
+    /// The inner error, if the call ran.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            CallError::Inner(e) => Some(e),
+            CallError::Rejected(_) => None,
+        }
+    }
+
+    /// `true` when the breaker rejected the call.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, CallError::Rejected(_))
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Rejected(open) => open.fmt(f),
+            CallError::Inner(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Rejected(open) => Some(open),
+            CallError::Inner(e) => Some(e),
+        }
+    }
+}
+
+/// A configuration was refused; the message names the bad value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
+        ConfigError(msg.into())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(feature = "grpc")]
+impl From<CircuitOpen> for tonic::Status {
+    fn from(open: CircuitOpen) -> Self {
+        tonic::Status::unavailable(open.to_string())
+    }
+}

@@ -1,0 +1,347 @@
+//! Per-key breakers: a registry with a maximum size and idle eviction.
+
+use std::collections::HashMap;
+use std::fmt::{self, Display};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use omega_core::Clock;
+
+use crate::breaker::{CircuitBreaker, HealthSnapshot};
+use crate::config::CircuitBreakerConfig;
+use crate::error::ConfigError;
+use crate::state::State;
+
+/// The default maximum number of breakers in a registry.
+pub const DEFAULT_MAX_BREAKERS: usize = 10_000;
+
+/// One breaker per key (per upstream node, per shard, ...), created on first use from the
+/// registry's configuration and named after its key. Clones share the registry.
+///
+/// A breaker's key and name are fixed when it is created: reconfiguring it (or the registry)
+/// changes thresholds, never which key it guards. The registry holds at most
+/// [`max_breakers`](BreakerRegistryBuilder::max_breakers); breakers unused for the
+/// [`idle_timeout`](BreakerRegistryBuilder::idle_timeout) are dropped, but only in CLOSED or
+/// DISABLED: an OPEN breaker of a node that nobody calls any more stays, so that the node is
+/// not tried again as if healthy. When the registry is full, the least recently used breaker
+/// in CLOSED or DISABLED makes room (the least recently used of all if none is).
+///
+/// ```
+/// use omega_circuit_breaker::{BreakerRegistry, CircuitBreakerConfig};
+///
+/// let nodes = BreakerRegistry::<String>::new(CircuitBreakerConfig::default()).unwrap();
+/// let a = nodes.get_or_create(&"node-a".to_string());
+/// assert_eq!(a.name(), "node-a");
+/// a.force_open();
+/// assert!(!nodes.is_call_permitted(&"node-a".to_string()));
+/// assert!(nodes.is_call_permitted(&"node-b".to_string())); // unknown: no breaker yet
+/// ```
+pub struct BreakerRegistry<K> {
+    inner: Arc<RegInner<K>>,
+}
+
+struct RegInner<K> {
+    map: RwLock<HashMap<K, Entry>>,
+    config: ArcSwap<CircuitBreakerConfig>,
+    clock: Option<Clock>,
+    prefix: String,
+    max: usize,
+    tick: AtomicU64,
+    #[cfg(feature = "redis")]
+    sync: Option<crate::shared::RedisSync>,
+}
+
+struct Entry {
+    breaker: CircuitBreaker,
+    seen: AtomicU64,
+}
+
+impl<K> Clone for BreakerRegistry<K> {
+    fn clone(&self) -> Self {
+        BreakerRegistry {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for BreakerRegistry<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerRegistry")
+            .field("len", &self.read().len())
+            .field("max", &self.inner.max)
+            .finish()
+    }
+}
+
+/// Builds a [`BreakerRegistry`].
+#[derive(Debug)]
+pub struct BreakerRegistryBuilder {
+    config: CircuitBreakerConfig,
+    clock: Option<Clock>,
+    prefix: String,
+    max: usize,
+    idle: Option<Duration>,
+    #[cfg(feature = "redis")]
+    sync: Option<crate::shared::RedisSync>,
+}
+
+impl BreakerRegistryBuilder {
+    /// The configuration of new breakers.
+    pub fn config(mut self, config: CircuitBreakerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock of new breakers.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Breakers are named `prefix` + key (default: the key alone).
+    pub fn name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The maximum number of breakers (default [`DEFAULT_MAX_BREAKERS`]).
+    pub fn max_breakers(mut self, max: usize) -> Self {
+        self.max = max.max(1);
+        self
+    }
+
+    /// Drops breakers unused for about `idle` (see [`BreakerRegistry::evict_idle`]); a tokio
+    /// task runs the sweep every `idle / 2` when the registry is built inside a runtime.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// Shares the OPEN state of every breaker of this registry through Redis.
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self, sync: crate::shared::RedisSync) -> Self {
+        self.sync = Some(sync);
+        self
+    }
+
+    /// Builds the registry.
+    pub fn build<K>(self) -> Result<BreakerRegistry<K>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Display + Send + Sync + 'static,
+    {
+        self.config.validate()?;
+        let registry = BreakerRegistry {
+            inner: Arc::new(RegInner {
+                map: RwLock::new(HashMap::new()),
+                config: ArcSwap::from_pointee(self.config),
+                clock: self.clock,
+                prefix: self.prefix,
+                max: self.max,
+                tick: AtomicU64::new(0),
+                #[cfg(feature = "redis")]
+                sync: self.sync,
+            }),
+        };
+        if let (Some(idle), Ok(rt)) = (self.idle, tokio::runtime::Handle::try_current()) {
+            let weak: Weak<RegInner<K>> = Arc::downgrade(&registry.inner);
+            let period = (idle / 2).max(Duration::from_millis(1));
+            rt.spawn(async move {
+                let mut interval = tokio::time::interval(period);
+                interval.tick().await;
+                loop {
+                    interval.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    BreakerRegistry { inner }.evict_idle();
+                }
+            });
+        }
+        Ok(registry)
+    }
+}
+
+fn evictable(b: &CircuitBreaker) -> bool {
+    matches!(b.state(), State::Closed | State::Disabled) && b.is_call_permitted()
+}
+
+impl<K> BreakerRegistry<K>
+where
+    K: Hash + Eq + Clone + Display + Send + Sync + 'static,
+{
+    /// A registry creating breakers with `config`.
+    pub fn new(config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
+        Self::builder().config(config).build()
+    }
+
+    /// Starts a builder.
+    pub fn builder() -> BreakerRegistryBuilder {
+        BreakerRegistryBuilder {
+            config: CircuitBreakerConfig::default(),
+            clock: None,
+            prefix: String::new(),
+            max: DEFAULT_MAX_BREAKERS,
+            idle: None,
+            #[cfg(feature = "redis")]
+            sync: None,
+        }
+    }
+
+    /// The breaker of `key`, if it exists.
+    pub fn get(&self, key: &K) -> Option<CircuitBreaker> {
+        let map = self.read();
+        let e = map.get(key)?;
+        self.touch(e);
+        Some(e.breaker.clone())
+    }
+
+    /// The breaker of `key`, created with the registry's configuration if needed.
+    pub fn get_or_create(&self, key: &K) -> CircuitBreaker {
+        if let Some(b) = self.get(key) {
+            return b;
+        }
+        let config = (**self.inner.config.load()).clone();
+        self.insert_with(key, config)
+    }
+
+    /// The breaker of `key`, created with `config` if needed (an existing breaker keeps its
+    /// configuration).
+    pub fn get_or_create_with(
+        &self,
+        key: &K,
+        config: impl FnOnce() -> CircuitBreakerConfig,
+    ) -> Result<CircuitBreaker, ConfigError> {
+        if let Some(b) = self.get(key) {
+            return Ok(b);
+        }
+        let config = config();
+        config.validate()?;
+        Ok(self.insert_with(key, config))
+    }
+
+    fn insert_with(&self, key: &K, config: CircuitBreakerConfig) -> CircuitBreaker {
+        let mut map = self
+            .inner
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = map.get(key) {
+            return e.breaker.clone();
+        }
+        if map.len() >= self.inner.max {
+            let victim = map
+                .iter()
+                .min_by_key(|(_, e)| (!evictable(&e.breaker), e.seen.load(Ordering::Relaxed)))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = victim {
+                map.remove(&k);
+            }
+        }
+        let mut b = CircuitBreaker::builder(format!("{}{}", self.inner.prefix, key)).config(config);
+        if let Some(c) = &self.inner.clock {
+            b = b.clock(c.clone());
+        }
+        let breaker = b.build().expect("validated configuration");
+        #[cfg(feature = "redis")]
+        if let Some(sync) = &self.inner.sync {
+            sync.attach(&breaker);
+        }
+        map.insert(
+            key.clone(),
+            Entry {
+                breaker: breaker.clone(),
+                seen: AtomicU64::new(self.inner.tick.load(Ordering::Relaxed)),
+            },
+        );
+        breaker
+    }
+
+    /// Whether a call to `key` would be admitted now ([`CircuitBreaker::is_call_permitted`]);
+    /// `true` for a key without a breaker.
+    pub fn is_call_permitted(&self, key: &K) -> bool {
+        self.read()
+            .get(key)
+            .is_none_or(|e| e.breaker.is_call_permitted())
+    }
+
+    /// The state of `key`'s breaker, if it exists.
+    pub fn state(&self, key: &K) -> Option<State> {
+        self.read().get(key).map(|e| e.breaker.state())
+    }
+
+    /// Removes `key`'s breaker.
+    pub fn remove(&self, key: &K) -> Option<CircuitBreaker> {
+        self.inner
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .map(|e| e.breaker)
+    }
+
+    /// The number of breakers.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// `true` when the registry holds no breaker.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The keys and health snapshots of every breaker.
+    pub fn health(&self) -> Vec<(K, HealthSnapshot)> {
+        let breakers: Vec<(K, CircuitBreaker)> = self
+            .read()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.breaker.clone()))
+            .collect();
+        breakers.into_iter().map(|(k, b)| (k, b.health())).collect()
+    }
+
+    /// Changes the configuration of new breakers and of every existing one (their windows and
+    /// states are kept).
+    pub fn reconfigure(&self, config: CircuitBreakerConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        let breakers: Vec<CircuitBreaker> =
+            self.read().values().map(|e| e.breaker.clone()).collect();
+        for b in breakers {
+            b.reconfigure(config.clone())?;
+        }
+        self.inner.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// One sweep of idle eviction: drops the breakers (in CLOSED or DISABLED) that were not
+    /// used since the sweep before the previous one, and returns how many. Runs by itself
+    /// every `idle_timeout / 2` when one is configured.
+    pub fn evict_idle(&self) -> usize {
+        let tick = self.inner.tick.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut map = self
+            .inner
+            .map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = map.len();
+        map.retain(|_, e| e.seen.load(Ordering::Relaxed) + 2 > tick || !evictable(&e.breaker));
+        before - map.len()
+    }
+
+    #[inline]
+    fn touch(&self, e: &Entry) {
+        let tick = self.inner.tick.load(Ordering::Relaxed);
+        if e.seen.load(Ordering::Relaxed) != tick {
+            e.seen.store(tick, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<K> BreakerRegistry<K> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, Entry>> {
+        self.inner
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
