@@ -478,6 +478,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// `true` while the breaker is still in the state that transition `epoch` entered.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn in_epoch(&self, epoch: u32) -> bool {
+        state::epoch(self.inner.word.load(Ordering::Acquire)) == epoch
+    }
+
     fn lock(&self) -> MutexGuard<'_, Transitions> {
         self.inner
             .lock
@@ -906,7 +912,7 @@ impl CircuitBreaker {
         }
         #[cfg(feature = "redis")]
         if let Some(link) = inner.shared.get() {
-            link.on_transition(from, to, cause, open_wait);
+            link.on_transition(self, epoch, to, cause, open_wait);
         }
         let _ = open_wait;
     }

@@ -96,8 +96,8 @@ pub use registry::{BreakerRegistry, BreakerRegistryBuilder, DEFAULT_MAX_BREAKERS
 #[cfg(feature = "http")]
 pub use service::RejectWithResponse;
 pub use service::{
-    BoxError, CircuitBreakerLayer, CircuitBreakerService, KeyFn, OnRejection, RejectWithError,
-    ResponseFuture, Selector, Single,
+    BoxError, CircuitBreakerLayer, CircuitBreakerService, KeyFn, MapErr, OnRejection,
+    RejectWithError, ResponseFuture, Selector, Single,
 };
 pub use state::State;
 

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -69,17 +70,35 @@ where
     }
 }
 
-/// What a service answers when the circuit rejects a request.
-pub trait OnRejection<Req, Res> {
-    /// The answer to `req`.
-    fn reject(&self, req: &Req, open: CircuitOpen) -> Result<Res, BoxError>;
+/// The error type of a [`CircuitBreakerService`] whose inner service fails with `E`.
+pub trait MapErr<E> {
+    /// The service's error type.
+    type Error;
+
+    /// The inner service's error as the service's error.
+    fn map(err: E) -> Self::Error;
 }
 
-/// Rejected requests fail with [`CircuitOpen`] (boxed), as tower middleware do.
+/// What a service answers when the circuit rejects a request.
+pub trait OnRejection<Req, Res, E>: MapErr<E> {
+    /// The answer to `req`.
+    fn reject(&self, req: &Req, open: CircuitOpen) -> Result<Res, Self::Error>;
+}
+
+/// Rejected requests fail with [`CircuitOpen`], and errors are boxed, as tower middleware do.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RejectWithError;
 
-impl<Req, Res> OnRejection<Req, Res> for RejectWithError {
+impl<E: Into<BoxError>> MapErr<E> for RejectWithError {
+    type Error = BoxError;
+
+    #[inline]
+    fn map(err: E) -> BoxError {
+        err.into()
+    }
+}
+
+impl<Req, Res, E: Into<BoxError>> OnRejection<Req, Res, E> for RejectWithError {
     #[inline]
     fn reject(&self, _req: &Req, open: CircuitOpen) -> Result<Res, BoxError> {
         Err(Box::new(open))
@@ -88,20 +107,31 @@ impl<Req, Res> OnRejection<Req, Res> for RejectWithError {
 
 /// Rejected HTTP requests get a response: `503 Service Unavailable` with `Retry-After` (when the
 /// time to the next probe is known), or a trailers-only gRPC `UNAVAILABLE` for gRPC requests.
-/// The stack then works on axum without `HandleErrorLayer`.
+/// The inner service's error type is kept (axum's `Infallible`), so the stack works on axum
+/// without `HandleErrorLayer`.
 #[cfg(feature = "http")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RejectWithResponse;
 
 #[cfg(feature = "http")]
-impl<ReqB, ResB: Default> OnRejection<::http::Request<ReqB>, ::http::Response<ResB>>
+impl<E> MapErr<E> for RejectWithResponse {
+    type Error = E;
+
+    #[inline]
+    fn map(err: E) -> E {
+        err
+    }
+}
+
+#[cfg(feature = "http")]
+impl<ReqB, ResB: Default, E> OnRejection<::http::Request<ReqB>, ::http::Response<ResB>, E>
     for RejectWithResponse
 {
     fn reject(
         &self,
         req: &::http::Request<ReqB>,
         open: CircuitOpen,
-    ) -> Result<::http::Response<ResB>, BoxError> {
+    ) -> Result<::http::Response<ResB>, E> {
         Ok(crate::http::rejection_response(req.headers(), &open))
     }
 }
@@ -250,76 +280,75 @@ impl<S, P, C, R> CircuitBreakerService<S, P, C, R> {
 impl<S, Req, P, C, R> Service<Req> for CircuitBreakerService<S, P, C, R>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
     P: Selector<Req>,
     C: Classify<S::Response, S::Error> + Clone,
-    R: OnRejection<Req, S::Response>,
+    R: OnRejection<Req, S::Response, S::Error>,
 {
     type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C, S::Response>;
+    type Error = R::Error;
+    type Future = ResponseFuture<S::Future, C, R, S::Response, R::Error>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx).map_err(R::map)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let Some(breaker) = self.selector.select(&req) else {
-            return ResponseFuture {
-                kind: Kind::Running {
-                    fut: self.inner.call(req),
-                    permit: None,
-                    classify: self.classify.clone(),
-                },
-            };
+        let permit = match self.selector.select(&req) {
+            None => None,
+            Some(breaker) => match breaker.try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(open) => {
+                    return ResponseFuture {
+                        kind: Kind::Ready {
+                            result: Some(self.reject.reject(&req, open)),
+                        },
+                        _map: PhantomData,
+                    };
+                }
+            },
         };
-        match breaker.try_acquire_owned() {
-            Ok(permit) => ResponseFuture {
-                kind: Kind::Running {
-                    fut: self.inner.call(req),
-                    permit: Some(permit),
-                    classify: self.classify.clone(),
-                },
+        ResponseFuture {
+            kind: Kind::Running {
+                fut: self.inner.call(req),
+                permit,
+                classify: self.classify.clone(),
             },
-            Err(open) => ResponseFuture {
-                kind: Kind::Ready {
-                    result: Some(self.reject.reject(&req, open)),
-                },
-            },
+            _map: PhantomData,
         }
     }
 }
 
 pin_project! {
     /// The response future of [`CircuitBreakerService`].
-    pub struct ResponseFuture<F, C, T> {
+    pub struct ResponseFuture<F, C, R, T, Er> {
         #[pin]
-        kind: Kind<F, C, T>,
+        kind: Kind<F, C, T, Er>,
+        _map: PhantomData<fn() -> R>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C, T> {
+    enum Kind<F, C, T, Er> {
         Running { #[pin] fut: F, permit: Option<OwnedPermit>, classify: C },
-        Ready { result: Option<Result<T, BoxError>> },
+        Ready { result: Option<Result<T, Er>> },
     }
 }
 
-impl<F, C, T> std::fmt::Debug for ResponseFuture<F, C, T> {
+impl<F, C, R, T, Er> std::fmt::Debug for ResponseFuture<F, C, R, T, Er> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ResponseFuture")
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C, T>
+impl<F, C, R, T, E> Future for ResponseFuture<F, C, R, T, R::Error>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
     C: Classify<T, E>,
+    R: MapErr<E>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<T, R::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -332,7 +361,7 @@ where
                 if let Some(permit) = permit.take() {
                     permit.record(classify.classify(&result));
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result.map_err(R::map))
             }
             KindProj::Ready { result } => {
                 Poll::Ready(result.take().expect("polled after completion"))

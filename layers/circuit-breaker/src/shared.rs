@@ -269,7 +269,14 @@ pub(crate) struct Link {
 
 impl Link {
     /// Called (under the breaker's transition lock, so it only spawns) after every transition.
-    pub(crate) fn on_transition(&self, _from: State, to: State, cause: Cause, wait: Duration) {
+    pub(crate) fn on_transition(
+        &self,
+        breaker: &CircuitBreaker,
+        epoch: u32,
+        to: State,
+        cause: Cause,
+        wait: Duration,
+    ) {
         let automatic_open = to == State::Open
             && matches!(
                 cause,
@@ -285,11 +292,34 @@ impl Link {
         }
         let sync = self.sync.clone();
         let name = self.name.clone();
+        let weak = Arc::downgrade(&breaker.inner);
+        let clock = breaker.inner.clock.clone();
+        let started = clock.now();
         self.sync.runtime.spawn(async move {
-            if automatic_open {
-                sync.vote(&name, wait).await;
-            } else {
-                sync.recovered(&name).await;
+            // While Redis is down the instance decides alone; the vote (or the cleanup) is
+            // retried while the breaker stays in this state, so an opening made during an
+            // outage still reaches the others once Redis is back.
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                let done = if automatic_open {
+                    let left = wait
+                        .saturating_sub(Duration::from_nanos(clock.now().saturating_sub(started)));
+                    if left.is_zero() {
+                        return;
+                    }
+                    sync.vote(&name, left).await
+                } else {
+                    sync.recovered(&name).await
+                };
+                if done {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                let Some(inner) = weak.upgrade() else { return };
+                if !(CircuitBreaker { inner }).in_epoch(epoch) {
+                    return;
+                }
             }
         });
     }
@@ -304,7 +334,8 @@ impl SyncInner {
         self.keyspace.tagged(name, &["cb", "votes"])
     }
 
-    async fn vote(&self, name: &str, wait: Duration) {
+    /// Casts this instance's vote; `false` when Redis could not be reached.
+    async fn vote(&self, name: &str, wait: Duration) -> bool {
         let wait_ms = wait.as_millis().max(1);
         let message = format!("open|{}|{}|{}", self.instance, wait_ms, name);
         let call = self
@@ -318,15 +349,18 @@ impl SyncInner {
             .arg(wait_ms as u64)
             .arg(&self.channel)
             .arg(message);
-        // Redis down: this instance decides alone.
-        if let Ok(n) = self.backend.eval::<i64>(&call).await
-            && n > 0
-        {
-            self.published.fetch_add(1, Ordering::AcqRel);
+        match self.backend.eval::<i64>(&call).await {
+            Ok(n) => {
+                if n > 0 {
+                    self.published.fetch_add(1, Ordering::AcqRel);
+                }
+                true
+            }
+            Err(_) => false,
         }
     }
 
-    async fn recovered(&self, name: &str) {
+    async fn recovered(&self, name: &str) -> bool {
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM")
             .arg(self.votes_key(name))
@@ -335,7 +369,7 @@ impl SyncInner {
             .cmd("DEL")
             .arg(self.open_key(name))
             .ignore();
-        let _ = self.backend.pipeline::<()>(&pipe).await;
+        self.backend.pipeline::<()>(&pipe).await.is_ok()
     }
 
     /// Opens `breaker` if its circuit is open in Redis.

@@ -1,0 +1,206 @@
+//! Breakers of several instances sharing a real Redis: one opens, the others follow; a quorum;
+//! Redis killed and restarted.
+#![cfg(feature = "redis")]
+
+use std::time::{Duration, Instant};
+
+use omega_circuit_breaker::shared::RedisSync;
+use omega_circuit_breaker::{
+    BreakerRegistry, Cause, CircuitBreaker, CircuitBreakerConfig, EventKind, SlidingWindow, State,
+};
+use omega_core::Keyspace;
+use omega_testkit::RedisServer;
+
+fn config() -> CircuitBreakerConfig {
+    CircuitBreakerConfig::default()
+        .sliding_window(SlidingWindow::ConsecutiveFailures(2))
+        .wait_duration(Duration::from_secs(30))
+        .permitted_calls_in_half_open(1)
+}
+
+/// One "instance": its own connection, subscription and breaker.
+fn instance(url: &str, id: &str, quorum: u32) -> (RedisSync, CircuitBreaker) {
+    let sync = RedisSync::builder(url)
+        .keyspace(Keyspace::new("cbtest").unwrap())
+        .instance_id(id)
+        .quorum(quorum)
+        .build()
+        .unwrap();
+    let breaker = CircuitBreaker::with_config("payments", config()).unwrap();
+    sync.attach(&breaker);
+    (sync, breaker)
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn trip(b: &CircuitBreaker) {
+    for _ in 0..2 {
+        b.try_acquire().unwrap().failure();
+    }
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_on_one_instance_opens_the_others_and_newcomers_learn_it() {
+    let server = RedisServer::start();
+    let (sa, a) = instance(&server.url(), "a", 1);
+    let (sb, b) = instance(&server.url(), "b", 1);
+    eventually("subscriptions", || sa.is_subscribed() && sb.is_subscribed()).await;
+    let mut events = b.events();
+
+    let t0 = Instant::now();
+    trip(&a);
+    eventually("b to follow", || b.state() == State::Open).await;
+    eprintln!(
+        "OPEN propagated to the other instance in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(sa.published(), 1);
+    assert_eq!(sb.received(), 1);
+    let e = events.recv().await.unwrap();
+    assert_eq!(
+        e.kind,
+        EventKind::Transition {
+            from: State::Closed,
+            to: State::Open,
+            cause: Cause::Remote
+        }
+    );
+    // The follower rejects with what is left of the wait.
+    let open = b.try_acquire().unwrap_err();
+    assert!(open.retry_after().unwrap() <= Duration::from_secs(30));
+    // A remote opening is not published again.
+    assert_eq!(sb.published(), 0);
+
+    // An instance that starts now learns the open circuit from its key.
+    let (_sc, c) = instance(&server.url(), "c", 1);
+    eventually("c to catch up", || c.state() == State::Open).await;
+    let ttl: i64 = server
+        .cli(&["PTTL", &sa.open_key("payments")])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 30_000, "{ttl}");
+
+    // Other breaker names are not affected.
+    let other = CircuitBreaker::with_config("inventory", config()).unwrap();
+    sb.attach(&other);
+    assert_eq!(other.state(), State::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_quorum_the_circuit_opens_everywhere_only_when_enough_instances_opened() {
+    let server = RedisServer::start();
+    let (sa, a) = instance(&server.url(), "a", 2);
+    let (sb, b) = instance(&server.url(), "b", 2);
+    let (sc, c) = instance(&server.url(), "c", 2);
+    eventually("subscriptions", || {
+        sa.is_subscribed() && sb.is_subscribed() && sc.is_subscribed()
+    })
+    .await;
+    let votes = sa.votes_key("payments");
+
+    trip(&a);
+    eventually("a's vote", || server.cli(&["ZCARD", &votes]) == "1").await;
+    // One vote of two: the others stay CLOSED, nothing was published.
+    assert_eq!(sa.published(), 0);
+    assert_eq!(server.cli(&["EXISTS", &sa.open_key("payments")]), "0");
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(c.state(), State::Closed);
+
+    trip(&b); // the second vote reaches the quorum
+    eventually("c to follow", || c.state() == State::Open).await;
+    assert_eq!(sb.published(), 1);
+    assert_eq!(server.cli(&["ZCARD", &votes]), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_each_instance_decides_alone_and_sharing_resumes_after() {
+    let mut server = RedisServer::start();
+    let (sa, a) = instance(&server.url(), "a", 1);
+    let (sb, b) = instance(&server.url(), "b", 1);
+    eventually("subscriptions", || sa.is_subscribed() && sb.is_subscribed()).await;
+
+    server.kill();
+    eventually("subscriptions to drop", || {
+        !sa.is_subscribed() && !sb.is_subscribed()
+    })
+    .await;
+    // Calls never wait on Redis: both breakers keep deciding locally.
+    trip(&a);
+    for _ in 0..100 {
+        b.try_acquire().unwrap().success();
+    }
+    assert_eq!(b.state(), State::Closed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "nothing can reach b while Redis is down"
+    );
+
+    server.restart();
+    // Back: a's opening, made during the outage and still in force, reaches b.
+    eventually("b to follow once Redis is back", || {
+        b.state() == State::Open
+    })
+    .await;
+    eventually("subscriptions to come back", || {
+        sa.subscriptions() >= 2 && sb.subscriptions() >= 2
+    })
+    .await;
+    // And new openings spread again.
+    let (a2, b2) = (
+        CircuitBreaker::with_config("orders", config()).unwrap(),
+        CircuitBreaker::with_config("orders", config()).unwrap(),
+    );
+    sa.attach(&a2);
+    sb.attach(&b2);
+    trip(&a2);
+    eventually("b2 to follow", || b2.state() == State::Open).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_shares_every_breaker_and_recovery_clears_the_key() {
+    let server = RedisServer::start();
+    let sync = |id: &str| {
+        RedisSync::builder(server.url())
+            .keyspace(Keyspace::new("cbreg").unwrap())
+            .instance_id(id)
+            .build()
+            .unwrap()
+    };
+    let (s1, s2) = (sync("one"), sync("two"));
+    let r1 = BreakerRegistry::<String>::builder()
+        .config(config())
+        .shared(s1.clone())
+        .build()
+        .unwrap();
+    let r2 = BreakerRegistry::<String>::builder()
+        .config(config())
+        .shared(s2.clone())
+        .build()
+        .unwrap();
+    eventually("subscriptions", || s1.is_subscribed() && s2.is_subscribed()).await;
+    let node = "node-7".to_string();
+    let b2 = r2.get_or_create(&node);
+    let b1 = r1.get_or_create(&node);
+    trip(&b1);
+    eventually("r2's node-7 to follow", || !r2.is_call_permitted(&node)).await;
+    assert_eq!(b2.state(), State::Open);
+
+    // b1 recovers through its own probe: the shared OPEN key goes away.
+    b1.transition_to_half_open();
+    b1.try_acquire().unwrap().success();
+    assert_eq!(b1.state(), State::Closed);
+    let key = s1.open_key("node-7");
+    eventually("the OPEN key to be deleted", || {
+        server.cli(&["EXISTS", &key]) == "0"
+    })
+    .await;
+}
