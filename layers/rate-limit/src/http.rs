@@ -422,7 +422,7 @@ fn settle<ResBody: Default>(
     decision: &Decision<'_>,
     grpc: bool,
 ) -> (Option<Fields>, Option<Response<ResBody>>) {
-    let fields = decision.binding().and_then(Fields::of);
+    let fields = decision.binding().as_ref().and_then(Fields::of);
     match decision.denied() {
         None => (fields, None),
         Some(denied) => (None, Some(rejection(&denied, fields, grpc))),

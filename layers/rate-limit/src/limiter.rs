@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use omega_core::{Backend, Clock};
+use omega_core::{Backend, Clock, Nanos};
 
 use crate::error::{ConfigError, RateLimited};
 use crate::limit::{HotGcra, Limit, LimitState, OnBackendFailure, Params};
@@ -218,11 +218,12 @@ impl<Req> RateLimiterBuilder<Req> {
 }
 
 /// The outcome of checking one request. It borrows the limiter's limit names, so making one
-/// touches no reference count and allocates nothing.
+/// touches no reference count and allocates nothing; the header figures ([`Decision::binding`])
+/// are computed only when asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision<'a> {
     denied: Option<Denied<'a>>,
-    binding: Option<Binding<'a>>,
+    binding: Option<Bind<'a>>,
     shadow_denied: u32,
     degraded: bool,
 }
@@ -240,6 +241,41 @@ impl Denied<'_> {
             limit: self.limit.clone(),
             retry_after: self.retry_after,
             quota_burst: self.burst,
+        }
+    }
+}
+
+/// The binding limit as recorded: figures known (Redis, denials) or a local TAT to turn into
+/// figures on demand (a division the admit path does not pay for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Bind<'a> {
+    Known(Binding<'a>),
+    Local {
+        limit: &'a Arc<str>,
+        g: Gcra,
+        tat: Nanos,
+        now: Nanos,
+    },
+}
+
+impl<'a> Bind<'a> {
+    fn resolve(&self) -> Binding<'a> {
+        match self {
+            Bind::Known(b) => b.clone(),
+            Bind::Local { limit, g, tat, now } => Binding {
+                limit,
+                burst: g.burst,
+                window: Duration::from_nanos(g.capacity),
+                remaining: g.remaining(*tat, *now),
+                reset_after: Duration::from_nanos(Gcra::reset_after(*tat, *now)),
+            },
+        }
+    }
+
+    fn remaining(&self) -> u32 {
+        match self {
+            Bind::Known(b) => b.remaining,
+            Bind::Local { g, tat, now, .. } => g.remaining(*tat, *now),
         }
     }
 }
@@ -280,8 +316,8 @@ impl<'a> Decision<'a> {
     }
 
     /// The most constrained limit that applied (for headers).
-    pub fn binding(&self) -> Option<&Binding<'a>> {
-        self.binding.as_ref()
+    pub fn binding(&self) -> Option<Binding<'a>> {
+        self.binding.as_ref().map(Bind::resolve)
     }
 
     /// How many shadow limits would have denied this request.
@@ -298,7 +334,7 @@ impl<'a> Decision<'a> {
 /// Accumulates a decision limit by limit.
 struct Tally<'a> {
     denied: Option<Denied<'a>>,
-    binding: Option<Binding<'a>>,
+    binding: Option<Bind<'a>>,
     shadow_denied: u32,
 }
 
@@ -316,14 +352,32 @@ impl<'a> Tally<'a> {
         if self
             .binding
             .as_ref()
-            .is_none_or(|b| remaining < b.remaining)
+            .is_none_or(|b| remaining < b.remaining())
         {
-            self.binding = Some(Binding {
+            self.binding = Some(Bind::Known(Binding {
                 limit: name,
                 burst: g.burst,
                 window: Duration::from_nanos(g.capacity),
                 remaining,
                 reset_after,
+            }));
+        }
+    }
+
+    /// A local bucket admitted, leaving its TAT at `tat`. The first limit's figures are not
+    /// computed at all unless a second limit (or the caller) needs them.
+    #[inline]
+    fn allow_local(&mut self, name: &'a Arc<str>, g: &Gcra, tat: Nanos, now: Nanos) {
+        let replace = match &self.binding {
+            None => true,
+            Some(b) => g.remaining(tat, now) < b.remaining(),
+        };
+        if replace {
+            self.binding = Some(Bind::Local {
+                limit: name,
+                g: *g,
+                tat,
+                now,
             });
         }
     }
@@ -344,13 +398,13 @@ impl<'a> Tally<'a> {
                 burst: g.burst,
             });
         }
-        self.binding = Some(Binding {
+        self.binding = Some(Bind::Known(Binding {
             limit: name,
             burst: g.burst,
             window: Duration::from_nanos(g.capacity),
             remaining: 0,
             reset_after: retry_after,
-        });
+        }));
     }
 
     fn finish(self, degraded: bool) -> Decision<'a> {
@@ -453,12 +507,7 @@ impl<Req: 'static> RateLimiter<Req> {
             match l.local.step(key, g, now, cost) {
                 Step::Allow { tat } => {
                     taken |= 1 << i;
-                    tally.allow(
-                        &l.name,
-                        g,
-                        g.remaining(tat, now),
-                        Duration::from_nanos(Gcra::reset_after(tat, now)),
-                    );
+                    tally.allow_local(&l.name, g, tat, now);
                 }
                 Step::Deny { retry_after: r } => {
                     tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
@@ -822,12 +871,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 match l.local.step(key, g, now, cost) {
                     Step::Allow { tat } => {
                         taken.push((owner, key));
-                        tally.allow(
-                            &l.name,
-                            g,
-                            g.remaining(tat, now),
-                            Duration::from_nanos(Gcra::reset_after(tat, now)),
-                        );
+                        tally.allow_local(&l.name, g, tat, now);
                         false
                     }
                     Step::Deny { retry_after: r } => {

@@ -23,24 +23,24 @@ const GCRA_MULTI: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local refund = ARGV[1] == 'refund'
+local tats = redis.call('MGET', unpack(KEYS))
 local out = {1}
 local new = {}
 local denied = false
 for i = 1, #KEYS do
   local b = 1 + 4 * (i - 1)
   local interval = tonumber(ARGV[b + 1])
-  local cap = tonumber(ARGV[b + 2])
   local cost = tonumber(ARGV[b + 3])
-  local shadow = ARGV[b + 4] == '1'
-  local tat = tonumber(redis.call('GET', KEYS[i]))
+  local tat = tonumber(tats[i])
   if refund then
     if tat then
       local nt = tat - cost * interval
       if nt <= now then redis.call('DEL', KEYS[i]) else
-        redis.call('SET', KEYS[i], string.format('%.3f', nt), 'PX', math.ceil((nt - now) / 1000) + 1)
+        redis.call('SET', KEYS[i], nt, 'PX', math.ceil((nt - now) / 1000) + 1)
       end
     end
   else
+    local cap = tonumber(ARGV[b + 2])
     if (not tat) or tat < now then tat = now end
     local nt = tat + cost * interval
     local ahead = nt - now
@@ -51,8 +51,8 @@ for i = 1, #KEYS do
       out[#out + 1] = math.ceil(ahead)
     else
       new[i] = false
-      if not shadow then denied = true end
-      out[#out + 1] = shadow and 2 or 0
+      if ARGV[b + 4] ~= '1' then denied = true end
+      out[#out + 1] = ARGV[b + 4] == '1' and 2 or 0
       out[#out + 1] = math.ceil(ahead - cap)
       out[#out + 1] = math.ceil(tat - now)
     end
@@ -65,7 +65,7 @@ if denied then
 end
 for i = 1, #KEYS do
   if new[i] then
-    redis.call('SET', KEYS[i], string.format('%.3f', new[i]), 'PX', math.ceil((new[i] - now) / 1000) + 1)
+    redis.call('SET', KEYS[i], new[i], 'PX', math.ceil((new[i] - now) / 1000) + 1)
   end
 end
 return out
@@ -90,7 +90,7 @@ if avail < min then
 end
 local n = math.min(want, avail)
 local nt = tat + n * interval
-redis.call('SET', KEYS[1], string.format('%.3f', nt), 'PX', math.ceil((nt - now) / 1000) + 1)
+redis.call('SET', KEYS[1], nt, 'PX', math.ceil((nt - now) / 1000) + 1)
 return {n, math.ceil(nt - now)}
 "#;
 
