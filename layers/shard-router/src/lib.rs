@@ -20,7 +20,9 @@
 //!   replicas and failover; **bounded loads** for hot keys.
 //! - **Tower**: [`ShardRouter`] sends each request to its node's service; only that service
 //!   must be ready; failover hooks for circuit breakers; per-node counters; updates from a
-//!   handle or a [`Discover`](tower::discover::Discover) stream.
+//!   handle or a [`Discover`](tower::discover::Discover) stream. [`ShardRouterLayer`] wraps
+//!   one inner service (a proxy's HTTP client) and hands it the chosen [`Node`] with each
+//!   request.
 //! - **Introspection**: owner, preference list, owned fractions, exact preview of a change
 //!   ([`Topology::preview`]), epoch, counters.
 //! - `redis` feature: [`redis::RedisTopology`] shares the topology through Redis, with change
@@ -53,6 +55,7 @@ mod handle;
 pub mod hash;
 #[cfg(feature = "http")]
 pub mod http;
+mod layer;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod ring;
@@ -63,6 +66,7 @@ mod topology;
 pub use error::{BoxError, ShardError, ShardErrorKind};
 pub use handle::TopologyHandle;
 pub use hash::ShardKey;
+pub use layer::{ForNode, NodeTarget, ShardRouterLayer};
 pub use service::{
     KeyExtractor, NoKey, NoRetry, NodeCounters, ResponseFuture, RetryElsewhere, RetryPolicy,
     ShardRouter, ShardRouterBuilder,
@@ -75,6 +79,6 @@ pub use topology::{
 /// `node`.
 pub const METRIC_REQUESTS: &str = "omega_shard_router_requests_total";
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "http", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -98,6 +98,7 @@ struct Config {
 }
 
 /// Builds a [`ShardRouter`]; start with [`ShardRouter::builder`].
+#[derive(Clone)]
 pub struct ShardRouterBuilder<K, P> {
     handle: TopologyHandle,
     key: K,
@@ -352,7 +353,7 @@ impl<S: Clone, K, P> Shared<S, K, P> {
         let t = &routes.topology;
         let total = self.total_in_flight.load(Ordering::Relaxed) + 1;
         let w = f64::from(t.nodes()[i].weight());
-        let all: f64 = t.nodes().iter().map(|n| f64::from(n.weight())).sum();
+        let all = t.total_weight() as f64;
         let cap = (c * total as f64 * w / all).ceil();
         routes.stats[i].in_flight.load(Ordering::Relaxed) as f64 >= cap
     }

@@ -122,6 +122,7 @@ impl SlotTable {
 
     /// Restores a table from its slots (decoding a stored topology). `None` if a slot names a
     /// node out of range or the table does not match the apportionment of `weights`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_slots(bits: u8, slots: Vec<u16>, weights: &[u32]) -> Option<Self> {
         if slots.len() != 1usize << bits {
             return None;

@@ -306,6 +306,7 @@ impl Topology {
     }
 
     /// Restores a topology from its parts (used when decoding a stored topology).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_parts(
         epoch: u64,
         algorithm: Algorithm,
@@ -460,6 +461,11 @@ impl Topology {
     /// The nodes, in id order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+
+    /// The sum of the nodes' weights.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
     }
 
     /// The number of nodes.

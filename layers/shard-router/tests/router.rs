@@ -578,3 +578,38 @@ async fn bounded_loads_spill_a_hot_key_to_the_next_nodes() {
     }
     assert!(router.counters().iter().all(|c| c.in_flight == 0));
 }
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn the_layer_hands_the_chosen_node_to_one_shared_client() {
+    use http::Request;
+    use omega_shard_router::http::Header;
+    let h = handle(3);
+    let layer = ShardRouter::builder(h.clone())
+        .key(Header::new("x-user-id"))
+        .into_layer();
+    let client = service_fn(|req: Request<()>| async move {
+        let node = req
+            .extensions()
+            .get::<Node>()
+            .expect("the router set the node");
+        Ok::<_, BoxError>(node.address().to_owned())
+    });
+    let svc = tower::ServiceBuilder::new().layer(layer).service(client);
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        let req = Request::get("/")
+            .header("x-user-id", user)
+            .body(())
+            .unwrap();
+        let got = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(got, h.load().owner(user).unwrap().address());
+    }
+    let err = svc
+        .oneshot(Request::get("/").body(()).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<ShardError>().unwrap().kind(),
+        ShardErrorKind::NoKey
+    );
+}
