@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 
 use crate::classify::{Classify, ErrorsAreFailures, Outcome};
 use crate::config::{CircuitBreakerConfig, SlidingWindow};
-use crate::error::{CallError, CircuitOpen, ConfigError};
+use crate::error::{CallError, CircuitOpen, ConfigError, Name};
 use crate::event::{Cause, Event, EventKind};
 use crate::state::{self, CLEAN, Probes, RAMP, STATE_MASK, State};
 use crate::window::{Counts, Window};
@@ -51,6 +51,7 @@ pub struct CircuitBreaker {
 
 pub(crate) struct Inner {
     pub(crate) name: Arc<str>,
+    short_name: Name,
     word: AtomicU64,
     probes: AtomicU64,
     slow_nanos: AtomicU64,
@@ -125,6 +126,7 @@ impl CircuitBreakerBuilder {
             inner: Arc::new(Inner {
                 #[cfg(feature = "metrics")]
                 metrics: crate::metrics::Metrics::new(&self.name),
+                short_name: Name::new(&self.name),
                 name: self.name,
                 word: AtomicU64::new(state::pack(0, State::Closed, 0)),
                 probes: AtomicU64::new(0),
@@ -176,18 +178,37 @@ pub struct HealthSnapshot {
     pub next_transition_in: Option<Duration>,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum TicketKind {
-    Untracked,
-    Window,
-    Probe,
-}
+// What a permit carries: the epoch it was admitted in and its kind, packed in one word (a
+// byte-sized enum next to a word-sized load costs a store-forwarding stall on the hot path),
+// and the start time when slow calls are measured.
+const UNTRACKED: u64 = 0;
+const WINDOW: u64 = 1;
+const PROBE: u64 = 2;
 
 #[derive(Clone, Copy, Debug)]
 struct Ticket {
-    epoch: u32,
-    kind: TicketKind,
+    tag: u64,
     start: Nanos,
+}
+
+impl Ticket {
+    #[inline]
+    fn new(epoch: u32, kind: u64, start: Nanos) -> Ticket {
+        Ticket {
+            tag: (u64::from(epoch) << 2) | kind,
+            start,
+        }
+    }
+
+    #[inline]
+    fn epoch(&self) -> u32 {
+        (self.tag >> 2) as u32
+    }
+
+    #[inline]
+    fn kind(&self) -> u64 {
+        self.tag & 3
+    }
 }
 
 impl CircuitBreaker {
@@ -287,7 +308,6 @@ impl CircuitBreaker {
         Ok(Permit {
             breaker: self,
             ticket,
-            done: false,
         })
     }
 
@@ -299,7 +319,6 @@ impl CircuitBreaker {
         Ok(OwnedPermit {
             breaker: self.clone(),
             ticket,
-            done: false,
         })
     }
 
@@ -497,11 +516,7 @@ impl CircuitBreaker {
     fn admit(&self) -> Result<Ticket, CircuitOpen> {
         let w = self.inner.word.load(Ordering::Acquire);
         if w & (STATE_MASK | RAMP) == 0 {
-            return Ok(Ticket {
-                epoch: state::epoch(w),
-                kind: TicketKind::Window,
-                start: self.start(),
-            });
+            return Ok(Ticket::new(state::epoch(w), WINDOW, self.start()));
         }
         self.admit_slow(w)
     }
@@ -520,11 +535,7 @@ impl CircuitBreaker {
         let inner = &*self.inner;
         loop {
             let epoch = state::epoch(w);
-            let ticket = |kind| Ticket {
-                epoch,
-                kind,
-                start: self.start(),
-            };
+            let ticket = |kind| Ticket::new(epoch, kind, self.start());
             match State::from_bits(w) {
                 State::Closed => {
                     let now = inner.clock.now();
@@ -536,7 +547,7 @@ impl CircuitBreaker {
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         );
-                        return Ok(ticket(TicketKind::Window));
+                        return Ok(ticket(WINDOW));
                     }
                     let from = inner.ramp_from.load(Ordering::Acquire);
                     let share = 0.1
@@ -546,7 +557,7 @@ impl CircuitBreaker {
                     // A low-discrepancy sequence spreads the admitted calls evenly.
                     let x = (n as f64 * 0.618_033_988_749_894_9).fract();
                     if x < share {
-                        return Ok(ticket(TicketKind::Window));
+                        return Ok(ticket(WINDOW));
                     }
                     return Err(self.reject(State::Closed, Some(Duration::from_nanos(until - now))));
                 }
@@ -581,14 +592,14 @@ impl CircuitBreaker {
                                 Ordering::AcqRel,
                                 Ordering::Acquire,
                             ) {
-                                Ok(_) => return Ok(ticket(TicketKind::Probe)),
+                                Ok(_) => return Ok(ticket(PROBE)),
                                 Err(actual) => cur = actual,
                             }
                         }
                     }
                 }
-                State::Disabled => return Ok(ticket(TicketKind::Untracked)),
-                State::MetricsOnly => return Ok(ticket(TicketKind::Window)),
+                State::Disabled => return Ok(ticket(UNTRACKED)),
+                State::MetricsOnly => return Ok(ticket(WINDOW)),
                 State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
             }
             w = inner.word.load(Ordering::Acquire);
@@ -604,7 +615,7 @@ impl CircuitBreaker {
             self.emit(EventKind::Rejected { state });
         }
         CircuitOpen {
-            breaker: inner.name.clone(),
+            breaker: inner.short_name.clone(),
             state,
             retry_after,
         }
@@ -630,21 +641,34 @@ impl CircuitBreaker {
 
     #[inline]
     fn complete(&self, t: Ticket, outcome: Outcome) {
-        match t.kind {
-            TicketKind::Untracked => {}
-            TicketKind::Window => {
+        // The CLOSED fast path: an untimed success into a clean window of the same epoch
+        // changes nothing.
+        if outcome == Outcome::Success && t.start == NOT_TIMED && t.kind() == WINDOW {
+            let w = self.inner.word.load(Ordering::Acquire);
+            if w & CLEAN != 0 && state::epoch(w) == t.epoch() {
+                return;
+            }
+        }
+        self.complete_slow(t, outcome);
+    }
+
+    #[inline(never)]
+    fn complete_slow(&self, t: Ticket, outcome: Outcome) {
+        match t.kind() {
+            WINDOW => {
                 if outcome == Outcome::Ignored {
                     return;
                 }
                 let failed = outcome == Outcome::Failure;
                 let slow = self.is_slow(t.start);
                 let w = self.inner.word.load(Ordering::Acquire);
-                if state::epoch(w) != t.epoch || (!failed && !slow && w & CLEAN != 0) {
+                if state::epoch(w) != t.epoch() || (!failed && !slow && w & CLEAN != 0) {
                     return;
                 }
                 self.record_window(w, failed, slow);
             }
-            TicketKind::Probe => self.record_probe(t, outcome),
+            PROBE => self.record_probe(t, outcome),
+            _ => {}
         }
     }
 
@@ -717,7 +741,7 @@ impl CircuitBreaker {
         let mut cur = inner.probes.load(Ordering::Acquire);
         let p = loop {
             let mut p = Probes::unpack(cur);
-            if !p.same_epoch(t.epoch) {
+            if !p.same_epoch(t.epoch()) {
                 return; // a stale result: the breaker has moved on
             }
             if outcome == Outcome::Ignored {
@@ -759,30 +783,30 @@ impl CircuitBreaker {
         };
         let mut g = self.lock();
         let w = inner.word.load(Ordering::Acquire);
-        if state::epoch(w) == t.epoch && State::from_bits(w) == State::HalfOpen {
+        if state::epoch(w) == t.epoch() && State::from_bits(w) == State::HalfOpen {
             self.transition_locked(&mut g, w, to.0, to.1, None);
         }
     }
 
+    #[inline]
     fn release(&self, t: Ticket) {
-        if let TicketKind::Probe = t.kind {
-            let probes = &self.inner.probes;
-            let mut cur = probes.load(Ordering::Acquire);
-            loop {
-                let mut p = Probes::unpack(cur);
-                if !p.same_epoch(t.epoch) {
-                    return;
-                }
-                p.left += 1;
-                match probes.compare_exchange_weak(
-                    cur,
-                    p.pack(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return,
-                    Err(actual) => cur = actual,
-                }
+        if t.kind() == PROBE {
+            self.release_probe(t);
+        }
+    }
+
+    fn release_probe(&self, t: Ticket) {
+        let probes = &self.inner.probes;
+        let mut cur = probes.load(Ordering::Acquire);
+        loop {
+            let mut p = Probes::unpack(cur);
+            if !p.same_epoch(t.epoch()) {
+                return;
+            }
+            p.left += 1;
+            match probes.compare_exchange_weak(cur, p.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
             }
         }
     }
@@ -982,7 +1006,6 @@ fn jittered(wait: Duration, factor: f64) -> Duration {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     ticket: Ticket,
-    done: bool,
 }
 
 impl Permit<'_> {
@@ -990,8 +1013,9 @@ impl Permit<'_> {
     /// transition are ignored.
     #[inline]
     pub fn record(mut self, outcome: Outcome) {
-        self.done = true;
-        self.breaker.complete(self.ticket, outcome);
+        let t = self.ticket;
+        self.ticket.tag = UNTRACKED;
+        self.breaker.complete(t, outcome);
     }
 
     /// Records a success.
@@ -1009,9 +1033,7 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if !self.done {
-            self.breaker.release(self.ticket);
-        }
+        self.breaker.release(self.ticket);
     }
 }
 
@@ -1020,14 +1042,14 @@ impl Drop for Permit<'_> {
 pub struct OwnedPermit {
     breaker: CircuitBreaker,
     ticket: Ticket,
-    done: bool,
 }
 
 impl OwnedPermit {
     /// Records the call's outcome (see [`Permit::record`]).
     pub fn record(mut self, outcome: Outcome) {
-        self.done = true;
-        self.breaker.complete(self.ticket, outcome);
+        let t = self.ticket;
+        self.ticket.tag = UNTRACKED;
+        self.breaker.complete(t, outcome);
     }
 
     /// The breaker.
@@ -1038,9 +1060,7 @@ impl OwnedPermit {
 
 impl Drop for OwnedPermit {
     fn drop(&mut self) {
-        if !self.done {
-            self.breaker.release(self.ticket);
-        }
+        self.breaker.release(self.ticket);
     }
 }
 

@@ -21,7 +21,7 @@ use crate::State;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CircuitOpen {
-    pub(crate) breaker: Arc<str>,
+    pub(crate) breaker: Name,
     pub(crate) state: State,
     pub(crate) retry_after: Option<Duration>,
 }
@@ -29,7 +29,7 @@ pub struct CircuitOpen {
 impl CircuitOpen {
     /// The name of the breaker that rejected the call.
     pub fn breaker(&self) -> &str {
-        &self.breaker
+        self.breaker.as_str()
     }
 
     /// The state the breaker was in.
@@ -46,7 +46,7 @@ impl CircuitOpen {
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit {:?} is {}", self.breaker, self.state)?;
+        write!(f, "circuit {:?} is {}", self.breaker.as_str(), self.state)?;
         if let Some(after) = self.retry_after {
             write!(f, "; next probe in {after:?}")?;
         }
@@ -55,6 +55,55 @@ impl fmt::Display for CircuitOpen {
 }
 
 impl std::error::Error for CircuitOpen {}
+
+/// A breaker's name as a rejection carries it: short names are copied inline, so a rejection
+/// touches no reference count; long ones share the breaker's allocation.
+#[derive(Clone)]
+pub(crate) enum Name {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Shared(Arc<str>),
+}
+
+const INLINE: usize = 38;
+
+impl Name {
+    pub(crate) fn new(name: &Arc<str>) -> Name {
+        let bytes = name.as_bytes();
+        if bytes.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Name::Inline {
+                len: bytes.len() as u8,
+                buf,
+            }
+        } else {
+            Name::Shared(name.clone())
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Name::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            Name::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
 
 /// The error of [`crate::CircuitBreaker::call`]: the breaker rejected the call, or the call
 /// itself failed.

@@ -213,9 +213,18 @@ impl RedisSync {
             .or_default()
             .push(Arc::downgrade(&breaker.inner));
         let inner = self.inner.clone();
-        let b = breaker.clone();
+        let weak = Arc::downgrade(&breaker.inner);
         self.inner.runtime.spawn(async move {
-            inner.catch_up(&b).await;
+            // Until Redis answers once (it may be down, or not connected yet).
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                let Some(b) = weak.upgrade() else { return };
+                if inner.catch_up(&CircuitBreaker { inner: b }).await {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         });
     }
 
@@ -372,14 +381,18 @@ impl SyncInner {
         self.backend.pipeline::<()>(&pipe).await.is_ok()
     }
 
-    /// Opens `breaker` if its circuit is open in Redis.
-    async fn catch_up(&self, breaker: &CircuitBreaker) {
+    /// Opens `breaker` if its circuit is open in Redis; `false` when Redis did not answer.
+    async fn catch_up(&self, breaker: &CircuitBreaker) -> bool {
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(self.open_key(breaker.name()));
-        if let Ok(ms) = self.backend.query::<i64>(&cmd).await
-            && ms > 0
-        {
-            breaker.open_remote(Duration::from_millis(ms as u64));
+        match self.backend.query::<i64>(&cmd).await {
+            Ok(ms) => {
+                if ms > 0 {
+                    breaker.open_remote(Duration::from_millis(ms as u64));
+                }
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -448,10 +461,24 @@ async fn subscribe(weak: Weak<SyncInner>, client: redis::Client, shutdown: Arc<N
             inner.subscribed.store(true, Ordering::Release);
             inner.subscriptions.fetch_add(1, Ordering::AcqRel);
             // Learn what was opened while we were not listening.
-            for b in inner.breakers() {
-                inner.catch_up(&b).await;
-            }
-            drop(inner);
+            let mut pending = inner.breakers();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(10);
+                loop {
+                    let mut left = Vec::new();
+                    for b in pending {
+                        if !inner.catch_up(&b).await {
+                            left.push(b);
+                        }
+                    }
+                    if left.is_empty() {
+                        return;
+                    }
+                    pending = left;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            });
             let mut stream = pubsub.into_on_message();
             loop {
                 tokio::select! {
