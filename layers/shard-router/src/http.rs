@@ -1,10 +1,33 @@
 //! Key extractors for HTTP requests (feature `http`): a header, a path segment, or a query
 //! parameter. Each hashes the key's bytes in place, without allocating.
 
-use http::{HeaderName, Request};
+use http::{HeaderName, Request, Response, StatusCode};
 
+use crate::error::{BoxError, ShardError, ShardErrorKind};
 use crate::service::KeyExtractor;
 use crate::topology::Topology;
+
+impl ShardError {
+    /// The HTTP status for this error: 400 Bad Request for a request without a key, 503
+    /// Service Unavailable otherwise.
+    pub fn status_code(&self) -> StatusCode {
+        match self.kind {
+            ShardErrorKind::NoKey => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An empty response for an error a [`ShardRouter`](crate::ShardRouter) returned: the
+/// [`ShardError::status_code`] of a routing error, 502 Bad Gateway for any other error (the
+/// node's service failed). For axum, with `axum::error_handling::HandleError`:
+/// `HandleError::new(router, |e: BoxError| async move { error_response::<Body>(&e) })`.
+pub fn error_response<B: Default>(err: &BoxError) -> Response<B> {
+    let status = err
+        .downcast_ref::<ShardError>()
+        .map_or(StatusCode::BAD_GATEWAY, ShardError::status_code);
+    omega_core::http::rejection(status, None)
+}
 
 /// The value of a header (the first one, as bytes). Requests without it have no key.
 ///
@@ -110,5 +133,24 @@ mod tests {
         assert_eq!(QueryParam::new("missing").key_hash(&req, &t), None);
         let bare = Request::get("/").body(()).unwrap();
         assert_eq!(QueryParam::new("tenant").key_hash(&bare, &t), None);
+    }
+
+    #[test]
+    fn errors_become_responses() {
+        let no_key: BoxError = Box::new(ShardError::new(ShardErrorKind::NoKey));
+        assert_eq!(
+            error_response::<()>(&no_key).status(),
+            StatusCode::BAD_REQUEST
+        );
+        let down: BoxError = Box::new(ShardError::new(ShardErrorKind::Unavailable));
+        assert_eq!(
+            error_response::<()>(&down).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let upstream: BoxError = "connection reset".into();
+        assert_eq!(
+            error_response::<()>(&upstream).status(),
+            StatusCode::BAD_GATEWAY
+        );
     }
 }

@@ -229,7 +229,7 @@ impl<K, P> ShardRouterBuilder<K, P> {
                 stats: HashMap::new(),
             }),
             registry_version: AtomicU64::new(0),
-            total_in_flight: Arc::new(AtomicU64::new(0)),
+            total_in_flight: AtomicU64::new(0),
         });
         shared.routes();
         ShardRouter { shared }
@@ -284,7 +284,7 @@ struct Shared<S, K, P> {
     routes: ArcSwap<Routes<S>>,
     registry: Mutex<Registry<S>>,
     registry_version: AtomicU64,
-    total_in_flight: Arc<AtomicU64>,
+    total_in_flight: AtomicU64,
 }
 
 impl<S: Clone, K, P> Shared<S, K, P> {
@@ -635,16 +635,9 @@ where
     }
 }
 
-struct InFlight {
-    stats: Arc<NodeStats>,
-    total: Arc<AtomicU64>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.total.fetch_sub(1, Ordering::Relaxed);
-    }
+fn release<S>(routes: &Routes<S>, total: &AtomicU64, node: usize) {
+    routes.stats[node].in_flight.fetch_sub(1, Ordering::Relaxed);
+    total.fetch_sub(1, Ordering::Relaxed);
 }
 
 pin_project! {
@@ -665,11 +658,24 @@ pin_project! {
         tried: Vec<Arc<str>>,
         failover: bool,
         error: Option<BoxError>,
-        in_flight: Option<InFlight>,
+        // The node (in `routes`) whose in-flight counters this request holds.
+        in_flight: Option<usize>,
         // The error conversion, captured where `S::Error: Into<BoxError>` is known, so the
         // future's own bounds stay free of it (higher-ranked bounds on boxed errors trip
         // rustc's `Send` analysis of async blocks that await this future).
         into_box: fn(S::Error) -> BoxError,
+    }
+
+    impl<S, K, P, Req> PinnedDrop for ResponseFuture<S, K, P, Req>
+    where
+        S: Service<Req>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(node) = this.in_flight.take() {
+                release(this.routes, &this.shared.total_in_flight, node);
+            }
+        }
     }
 }
 
@@ -821,7 +827,7 @@ where
                     if this.tried.len() + 1 < this.shared.cfg.attempts {
                         *this.spare = this.shared.retry.clone_request(&req);
                     }
-                    let stats = this.routes.stats[*this.node].clone();
+                    let stats = &this.routes.stats[*this.node];
                     stats.requests.fetch_add(1, Ordering::Relaxed);
                     #[cfg(feature = "metrics")]
                     if let Some(c) = &stats.counter {
@@ -832,10 +838,7 @@ where
                     }
                     stats.in_flight.fetch_add(1, Ordering::Relaxed);
                     this.shared.total_in_flight.fetch_add(1, Ordering::Relaxed);
-                    *this.in_flight = Some(InFlight {
-                        stats,
-                        total: this.shared.total_in_flight.clone(),
-                    });
+                    *this.in_flight = Some(*this.node);
                     let mut svc = this.svc.take().expect("a routed request has a service");
                     let fut = svc.call(req);
                     this.state.set(State::Calling { fut });
@@ -845,7 +848,9 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(out) => out,
                     };
-                    let in_flight = this.in_flight.take();
+                    if let Some(node) = this.in_flight.take() {
+                        release(this.routes, &this.shared.total_in_flight, node);
+                    }
                     match out {
                         Ok(resp) => {
                             this.state.set(State::Done);
@@ -854,10 +859,9 @@ where
                         }
                         Err(e) => {
                             let e: BoxError = (this.into_box)(e);
-                            if let Some(g) = &in_flight {
-                                g.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                            drop(in_flight);
+                            this.routes.stats[*this.node]
+                                .errors
+                                .fetch_add(1, Ordering::Relaxed);
                             if let Some(req) = this.spare.take()
                                 && this.shared.retry.retry_elsewhere(&e)
                             {
