@@ -104,14 +104,16 @@ impl Error {
         self
     }
 
-    pub(crate) fn during(mut self, op: impl Into<Cow<'static, str>>) -> Self {
-        self.inner_mut().op = Some(op.into());
-        self
+    /// Builds a timeout error; used by the layer crates when an operation they queued (for
+    /// example a batched script call) did not finish within the backend's operation timeout.
+    pub fn timeout(after: Duration) -> Self {
+        Error::new(ErrorKind::Timeout, format!("after {after:?}"))
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn timeout(after: Duration) -> Self {
-        Error::new(ErrorKind::Timeout, format!("after {after:?}"))
+    /// Names the operation that failed (`"script rate_limit_batch"`, ...).
+    pub fn during(mut self, op: impl Into<Cow<'static, str>>) -> Self {
+        self.inner_mut().op = Some(op.into());
+        self
     }
 
     /// Builds a configuration error; used by the layer crates to report bad settings in the

@@ -41,7 +41,7 @@
 //! ```
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -268,26 +268,18 @@ struct Fields {
 
 impl Fields {
     fn of(binding: &Binding<'_>) -> Option<Fields> {
-        let mut policy = String::with_capacity(binding.limit.len() + 24);
-        push_sf_string(&mut policy, binding.limit);
-        let _ = write!(
-            policy,
-            ";q={};w={}",
-            binding.burst,
-            seconds_rounded_up(binding.window).max(1)
-        );
-        let mut state = String::with_capacity(binding.limit.len() + 24);
-        push_sf_string(&mut state, binding.limit);
-        let _ = write!(
-            state,
-            ";r={};t={}",
-            binding.remaining,
-            seconds_rounded_up(binding.reset_after)
-        );
-        Some(Fields {
-            policy: HeaderValue::try_from(policy).ok()?,
-            state: HeaderValue::try_from(state).ok()?,
-        })
+        let name = binding.limit;
+        let policy = field(
+            name,
+            (";q=", u64::from(binding.burst)),
+            (";w=", seconds_rounded_up(binding.window).max(1)),
+        )?;
+        let state = field(
+            name,
+            (";r=", u64::from(binding.remaining)),
+            (";t=", seconds_rounded_up(binding.reset_after)),
+        )?;
+        Some(Fields { policy, state })
     }
 
     fn apply(self, headers: &mut HeaderMap) {
@@ -296,16 +288,71 @@ impl Fields {
     }
 }
 
-/// A structured-field string (RFC 8941): quoted, with `"` and `\` escaped.
-fn push_sf_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+/// `"name";a=1;b=2`: a structured-field string item (RFC 8941; `"` and `\` escaped) with
+/// two integer parameters, formatted on the stack and copied once into the header value.
+fn field(name: &str, a: (&str, u64), b: (&str, u64)) -> Option<HeaderValue> {
+    let mut buf = StackBuf::new();
+    buf.push(b"\"");
+    for &c in name.as_bytes() {
+        if c == b'"' || c == b'\\' {
+            buf.push(b"\\");
         }
-        out.push(c);
+        buf.push(&[c]);
     }
-    out.push('"');
+    buf.push(b"\"");
+    for (key, value) in [a, b] {
+        buf.push(key.as_bytes());
+        buf.push_u64(value);
+    }
+    match buf.overflow {
+        None => HeaderValue::from_bytes(&buf.bytes[..buf.len]).ok(),
+        Some(long) => HeaderValue::try_from(long).ok(),
+    }
+}
+
+/// A small formatting buffer that spills to a `String` only for very long limit names.
+struct StackBuf {
+    bytes: [u8; 128],
+    len: usize,
+    overflow: Option<Vec<u8>>,
+}
+
+impl StackBuf {
+    fn new() -> Self {
+        StackBuf {
+            bytes: [0; 128],
+            len: 0,
+            overflow: None,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, data: &[u8]) {
+        if let Some(v) = &mut self.overflow {
+            v.extend_from_slice(data);
+        } else if self.len + data.len() <= self.bytes.len() {
+            self.bytes[self.len..self.len + data.len()].copy_from_slice(data);
+            self.len += data.len();
+        } else {
+            let mut v = self.bytes[..self.len].to_vec();
+            v.extend_from_slice(data);
+            self.overflow = Some(v);
+        }
+    }
+
+    fn push_u64(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
 }
 
 /// The response for a denied request.

@@ -233,11 +233,32 @@ impl Drop for FetchGuard {
     }
 }
 
-/// One limit's leases, by key hash, bounded by a key count.
+/// Key hashes are already uniform (foldhash, per-process seed): the map uses them as is.
+#[derive(Clone, Copy, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type SlotMap = HashMap<u64, Arc<Slot>, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// One limit's leases: the global slot, or slots by key hash bounded by a key count.
 #[derive(Debug)]
 pub(crate) struct Leases {
     pub(crate) lease: Lease,
-    slots: Mutex<HashMap<Option<u64>, Arc<Slot>>>,
+    global: std::sync::OnceLock<Arc<Slot>>,
+    slots: Mutex<SlotMap>,
     max_keys: usize,
 }
 
@@ -245,7 +266,8 @@ impl Leases {
     pub(crate) fn new(lease: Lease, max_keys: usize) -> Self {
         Leases {
             lease,
-            slots: Mutex::new(HashMap::new()),
+            global: std::sync::OnceLock::new(),
+            slots: Mutex::new(SlotMap::default()),
             max_keys: max_keys.max(1),
         }
     }
@@ -253,6 +275,12 @@ impl Leases {
     /// The slot of `key`, made on first use. When the map is full, slots that nobody else
     /// holds are dropped (their unused cells are lost, as for an expired lease).
     pub(crate) fn slot(&self, key: Option<u64>, redis_key: impl FnOnce() -> String) -> Arc<Slot> {
+        let Some(key) = key else {
+            return self
+                .global
+                .get_or_init(|| Arc::new(Slot::new(redis_key())))
+                .clone();
+        };
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = slots.get(&key) {
             return slot.clone();

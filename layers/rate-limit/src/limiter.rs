@@ -496,6 +496,50 @@ impl<Req: 'static> RateLimiter<Req> {
     pub fn check_local(&self, req: &Req) -> Decision<'_> {
         let now = self.inner.clock.now();
         let cost = self.cost(req);
+        match &*self.inner.limits {
+            [only] => Self::check_one(only, req, now, cost),
+            _ => self.check_many(req, now, cost),
+        }
+    }
+
+    /// One limit: no refunds to track, and a decision built in place.
+    #[inline]
+    fn check_one<'a>(l: &'a LimitState<Req>, req: &Req, now: Nanos, cost: u32) -> Decision<'a> {
+        let Some(key) = l.local_key(req) else {
+            return Tally::new().finish(false);
+        };
+        let g = l.hot.load();
+        match l.local.step(key, &g, now, cost) {
+            Step::Allow { tat } => {
+                l.metrics.allowed();
+                Decision {
+                    denied: None,
+                    binding: Some(Bind::Local {
+                        limit: &l.name,
+                        g,
+                        tat,
+                        now,
+                    }),
+                    shadow_denied: 0,
+                    degraded: false,
+                }
+            }
+            Step::Deny { retry_after: r } => {
+                let mut tally = Tally::new();
+                tally.deny(&l.name, &g, retry_after(&g, cost, r), l.shadow);
+                if l.shadow {
+                    l.metrics.shadow_denied();
+                } else {
+                    l.metrics.denied();
+                }
+                tally.finish(false)
+            }
+        }
+    }
+
+    /// Several limits: all must admit; a denial gives back what the earlier ones took.
+    #[inline(never)]
+    fn check_many(&self, req: &Req, now: Nanos, cost: u32) -> Decision<'_> {
         let mut tally = Tally::new();
         // Limits that took cells, as a bit set: refunds re-derive their keys (denials only).
         let mut taken: u16 = 0;
@@ -590,8 +634,9 @@ impl<Req: 'static> RateLimiter<Req> {
         };
         let ks = store.backend().keyspace();
         let cost = self.cost(req);
-        let mut items = Vec::with_capacity(self.inner.limits.len());
-        let mut owners = Vec::with_capacity(self.inner.limits.len());
+        // Allocated on first push only: a leased-only limiter fills one vector.
+        let mut items = Vec::new();
+        let mut owners = Vec::new();
         let mut leases = Vec::new();
         for (i, l) in self.inner.limits.iter().enumerate() {
             let key = match &l.key {
@@ -652,11 +697,11 @@ impl<Req: 'static> RateLimiter<Req> {
         let mut admitted: u16 = 0;
         let mut degraded = false;
         // What to give back if a later limit denies: leases paid, fallback buckets taken.
-        let mut paid: Vec<&LeaseItem> = Vec::new();
+        let mut paid: u16 = 0; // indices into `prepared.leases`
         let mut fallback_taken: Vec<(usize, Option<u64>)> = Vec::new();
 
         // 1. Leased limits: decided here; a round trip only to renew a lease.
-        for item in &prepared.leases {
+        for (i, item) in prepared.leases.iter().enumerate() {
             let l = &self.inner.limits[item.owner];
             let g = &item.gcra;
             match self.spend_lease(store, l, item, cost).await {
@@ -665,7 +710,7 @@ impl<Req: 'static> RateLimiter<Req> {
                     reset_after,
                 }) => {
                     admitted |= 1 << item.owner;
-                    paid.push(item);
+                    paid |= 1 << i;
                     tally.allow(&l.name, g, remaining, reset_after);
                 }
                 Ok(LeaseStep::Denied { retry_after }) => {
@@ -700,12 +745,13 @@ impl<Req: 'static> RateLimiter<Req> {
         if tally.denied.is_none() && !prepared.items.is_empty() {
             #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
             let started = crate::metrics::StoreMetrics::start();
-            let result = store.take(&prepared.items).await;
+            // Boxed: the call's state is large, and leased decisions never need it.
+            let (items, result) = Box::pin(store.take(prepared.items)).await;
             store.metrics().decision(started, result.is_ok());
             match result {
                 Ok(steps) => {
                     for ((step, &(owner, _)), item) in
-                        steps.iter().zip(&prepared.owners).zip(&prepared.items)
+                        steps.iter().zip(&prepared.owners).zip(&items)
                     {
                         let l = &self.inner.limits[owner];
                         let g = &item.gcra;
@@ -756,8 +802,10 @@ impl<Req: 'static> RateLimiter<Req> {
             self.count_allowed(admitted);
         } else {
             let now = self.inner.clock.now();
-            for item in paid {
-                item.slot.give_back(cost, now);
+            for (i, item) in prepared.leases.iter().enumerate() {
+                if paid & (1 << i) != 0 {
+                    item.slot.give_back(cost, now);
+                }
             }
             for (owner, key) in fallback_taken {
                 let l = &self.inner.limits[owner];
@@ -810,7 +858,8 @@ impl<Req: 'static> RateLimiter<Req> {
                     let want = lease.batch.max(cost).min(g.burst);
                     #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
                     let started = crate::metrics::StoreMetrics::start();
-                    let result = store.lease(&item.slot.redis_key, g, cost, want).await;
+                    // Boxed: the call's state is large and most spends never need it.
+                    let result = Box::pin(store.lease(&item.slot.redis_key, g, cost, want)).await;
                     store.metrics().decision(started, result.is_ok());
                     // On error the guard drops here and the next caller may fetch.
                     let grant = result?;

@@ -1,5 +1,14 @@
 //! Limits in Redis: one Lua script per decision, on the Redis server's clock.
 //!
+//! On a standalone Redis, decisions that are made at the same time share one script call:
+//! while calls are in flight, new decisions queue, and the next call carries every queued
+//! decision (`GCRA_BATCH`). The script decides them one after the other, in arrival order,
+//! each all-or-none exactly as if it ran alone; a key that several decisions touch is read
+//! and written once. An idle limiter sends each decision at once, so batching adds no wait;
+//! under load it cuts Redis's work per decision (one `EVALSHA`, one `TIME`, one `MGET`, one
+//! `SET` per distinct key) and the client's. A decision waits at most the backend's operation
+//! timeout, queue included.
+//!
 //! The script receives every limit that applies to a request and admits the request only when
 //! all enforcing limits have room; then it takes from all of them, otherwise from none. TATs
 //! are kept in microseconds (`TIME`), and each key expires when its bucket is full again, so
@@ -71,6 +80,82 @@ end
 return out
 "#;
 
+/// Many decisions in one call. `ARGV` holds the number of distinct limit parameter sets `L`,
+/// then `L` triples (interval µs, capacity µs, shadow flag), then per decision: its limit
+/// count `n`, its cost, and `n` pairs (parameter set index, key index in `KEYS`). The reply
+/// holds, per decision, an admitted flag and per limit the same triple as `GCRA_MULTI`.
+const GCRA_BATCH: &str = r#"
+local tonumber, floor, ceil = tonumber, math.floor, math.ceil
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local raw = redis.call('MGET', unpack(KEYS))
+local tat = {}
+for i = 1, #KEYS do
+  local v = tonumber(raw[i])
+  if (not v) or v < now then v = now end
+  tat[i] = v
+end
+local nl = tonumber(ARGV[1])
+local interval, cap, shadow = {}, {}, {}
+for l = 1, nl do
+  local b = 2 + 3 * (l - 1)
+  interval[l] = tonumber(ARGV[b])
+  cap[l] = tonumber(ARGV[b + 1])
+  shadow[l] = ARGV[b + 2] == '1'
+end
+local dirty = {}
+local out = {}
+local o = 0
+local p = 2 + 3 * nl
+local argc = #ARGV
+while p <= argc do
+  local n = tonumber(ARGV[p])
+  local cost = tonumber(ARGV[p + 1])
+  o = o + 1
+  local head = o
+  out[o] = 1
+  local ok = true
+  for j = 0, n - 1 do
+    local l = tonumber(ARGV[p + 2 + 2 * j])
+    local k = tonumber(ARGV[p + 3 + 2 * j])
+    local iv, cp = interval[l], cap[l]
+    local ahead = tat[k] + cost * iv - now
+    if ahead <= cp then
+      out[o + 1] = 1
+      out[o + 2] = floor((cp - ahead) / iv)
+      out[o + 3] = ceil(ahead)
+    else
+      if not shadow[l] then ok = false end
+      out[o + 1] = shadow[l] and 2 or 0
+      out[o + 2] = ceil(ahead - cp)
+      out[o + 3] = ceil(tat[k] - now)
+    end
+    o = o + 3
+  end
+  if ok then
+    for j = 0, n - 1 do
+      if out[head + 1 + 3 * j] == 1 then
+        local k = tonumber(ARGV[p + 3 + 2 * j])
+        tat[k] = tat[k] + cost * interval[tonumber(ARGV[p + 2 + 2 * j])]
+        dirty[k] = true
+      end
+    end
+  else
+    out[head] = 0
+  end
+  p = p + 2 + 2 * n
+end
+for k in pairs(dirty) do
+  redis.call('SET', KEYS[k], tat[k], 'PX', ceil((tat[k] - now) / 1000) + 1)
+end
+return out
+"#;
+
+/// The most decisions one batched call carries.
+const MAX_BATCH: usize = 256;
+/// Batched calls in flight at once (per limiter).
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Takes a lease: `min(want, available)` cells of one key, provided at least `min` are
 /// available; otherwise nothing, and how long until `min` are. Same key format and GCRA as
 /// `GCRA_MULTI`, so exact and leasing instances share one bucket.
@@ -124,6 +209,9 @@ pub(crate) enum RemoteStep {
 pub(crate) struct RedisStore {
     backend: RedisBackend,
     script: Script,
+    batch_script: Script,
+    /// The queue of the batching task, started on first use (standalone Redis only).
+    batcher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Pending>>,
     lease_script: Script,
     metrics: crate::metrics::StoreMetrics,
 }
@@ -133,6 +221,8 @@ impl RedisStore {
         RedisStore {
             script: Script::new("rate_limit_gcra", GCRA_MULTI),
             lease_script: Script::new("rate_limit_lease", GCRA_LEASE),
+            batch_script: Script::new("rate_limit_batch", GCRA_BATCH),
+            batcher: std::sync::OnceLock::new(),
             metrics: crate::metrics::StoreMetrics::new(backend.target()),
             backend,
         }
@@ -177,11 +267,45 @@ impl RedisStore {
         })
     }
 
-    /// Takes from every item or from none. Errors are the backend's (bounded by its timeout).
-    pub(crate) async fn take(&self, items: &[Item]) -> omega_core::Result<Vec<RemoteStep>> {
-        if !self.backend.is_cluster() {
-            return self.run(items, false).await.map(|(_, steps)| steps);
+    /// Takes from every item or from none, and hands the items back. Errors are the
+    /// backend's, or a timeout when the decision waited longer than the operation timeout.
+    pub(crate) async fn take(
+        &self,
+        items: Vec<Item>,
+    ) -> (Vec<Item>, omega_core::Result<Vec<RemoteStep>>) {
+        if self.backend.is_cluster() {
+            let result = self.take_on_cluster(&items).await;
+            return (items, result);
         }
+        let queue = self.batcher.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(run_batches(
+                self.backend.clone(),
+                self.batch_script.clone(),
+                rx,
+            ));
+            tx
+        });
+        let n = items.len();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let timeout = self.backend.op_timeout();
+        let lost = || omega_core::Error::timeout(timeout).during("script rate_limit_batch");
+        let pending = Pending {
+            items,
+            reply,
+            queued: std::time::Instant::now(),
+        };
+        if let Err(unsent) = queue.send(pending) {
+            return (unsent.0.items, Err(lost()));
+        }
+        // The batching task answers within the operation timeout, counted from `queued`.
+        match answer.await {
+            Ok(done) => done,
+            Err(_) => (placeholder_items(n), Err(lost())),
+        }
+    }
+
+    async fn take_on_cluster(&self, items: &[Item]) -> omega_core::Result<Vec<RemoteStep>> {
         let mut steps = vec![
             RemoteStep::Allow {
                 remaining: 0,
@@ -225,15 +349,6 @@ impl RedisStore {
         }
     }
 
-    async fn run(
-        &self,
-        items: &[Item],
-        refund: bool,
-    ) -> omega_core::Result<(bool, Vec<RemoteStep>)> {
-        let refs: Vec<&Item> = items.iter().collect();
-        self.run_refs(&refs, refund).await
-    }
-
     async fn run_refs(
         &self,
         items: &[&Item],
@@ -253,21 +368,155 @@ impl RedisStore {
         }
         let raw: Vec<i64> = self.backend.eval(&call).await?;
         let admitted = raw.first().copied() == Some(1);
-        let steps = raw[1..]
-            .chunks_exact(3)
-            .map(|c| match c[0] {
-                1 => RemoteStep::Allow {
-                    remaining: u32::try_from(c[1].max(0)).unwrap_or(u32::MAX),
-                    reset_us: c[2].max(0) as u64,
-                },
-                _ => RemoteStep::Deny {
-                    retry_us: c[1].max(0) as u64,
-                    reset_us: c[2].max(0) as u64,
-                },
-            })
-            .collect();
-        Ok((admitted, steps))
+        Ok((admitted, parse_steps(raw.get(1..).unwrap_or_default())))
     }
+}
+
+/// A decision waiting for a batched call.
+struct Pending {
+    items: Vec<Item>,
+    /// When the decision was queued: its time budget runs from here.
+    queued: std::time::Instant,
+    reply: tokio::sync::oneshot::Sender<(Vec<Item>, omega_core::Result<Vec<RemoteStep>>)>,
+}
+
+/// Items whose originals were not handed back (the decision timed out); only their count
+/// matters to the caller, which then decides by the failure policies.
+fn placeholder_items(n: usize) -> Vec<Item> {
+    (0..n)
+        .map(|_| Item {
+            key: String::new(),
+            gcra: Gcra {
+                interval: 1,
+                capacity: 1,
+                burst: 1,
+            },
+            cost: 0,
+            shadow: false,
+        })
+        .collect()
+}
+
+/// The batching task: takes what is queued, up to `MAX_BATCH` decisions, whenever one of
+/// `MAX_IN_FLIGHT` calls is free; ends when the limiter is dropped.
+async fn run_batches(
+    backend: RedisBackend,
+    script: Script,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (backend, script) = (backend.clone(), script.clone());
+        tokio::spawn(async move {
+            run_batch(&backend, &script, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One call for a batch of decisions; each gets its own steps back.
+async fn run_batch(backend: &RedisBackend, script: &Script, batch: Vec<Pending>) {
+    // Distinct keys and distinct limit parameters, numbered from 1 as Lua counts.
+    let mut keys: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut ordered: Vec<&str> = Vec::new();
+    let mut params: Vec<(u64, u64, bool)> = Vec::new();
+    let mut decisions: Vec<usize> = Vec::with_capacity(batch.len() * 8);
+    for p in &batch {
+        decisions.push(p.items.len());
+        decisions.push(p.items.first().map_or(0, |i| i.cost as usize));
+        for item in &p.items {
+            let g = (item.gcra.interval, item.gcra.capacity, item.shadow);
+            let param = match params.iter().position(|&q| q == g) {
+                Some(i) => i + 1,
+                None => {
+                    params.push(g);
+                    params.len()
+                }
+            };
+            let next = ordered.len() + 1;
+            let key = *keys.entry(item.key.as_str()).or_insert_with(|| {
+                ordered.push(item.key.as_str());
+                next
+            });
+            decisions.push(param);
+            decisions.push(key);
+        }
+    }
+    let mut call = script.call().arg(params.len());
+    for (interval, capacity, shadow) in &params {
+        call = call
+            .arg(micros(*interval))
+            .arg(micros(*capacity))
+            .arg(if *shadow { "1" } else { "0" });
+    }
+    call = call.arg(&decisions[..]);
+    for key in ordered {
+        call = call.key(key);
+    }
+    drop(keys);
+    // The oldest decision's budget bounds the call, so no decision waits past the timeout.
+    let timeout = backend.op_timeout();
+    let waited = batch
+        .iter()
+        .map(|p| p.queued.elapsed())
+        .max()
+        .unwrap_or_default();
+    let result: omega_core::Result<Vec<i64>> =
+        match tokio::time::timeout(timeout.saturating_sub(waited), backend.eval(&call)).await {
+            Ok(result) => result,
+            Err(_) => Err(omega_core::Error::timeout(timeout).during("script rate_limit_batch")),
+        };
+    match result {
+        Ok(raw) => {
+            let mut at = 0;
+            for p in batch {
+                let n = p.items.len();
+                let steps = raw
+                    .get(at + 1..at + 1 + 3 * n)
+                    .map(parse_steps)
+                    .ok_or_else(|| {
+                        omega_core::Error::timeout(backend.op_timeout())
+                            .during("script rate_limit_batch: short reply")
+                    });
+                at += 1 + 3 * n;
+                let _ = p.reply.send((p.items, steps));
+            }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send((p.items, Err(e.clone())));
+            }
+        }
+    }
+}
+
+/// Steps from `(flag, a, b)` triples.
+fn parse_steps(raw: &[i64]) -> Vec<RemoteStep> {
+    raw.chunks_exact(3)
+        .map(|c| match c[0] {
+            1 => RemoteStep::Allow {
+                remaining: u32::try_from(c[1].max(0)).unwrap_or(u32::MAX),
+                reset_us: c[2].max(0) as u64,
+            },
+            _ => RemoteStep::Deny {
+                retry_us: c[1].max(0) as u64,
+                reset_us: c[2].max(0) as u64,
+            },
+        })
+        .collect()
 }
 
 /// Item indices grouped by Redis Cluster slot, in first-seen order.

@@ -257,3 +257,27 @@ async fn multi_limit_decisions_on_a_three_node_cluster() {
         "global"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_batched_together_stay_all_or_none() {
+    let server = RedisServer::start();
+    let limiter = two_limits(
+        backend(server.url()).await,
+        Quota::per_minute(5),
+        Quota::per_minute(100),
+    );
+    // 64 decisions at once for one user: they share script calls, decided one by one.
+    let limiter_ref = &limiter;
+    let decisions = futures_util::future::join_all(
+        (0..64).map(|_| async move { limiter_ref.check(&req("ada")).await.is_allowed() }),
+    )
+    .await;
+    assert_eq!(decisions.iter().filter(|&&a| a).count(), 5);
+    // The 59 denials took nothing from the global limit: 95 cells are left.
+    let others = futures_util::future::join_all(
+        (0..120)
+            .map(|i| async move { limiter_ref.check(&req(&format!("u{i}"))).await.is_allowed() }),
+    )
+    .await;
+    assert_eq!(others.iter().filter(|&&a| a).count(), 95);
+}
