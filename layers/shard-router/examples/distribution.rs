@@ -27,9 +27,16 @@ fn main() {
         ("omega_ketama", Algorithm::Ketama),
         ("omega_rendezvous", Algorithm::Rendezvous),
     ] {
+        let started = std::time::Instant::now();
         let base = Topology::new(alg, (0..NODES).map(node)).unwrap();
+        let build = started.elapsed();
+        let started = std::time::Instant::now();
         let added = base.with(Change::Add(node(NODES))).unwrap();
+        let add = started.elapsed();
+        let started = std::time::Instant::now();
         let removed = base.with(Change::remove(&id(37))).unwrap();
+        let remove = started.elapsed();
+        eprintln!("# {name}: build {build:?}, add a node {add:?}, remove a node {remove:?}");
         // Compare by index where the node sets line up: ids sort as n000..n100, so the base
         // and the added topology share indices 0..100, and the removed one shifts by one
         // after 37.

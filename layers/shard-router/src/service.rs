@@ -432,7 +432,14 @@ fn new_stats(node: &Node) -> NodeStats {
 /// - **Counters** per node ([`ShardRouter::counters`]).
 ///
 /// Clones share everything. Errors are [`BoxError`]s: the node service's own errors, or a
-/// [`ShardError`].
+/// [`ShardError`]. Node services must be `Clone + Send + Sync` (for example
+/// `BoxCloneSyncService`, a `Buffer`, an HTTP client).
+///
+/// Awaiting `router.oneshot(req)` inside a spawned async block may make rustc report
+/// "implementation of `From` is not general enough" when node services fail with `BoxError`
+/// (rust-lang/rust#64552, the same with any tower middleware bounded by `Into<BoxError>`):
+/// box the future in a plain function first,
+/// `fn send(r: Router, q: Req) -> Pin<Box<dyn Future<Output = ...> + Send>> { Box::pin(r.oneshot(q)) }`.
 ///
 /// ```
 /// use omega_shard_router::{Algorithm, Node, ShardRouter, Topology, TopologyHandle};
@@ -635,9 +642,11 @@ where
     }
 }
 
-fn release<S>(routes: &Routes<S>, total: &AtomicU64, node: usize) {
+fn release<S, K, P>(routes: &Routes<S>, shared: &Shared<S, K, P>, node: usize) {
     routes.stats[node].in_flight.fetch_sub(1, Ordering::Relaxed);
-    total.fetch_sub(1, Ordering::Relaxed);
+    if shared.cfg.bound.is_some() {
+        shared.total_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pin_project! {
@@ -673,7 +682,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(node) = this.in_flight.take() {
-                release(this.routes, &this.shared.total_in_flight, node);
+                release(this.routes, this.shared, node);
             }
         }
     }
@@ -837,7 +846,9 @@ where
                         stats.failovers.fetch_add(1, Ordering::Relaxed);
                     }
                     stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                    this.shared.total_in_flight.fetch_add(1, Ordering::Relaxed);
+                    if this.shared.cfg.bound.is_some() {
+                        this.shared.total_in_flight.fetch_add(1, Ordering::Relaxed);
+                    }
                     *this.in_flight = Some(*this.node);
                     let mut svc = this.svc.take().expect("a routed request has a service");
                     let fut = svc.call(req);
@@ -849,7 +860,7 @@ where
                         Poll::Ready(out) => out,
                     };
                     if let Some(node) = this.in_flight.take() {
-                        release(this.routes, &this.shared.total_in_flight, node);
+                        release(this.routes, this.shared, node);
                     }
                     match out {
                         Ok(resp) => {
