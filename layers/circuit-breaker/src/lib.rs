@@ -101,6 +101,7 @@ pub use service::{
 };
 pub use state::State;
 
-#[cfg(doctest)]
+// The README's examples run as doctests (they use axum and the `http` feature).
+#[cfg(all(doctest, feature = "http"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -77,8 +77,8 @@ impl<K> fmt::Debug for BreakerRegistry<K> {
 }
 
 /// Builds a [`BreakerRegistry`].
-#[derive(Debug)]
-pub struct BreakerRegistryBuilder {
+pub struct BreakerRegistryBuilder<K> {
+    _key: std::marker::PhantomData<fn() -> K>,
     config: CircuitBreakerConfig,
     clock: Option<Clock>,
     prefix: String,
@@ -88,7 +88,17 @@ pub struct BreakerRegistryBuilder {
     sync: Option<crate::shared::RedisSync>,
 }
 
-impl BreakerRegistryBuilder {
+impl<K> fmt::Debug for BreakerRegistryBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerRegistryBuilder")
+            .field("config", &self.config)
+            .field("max", &self.max)
+            .field("idle", &self.idle)
+            .finish()
+    }
+}
+
+impl<K> BreakerRegistryBuilder<K> {
     /// The configuration of new breakers.
     pub fn config(mut self, config: CircuitBreakerConfig) -> Self {
         self.config = config;
@@ -128,7 +138,7 @@ impl BreakerRegistryBuilder {
     }
 
     /// Builds the registry.
-    pub fn build<K>(self) -> Result<BreakerRegistry<K>, ConfigError>
+    pub fn build(self) -> Result<BreakerRegistry<K>, ConfigError>
     where
         K: Hash + Eq + Clone + Display + Send + Sync + 'static,
     {
@@ -176,8 +186,9 @@ where
     }
 
     /// Starts a builder.
-    pub fn builder() -> BreakerRegistryBuilder {
+    pub fn builder() -> BreakerRegistryBuilder<K> {
         BreakerRegistryBuilder {
+            _key: std::marker::PhantomData,
             config: CircuitBreakerConfig::default(),
             clock: None,
             prefix: String::new(),
