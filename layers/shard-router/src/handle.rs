@@ -1,5 +1,6 @@
 //! The shared, atomically swapped current topology.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -32,6 +33,10 @@ pub struct TopologyHandle {
 
 struct Shared {
     current: ArcSwap<Topology>,
+    /// A sequence number around each swap: odd while a swap is under way, even otherwise.
+    /// Routers compare it with the number they built their routes at (one atomic load per
+    /// request instead of loading the topology).
+    generation: AtomicU64,
     write: Mutex<()>,
 }
 
@@ -51,6 +56,7 @@ impl TopologyHandle {
         TopologyHandle {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(topology),
+                generation: AtomicU64::new(0),
                 write: Mutex::new(()),
             }),
         }
@@ -138,6 +144,29 @@ impl TopologyHandle {
     }
 
     fn publish(&self, topology: Arc<Topology>) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         self.shared.current.store(topology);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The swap sequence number (see the field docs).
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::SeqCst)
+    }
+
+    /// The current topology with the (even) generation it belongs to.
+    pub(crate) fn load_with_generation(&self) -> (u64, Arc<Topology>) {
+        loop {
+            let before = self.generation();
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let topology = self.shared.current.load_full();
+            if self.generation() == before {
+                return (before, topology);
+            }
+        }
     }
 }

@@ -214,6 +214,7 @@ impl<K, P> ShardRouterBuilder<K, P> {
     {
         let shared = Arc::new(Shared {
             routes: ArcSwap::from_pointee(Routes {
+                generation: u64::MAX,
                 registry_version: u64::MAX,
                 topology: self.handle.load(),
                 services: Vec::new(),
@@ -231,8 +232,8 @@ impl<K, P> ShardRouterBuilder<K, P> {
             registry_version: AtomicU64::new(0),
             total_in_flight: AtomicU64::new(0),
         });
-        shared.routes();
-        ShardRouter { shared }
+        let cached = shared.routes();
+        ShardRouter { shared, cached }
     }
 }
 
@@ -269,6 +270,7 @@ pub struct NodeCounters {
 }
 
 struct Routes<S> {
+    generation: u64,
     registry_version: u64,
     topology: Arc<Topology>,
     services: Vec<Option<S>>,
@@ -288,12 +290,17 @@ struct Shared<S, K, P> {
 }
 
 impl<S: Clone, K, P> Shared<S, K, P> {
+    /// `true` while `routes` were built from the current topology and services.
+    #[inline]
+    fn is_fresh(&self, routes: &Routes<S>) -> bool {
+        routes.generation == self.handle.generation()
+            && routes.registry_version == self.registry_version.load(Ordering::Acquire)
+    }
+
     #[inline]
     fn routes(&self) -> Arc<Routes<S>> {
         let r = self.routes.load_full();
-        if self.handle.is_current(&r.topology)
-            && r.registry_version == self.registry_version.load(Ordering::Acquire)
-        {
+        if self.is_fresh(&r) {
             return r;
         }
         self.rebuild()
@@ -304,10 +311,10 @@ impl<S: Clone, K, P> Shared<S, K, P> {
         let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let rv = self.registry_version.load(Ordering::Acquire);
         let cur = self.routes.load_full();
-        if self.handle.is_current(&cur.topology) && cur.registry_version == rv {
+        if self.is_fresh(&cur) {
             return cur;
         }
-        let topology = self.handle.load();
+        let (generation, topology) = self.handle.load_with_generation();
         let mut services = Vec::with_capacity(topology.len());
         let mut stats = Vec::with_capacity(topology.len());
         for node in topology.nodes() {
@@ -333,6 +340,7 @@ impl<S: Clone, K, P> Shared<S, K, P> {
         }
         reg.stats.retain(|id, _| topology.node(id).is_some());
         let routes = Arc::new(Routes {
+            generation,
             registry_version: rv,
             topology,
             services,
@@ -466,12 +474,15 @@ fn new_stats(node: &Node) -> NodeStats {
 /// ```
 pub struct ShardRouter<S, K, P = NoRetry> {
     shared: Arc<Shared<S, K, P>>,
+    /// The routes this clone used last; checked against the shared generation on each call.
+    cached: Arc<Routes<S>>,
 }
 
 impl<S, K, P> Clone for ShardRouter<S, K, P> {
     fn clone(&self) -> Self {
         ShardRouter {
             shared: self.shared.clone(),
+            cached: self.cached.clone(),
         }
     }
 }
@@ -629,8 +640,11 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        if !self.shared.is_fresh(&self.cached) {
+            self.cached = self.shared.routes();
+        }
         let shared = &self.shared;
-        let routes = shared.routes();
+        let routes = self.cached.clone();
         let Some(hash) = shared.key.key_hash(&req, &routes.topology) else {
             let e = ShardError::new(ShardErrorKind::NoKey);
             return ResponseFuture::failed(shared.clone(), routes, e, Into::into);
@@ -806,7 +820,7 @@ where
                         Poll::Ready(Ok(())) => {}
                     }
                     // Was the node removed while its service became ready?
-                    if !this.shared.handle.is_current(&this.routes.topology) {
+                    if this.routes.generation != this.shared.handle.generation() {
                         let fresh = this.shared.routes();
                         let id = this.routes.topology.nodes()[*this.node].id_arc().clone();
                         match fresh.topology.index_of(&id) {
