@@ -56,26 +56,34 @@ impl fmt::Display for CircuitOpen {
 
 impl std::error::Error for CircuitOpen {}
 
-/// A breaker's name as a rejection carries it: short names are copied inline, so a rejection
-/// touches no reference count; long ones share the breaker's allocation.
+/// A breaker's name as a rejection carries it: short names are copied inline (an aligned
+/// 32-byte block), so a rejection touches no reference count; long ones share the breaker's
+/// allocation.
 #[derive(Clone)]
 pub(crate) enum Name {
-    Inline { len: u8, buf: [u8; INLINE] },
+    Inline(InlineName),
     Shared(Arc<str>),
 }
 
-const INLINE: usize = 38;
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub(crate) struct InlineName {
+    bytes: [u8; INLINE],
+    len: u8,
+}
+
+const INLINE: usize = 31;
 
 impl Name {
     pub(crate) fn new(name: &Arc<str>) -> Name {
-        let bytes = name.as_bytes();
-        if bytes.len() <= INLINE {
-            let mut buf = [0u8; INLINE];
-            buf[..bytes.len()].copy_from_slice(bytes);
-            Name::Inline {
-                len: bytes.len() as u8,
-                buf,
-            }
+        let src = name.as_bytes();
+        if src.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..src.len()].copy_from_slice(src);
+            Name::Inline(InlineName {
+                bytes,
+                len: src.len() as u8,
+            })
         } else {
             Name::Shared(name.clone())
         }
@@ -83,8 +91,8 @@ impl Name {
 
     pub(crate) fn as_str(&self) -> &str {
         match self {
-            Name::Inline { len, buf } => {
-                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            Name::Inline(n) => {
+                std::str::from_utf8(&n.bytes[..usize::from(n.len)]).unwrap_or_default()
             }
             Name::Shared(s) => s,
         }
