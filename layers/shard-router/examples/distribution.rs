@@ -36,7 +36,16 @@ fn main() {
         let started = std::time::Instant::now();
         let removed = base.with(Change::remove(&id(37))).unwrap();
         let remove = started.elapsed();
-        eprintln!("# {name}: build {build:?}, add a node {add:?}, remove a node {remove:?}");
+        // Owned shares are exact for the table and the rings (rendezvous has none to report).
+        let exact = base.shares().iter().cloned().fold(0.0, f64::max) * NODES as f64;
+        let exact = if matches!(alg, Algorithm::Rendezvous) {
+            "n/a".to_owned()
+        } else {
+            format!("{exact:.4}")
+        };
+        eprintln!(
+            "# {name}: exact max_over_mean {exact}; build {build:?}, add a node {add:?}, remove a node {remove:?}"
+        );
         // Compare by index where the node sets line up: ids sort as n000..n100, so the base
         // and the added topology share indices 0..100, and the removed one shifts by one
         // after 37.

@@ -97,6 +97,13 @@ proptest! {
                 prop_assert!(moved.fraction() <= 1.05 * ideal, "moved {} ideal {}", moved.fraction(), ideal);
             }
             assert_balanced(&next, 1.5);
+            // The same holds key by key.
+            for k in 0..300u64 {
+                let (a, b) = (t.owner(&k).map(|n| n.id().to_owned()), next.owner(&k).map(|n| n.id().to_owned()));
+                if a != b {
+                    prop_assert!(a.as_deref() == Some(id.as_str()) || b.as_deref() == Some(id.as_str()), "{:?} -> {:?}", a, b);
+                }
+            }
             t = next;
         }
     }

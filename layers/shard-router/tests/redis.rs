@@ -208,3 +208,31 @@ fn encoding_round_trips_and_rejects_damage() {
     let err = decode(&bytes).unwrap_err();
     assert_eq!(err.kind(), TopologyErrorKind::Decode, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_converge_on_a_redis_cluster() {
+    let cluster = omega_testkit::RedisCluster::start();
+    let urls = cluster.urls();
+    let mut instances = Vec::new();
+    for i in 0..2 {
+        let backend = RedisBackend::connect(
+            RedisConfig::cluster(urls.clone()).op_timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+        let handle = TopologyHandle::new(Topology::empty(Algorithm::table()).unwrap());
+        let shared = RedisTopology::new(backend, "users", handle.clone()).unwrap();
+        shared.join(initial()).await.unwrap();
+        // Each instance listens on a different node: cluster PUBLISH reaches every node.
+        let task = shared.spawn_sync(Duration::from_secs(3600), Some(urls[i].clone()));
+        instances.push((shared, handle, task));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = instances[0]
+        .0
+        .apply(&[Change::Add(Node::new("n3", "10.0.0.3:80"))])
+        .await
+        .unwrap();
+    wait_epoch(&instances[1].1, t.epoch()).await;
+    same_routing(&instances[0].1.load(), &instances[1].1.load());
+}
