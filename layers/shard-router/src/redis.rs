@@ -80,6 +80,11 @@ impl From<TopologyError> for SyncError {
 
 /// A topology kept in Redis and mirrored into a local [`TopologyHandle`].
 ///
+/// Redis is the source of truth: change the topology through [`RedisTopology::apply`], not
+/// through the handle (a local change would be replaced by the stored topology on the next
+/// refresh). If Redis is down when a process starts, [`join`](RedisTopology::join) fails;
+/// the process can route on a topology it stores in the handle itself and join later.
+///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
