@@ -31,6 +31,7 @@
 //! | `http` | rejections as HTTP responses (429, 503), HTTP key extractors |
 //! | `grpc` | rejections as gRPC status codes |
 //! | `metrics` | metrics through the `metrics` crate |
+//! | `config` | [`config`]: the whole stack from a JSON file |
 //! | `tls` | `rediss://` URLs |
 //! | `codec` | JSON and compact binary codecs for stored values |
 //! | `full` | all of the above |
@@ -51,6 +52,9 @@ pub use omega_circuit_breaker as circuit_breaker;
 /// `ShardRouterLayer`: consistent routing of keys to nodes.
 #[cfg(feature = "shard-router")]
 pub use omega_shard_router as shard_router;
+
+#[cfg(feature = "config")]
+pub mod config;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(all(doctest, feature = "redis"))]

@@ -1,0 +1,643 @@
+//! # omega-gateway
+//!
+//! An HTTP reverse proxy that puts the Omega Penta layers in front of upstream services, built
+//! from a [`StackConfig`]. Each request goes through one pipeline:
+//!
+//! 1. **route**: the longest matching path prefix;
+//! 2. **rate limits** of the route (`HttpRateLimitLayer`: 429 with `Retry-After` and the IETF
+//!    `RateLimit` fields);
+//! 3. **shard router** of the route's upstream pool: the node that owns the request's key, or
+//!    the next node of the key's preference list while a node's circuit is open;
+//! 4. **circuit breaker** of that node (5xx and transport failures count; an open circuit
+//!    answers 503 with `Retry-After`);
+//! 5. **proxy**: the request forwarded with its streaming body, hop-by-hop headers removed,
+//!    `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` set, over pooled connections,
+//!    within the route's timeout (502 when the node cannot be reached, 504 when it is late).
+//!
+//! A new layer joins the pipeline as one more `tower::Layer` in [`Gateway`]'s route builder,
+//! configured by its own section of the route or upstream configuration.
+//!
+//! State is in memory, or shared through Redis (`redis` in the configuration): rate limits
+//! then hold across every gateway instance.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use omega_penta::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer};
+use omega_penta::config::{ConfigError, KeySource, RouteConfig, StackConfig, UpstreamConfig};
+use omega_penta::core::Backend;
+use omega_penta::core::redis::RedisConfig;
+use omega_penta::rate_limit::RateLimiter;
+use omega_penta::rate_limit::http::HttpRateLimitLayer;
+use omega_penta::shard_router::{self as shard, Node, ShardRouter, Topology, TopologyHandle};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+mod admin;
+pub mod demo;
+pub mod proxy;
+
+pub use proxy::RouteInfo;
+
+/// A service that answers every request (errors already turned into responses).
+pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// Why the gateway could not start or reload.
+#[derive(Debug)]
+pub enum GatewayError {
+    /// The configuration is invalid; nothing was applied.
+    Config(ConfigError),
+    /// The configuration file could not be read.
+    Io(PathBuf, std::io::Error),
+    /// A listener could not be bound.
+    Bind(SocketAddr, std::io::Error),
+    /// Redis could not be reached at start.
+    Redis(String),
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayError::Config(e) => write!(f, "invalid configuration:\n{e}"),
+            GatewayError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            GatewayError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            GatewayError::Redis(e) => write!(f, "cannot reach Redis: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+impl From<ConfigError> for GatewayError {
+    fn from(e: ConfigError) -> Self {
+        GatewayError::Config(e)
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load_config(path: &std::path::Path) -> Result<StackConfig, GatewayError> {
+    let text = std::fs::read_to_string(path).map_err(|e| GatewayError::Io(path.to_owned(), e))?;
+    Ok(StackConfig::from_json(&text)?)
+}
+
+/// The process-wide Prometheus recorder, installed on first use (before any layer registers
+/// its metrics).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed already (a test harness); then ours only
+            // renders what it sees.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A pool of upstream nodes: its shard map, its breakers and its router.
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) config: UpstreamConfig,
+    pub(crate) topology: TopologyHandle,
+    pub(crate) breakers: BreakerRegistry<Arc<str>>,
+    pub(crate) router: ShardRouter<NodeService, PoolKey>,
+}
+
+type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
+    proxy::ProxyNode,
+    omega_penta::circuit_breaker::Single,
+    omega_penta::circuit_breaker::http::HttpClassifier,
+    omega_penta::circuit_breaker::RejectWithResponse,
+>;
+
+/// A route, ready to serve.
+pub(crate) struct Route {
+    pub(crate) config: RouteConfig,
+    pub(crate) info: Arc<RouteInfo>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) limiter: Option<RateLimiter<Request<Body>>>,
+    pub(crate) service: HttpService,
+}
+
+/// The routes and pools in use; replaced as a whole on reload.
+pub(crate) struct Table {
+    /// Longest prefix first.
+    pub(crate) routes: Vec<Route>,
+    pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) backend: Backend,
+    pub(crate) client: proxy::Client,
+    pub(crate) table: ArcSwap<Table>,
+    pub(crate) config: Mutex<StackConfig>,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+/// The request key of a pool, as the configuration names it.
+#[derive(Clone, Debug)]
+pub(crate) enum PoolKey {
+    Header(shard::http::Header),
+    PathSegment(shard::http::PathSegment),
+    Query(shard::http::QueryParam),
+    Path,
+}
+
+impl shard::KeyExtractor<Request<Body>> for PoolKey {
+    fn key_hash(&self, req: &Request<Body>, topology: &Topology) -> Option<u64> {
+        match self {
+            PoolKey::Header(k) => k.key_hash(req, topology),
+            PoolKey::PathSegment(k) => k.key_hash(req, topology),
+            PoolKey::Query(k) => k.key_hash(req, topology),
+            PoolKey::Path => Some(topology.hash_bytes(req.uri().path().as_bytes())),
+        }
+    }
+}
+
+impl PoolKey {
+    fn of(source: &Option<KeySource>) -> Self {
+        match source {
+            Some(KeySource::Header(h)) => PoolKey::Header(shard::http::Header::new(h)),
+            Some(KeySource::PathSegment(n)) => PoolKey::PathSegment(shard::http::PathSegment(*n)),
+            Some(KeySource::Query(q)) => PoolKey::Query(shard::http::QueryParam::new(q.clone())),
+            None => PoolKey::Path,
+        }
+    }
+}
+
+impl Upstream {
+    fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        client: &proxy::Client,
+    ) -> Result<Self, GatewayError> {
+        let breaker_config = config
+            .breaker
+            .circuit_breaker()
+            .map_err(|e| config_error_at(&format!("upstreams.{name}.breaker"), e))?;
+        let breakers = BreakerRegistry::builder()
+            .config(breaker_config)
+            .name_prefix(format!("{name}/"))
+            .max_breakers(10_000)
+            .idle_timeout(Duration::from_secs(365 * 24 * 3600))
+            .build()
+            .map_err(|e| config_error_at(&format!("upstreams.{name}.breaker"), e.to_string()))?;
+        let topology = TopologyHandle::new(config.topology()?);
+        let make_breakers = breakers.clone();
+        let make_client = client.clone();
+        let upstream_name: Arc<str> = Arc::from(name);
+        let available = breakers.clone();
+        let router = ShardRouter::builder(topology.clone())
+            .key(PoolKey::of(&config.key))
+            .failover(config.failover)
+            .is_available(move |node: &Node| available.is_call_permitted(node.id_arc()))
+            .build(move |node: &Node| {
+                let breaker = make_breakers.get_or_create(node.id_arc());
+                let target = proxy::ProxyNode::new(
+                    make_client.clone(),
+                    upstream_name.clone(),
+                    node.id_arc().clone(),
+                    node.address(),
+                );
+                CircuitBreakerLayer::new(breaker).http().layer(target)
+            });
+        Ok(Upstream {
+            name: name.to_owned(),
+            config: config.clone(),
+            topology,
+            breakers,
+            router,
+        })
+    }
+
+    /// Brings the pool to `config` while serving: nodes added, removed or reweighted (keys
+    /// move only to or from them), breaker thresholds changed (state kept).
+    fn reconcile(&self, config: &UpstreamConfig) -> Result<(), GatewayError> {
+        let at = format!("upstreams.{}", self.name);
+        let breaker = config
+            .breaker
+            .circuit_breaker()
+            .map_err(|e| config_error_at(&format!("{at}.breaker"), e))?;
+        self.breakers
+            .reconfigure(breaker)
+            .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))?;
+        let current = self.topology.load();
+        let mut changes = Vec::new();
+        for node in current.nodes() {
+            match config.nodes.iter().find(|n| n.id == node.id()) {
+                None => changes.push(shard::Change::remove(node.id())),
+                Some(n) if n.url != node.address() => {
+                    changes.push(shard::Change::remove(node.id()));
+                    changes.push(shard::Change::Add(
+                        Node::new(n.id.as_str(), n.url.as_str()).with_weight(n.weight),
+                    ));
+                }
+                Some(n) if n.weight != node.weight() => {
+                    changes.push(shard::Change::reweight(node.id(), n.weight));
+                }
+                Some(_) => {}
+            }
+        }
+        for n in &config.nodes {
+            if current.node(&n.id).is_none() {
+                changes.push(shard::Change::Add(
+                    Node::new(n.id.as_str(), n.url.as_str()).with_weight(n.weight),
+                ));
+            }
+        }
+        if !changes.is_empty() {
+            self.topology
+                .apply(&changes)
+                .map_err(|e| config_error_at(&format!("{at}.nodes"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn config_error_at(path: &str, message: impl Into<String>) -> GatewayError {
+    GatewayError::Config(ConfigError::new(path, message))
+}
+
+impl Route {
+    fn build(
+        config: &RouteConfig,
+        upstream: Arc<Upstream>,
+        limiter: Option<RateLimiter<Request<Body>>>,
+    ) -> Route {
+        let info = Arc::new(RouteInfo {
+            prefix: config.prefix.clone(),
+            strip_prefix: config.strip_prefix,
+            timeout: config.timeout.0,
+        });
+        let pool = ErrorsAsResponses(upstream.router.clone());
+        let service = match &limiter {
+            Some(l) => HttpService::new(HttpRateLimitLayer::new(l.clone()).layer(pool)),
+            None => HttpService::new(pool),
+        };
+        Route {
+            config: config.clone(),
+            info,
+            upstream,
+            limiter,
+            service,
+        }
+    }
+}
+
+/// Turns the router's errors (no key, no node available) into responses: 400, 503.
+#[derive(Clone)]
+struct ErrorsAsResponses<S>(S);
+
+impl<S> tower::Service<Request<Body>> for ErrorsAsResponses<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = shard::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx).map(|_| Ok(())) // the router is always ready
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let future = self.0.call(req);
+        Box::pin(async move {
+            Ok(future
+                .await
+                .unwrap_or_else(|e| shard::http::error_response::<Body>(&e)))
+        })
+    }
+}
+
+/// A gateway built from a configuration, not yet listening.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = self.shared.table.load();
+        f.debug_struct("Gateway")
+            .field("routes", &table.routes.len())
+            .field("upstreams", &table.upstreams.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A gateway that is serving.
+#[derive(Debug)]
+pub struct Running {
+    /// The proxy's address.
+    pub addr: SocketAddr,
+    /// The admin API's address.
+    pub admin_addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within the configured grace period,
+    /// and returns when the gateway has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.done).await;
+    }
+
+    /// Waits until the gateway stops (after [`Running::shutdown`] or a signal handled by the
+    /// caller).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+impl Gateway {
+    /// Builds every route and pool of `config`. `redis` overrides the configuration's Redis.
+    pub async fn new(
+        mut config: StackConfig,
+        config_path: Option<PathBuf>,
+        redis: Option<String>,
+    ) -> Result<Gateway, GatewayError> {
+        if redis.is_some() {
+            config.redis = redis;
+        }
+        let metrics = prometheus();
+        let backend = match &config.redis {
+            None => Backend::memory(),
+            Some(url) => {
+                let cfg = if let Some(seeds) = url.strip_prefix("redis+cluster://") {
+                    let seeds = seeds.split(',').map(|s| format!("redis://{s}"));
+                    RedisConfig::cluster(seeds)
+                } else {
+                    RedisConfig::url(url.clone())
+                };
+                Backend::redis(cfg)
+                    .await
+                    .map_err(|e| GatewayError::Redis(e.to_string()))?
+            }
+        };
+        let shared = Arc::new(Shared {
+            backend,
+            client: proxy::client(),
+            table: ArcSwap::from_pointee(Table {
+                routes: Vec::new(),
+                upstreams: BTreeMap::new(),
+            }),
+            config: Mutex::new(config.clone()),
+            config_path,
+            draining: AtomicBool::new(false),
+            metrics,
+        });
+        let table = build_table(&shared, &config, None)?;
+        shared.table.store(Arc::new(table));
+        Ok(Gateway { shared })
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> StackConfig {
+        self.shared
+            .config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node that owns `key` in pool `upstream`.
+    pub fn owner(&self, upstream: &str, key: &str) -> Option<String> {
+        let table = self.shared.table.load();
+        let up = table.upstreams.get(upstream)?;
+        up.router.owner(key).map(|n| n.id().to_owned())
+    }
+
+    /// Another handle on the same gateway (for reloads and queries while it serves).
+    pub fn handle(&self) -> Gateway {
+        Gateway {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Starts serving on the configured addresses (port 0 picks a free port).
+    pub async fn start(self) -> Result<Running, GatewayError> {
+        let (listen, admin) = {
+            let c = self
+                .shared
+                .config
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (c.listen, c.admin)
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| GatewayError::Bind(listen, e))?;
+        let admin_listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .map_err(|e| GatewayError::Bind(admin, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| GatewayError::Bind(listen, e))?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|e| GatewayError::Bind(admin, e))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = self.shared.clone();
+        let done = tokio::spawn(serve(shared, listener, admin_listener, rx));
+        Ok(Running {
+            addr,
+            admin_addr,
+            shutdown: Some(tx),
+            done,
+        })
+    }
+
+    /// Re-reads the configuration file and applies it while serving (see [`reload`]).
+    pub fn reload(&self) -> Result<String, GatewayError> {
+        reload(&self.shared)
+    }
+}
+
+/// Re-reads the configuration file and applies it: new quotas, thresholds and nodes take
+/// effect on the next request, and every key keeps its state. A route whose limits changed
+/// in kind (another key, a new or removed limit) gets new buckets. An invalid file changes
+/// nothing.
+pub(crate) fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError> {
+    let Some(path) = &shared.config_path else {
+        return Err(config_error_at(
+            "",
+            "the gateway was not started from a configuration file",
+        ));
+    };
+    let mut config = load_config(path)?;
+    // The listen addresses and Redis are fixed for the life of the process.
+    {
+        let old = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
+        config.listen = old.listen;
+        config.admin = old.admin;
+        config.redis = old.redis.clone();
+    }
+    let current = shared.table.load_full();
+    let table = build_table(shared, &config, Some(&current))?;
+    let summary = format!(
+        "reloaded {}: {} routes, {} upstreams",
+        path.display(),
+        table.routes.len(),
+        table.upstreams.len()
+    );
+    shared.table.store(Arc::new(table));
+    *shared.config.lock().unwrap_or_else(PoisonError::into_inner) = config;
+    Ok(summary)
+}
+
+/// Builds the route table of `config`, reusing the pools and limiters of `current` so that
+/// their state carries over.
+fn build_table(
+    shared: &Arc<Shared>,
+    config: &StackConfig,
+    current: Option<&Table>,
+) -> Result<Table, GatewayError> {
+    let mut upstreams = BTreeMap::new();
+    for (name, up) in &config.upstreams {
+        let pool = match current.and_then(|t| t.upstreams.get(name)) {
+            Some(existing)
+                if existing.config.key == up.key && existing.config.failover == up.failover =>
+            {
+                existing.reconcile(up)?;
+                existing.clone()
+            }
+            _ => Arc::new(Upstream::build(name, up, &shared.client)?),
+        };
+        upstreams.insert(name.clone(), pool);
+    }
+    let client_ip = config.client_ip();
+    let mut routes = Vec::new();
+    for (i, rc) in config.routes.iter().enumerate() {
+        let upstream = upstreams[&rc.upstream].clone();
+        let reusable = current.and_then(|t| {
+            t.routes.iter().find(|r| {
+                r.config.prefix == rc.prefix
+                    && r.config.limits.len() == rc.limits.len()
+                    && r.config.limits.iter().zip(&rc.limits).all(|(a, b)| {
+                        a.name == b.name
+                            && a.key == b.key
+                            && a.lease == b.lease
+                            && a.shadow == b.shadow
+                    })
+            })
+        });
+        let limiter = match reusable.and_then(|r| r.limiter.clone()) {
+            Some(limiter) => {
+                for l in &rc.limits {
+                    let quota = l
+                        .quota()
+                        .map_err(|e| config_error_at(&format!("routes[{i}].limits"), e))?;
+                    limiter.set_quota(&l.name, quota).map_err(|e| {
+                        config_error_at(&format!("routes[{i}].limits"), e.to_string())
+                    })?;
+                }
+                Some(limiter)
+            }
+            None => rc.rate_limiter(&shared.backend, &client_ip)?,
+        };
+        routes.push(Route::build(rc, upstream, limiter));
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
+    Ok(Table { routes, upstreams })
+}
+
+/// Answers one request: route, then the route's pipeline.
+async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Response<Body> {
+    let table = shared.table.load_full();
+    let path = req.uri().path();
+    let Some(route) = table
+        .routes
+        .iter()
+        .find(|r| proxy::matches(&r.config.prefix, path))
+    else {
+        return proxy::status(StatusCode::NOT_FOUND, "no route for this path");
+    };
+    req.extensions_mut().insert(route.info.clone());
+    let started = std::time::Instant::now();
+    let response = route
+        .service
+        .clone()
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|never| match never {});
+    let labels = [
+        ("route", route.config.prefix.clone()),
+        ("upstream", route.upstream.name.clone()),
+    ];
+    metrics::counter!("omega_gateway_requests_total", &labels).increment(1);
+    metrics::histogram!("omega_gateway_request_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    admin_listener: tokio::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let grace = shared
+        .config
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .shutdown_grace
+        .0;
+    let proxy_shared = shared.clone();
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let shared = proxy_shared.clone();
+        async move { handle(shared, req).await }
+    });
+    let admin_app = admin::router(shared.clone());
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut stop_proxy = stop_tx.subscribe();
+    let mut stop_admin = stop_tx.subscribe();
+    let proxy = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_proxy.recv().await;
+        })
+        .await;
+    });
+    let admin = tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_admin.recv().await;
+            })
+            .await;
+    });
+    let _ = stop.await;
+    shared.draining.store(true, Ordering::Release);
+    let _ = stop_tx.send(());
+    // In-flight requests get `grace` to finish; then the gateway stops regardless.
+    let abort_proxy = proxy.abort_handle();
+    if tokio::time::timeout(grace, proxy).await.is_err() {
+        abort_proxy.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+}

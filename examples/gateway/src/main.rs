@@ -1,0 +1,238 @@
+//! `omega-gateway`: the Omega Penta HTTP gateway.
+//!
+//! ```text
+//! omega-gateway                                   # embedded demo: in-memory state, 3 demo nodes
+//! omega-gateway --config gateway.json [--redis redis://127.0.0.1:6379]
+//! omega-gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 [--admin ADDR] [--redis URL]
+//! ```
+//!
+//! SIGTERM or Ctrl-C stop accepting and let in-flight requests finish (within
+//! `shutdown_grace`); SIGHUP reloads the configuration file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use omega_gateway::{Gateway, GatewayError, demo, load_config};
+use omega_penta::config::StackConfig;
+
+const USAGE: &str = "usage:
+  omega-gateway                                  embedded demo (in-memory state, demo upstream nodes)
+  omega-gateway --config FILE [--redis URL]      routes, pools and limits from a JSON file
+  omega-gateway --listen ADDR --upstream URL [--admin ADDR] [--redis URL]
+                                                 proxy everything to one upstream";
+
+#[derive(Default)]
+struct Args {
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    upstream: Option<String>,
+    redis: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--config" => args.config = Some(value("--config")?.into()),
+            "--listen" => {
+                let v = value("--listen")?;
+                args.listen = Some(v.parse().map_err(|_| {
+                    format!("--listen {v:?}: not an address such as 127.0.0.1:8080")
+                })?);
+            }
+            "--admin" => {
+                let v = value("--admin")?;
+                args.admin = Some(v.parse().map_err(|_| {
+                    format!("--admin {v:?}: not an address such as 127.0.0.1:9090")
+                })?);
+            }
+            "--upstream" => args.upstream = Some(value("--upstream")?),
+            "--redis" => args.redis = Some(value("--redis")?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.config.is_some() && (args.upstream.is_some() || args.listen.is_some()) {
+        return Err("give either --config, or --listen with --upstream".into());
+    }
+    if args.upstream.is_some() != args.listen.is_some() {
+        return Err("--listen and --upstream go together".into());
+    }
+    Ok(args)
+}
+
+/// The quick mode: everything to one upstream, with the layers' defaults (a circuit breaker,
+/// no rate limit).
+fn quick_config(
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    upstream: &str,
+) -> Result<StackConfig, GatewayError> {
+    let mut doc = serde_json::json!({
+        "listen": listen.to_string(),
+        "upstreams": { "default": { "nodes": [{ "id": "upstream", "url": upstream }] } },
+        "routes": [{ "prefix": "/", "upstream": "default" }]
+    });
+    if let Some(admin) = admin {
+        doc["admin"] = admin.to_string().into();
+    }
+    Ok(StackConfig::from_json(&doc.to_string())?)
+}
+
+/// The embedded default: three demo nodes behind per-user and global limits.
+async fn demo_config() -> Result<(StackConfig, Vec<demo::DemoNode>), GatewayError> {
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        nodes.push(
+            demo::start(id)
+                .await
+                .map_err(|e| GatewayError::Bind("127.0.0.1:0".parse().unwrap(), e))?,
+        );
+    }
+    let doc = serde_json::json!({
+        "listen": "127.0.0.1:8080",
+        "admin": "127.0.0.1:9090",
+        "upstreams": {
+            "demo": {
+                "nodes": nodes.iter().map(|n| serde_json::json!({ "id": n.id, "url": n.url() })).collect::<Vec<_>>(),
+                "key": { "header": "x-user-id" },
+                "breaker": { "failure_rate": 50, "window": 10, "minimum_calls": 5, "wait": "15s" }
+            }
+        },
+        "routes": [{
+            "prefix": "/",
+            "upstream": "demo",
+            "timeout": "5s",
+            "limits": [
+                { "name": "per_user", "key": { "header": "x-user-id" }, "rate": 10, "per": "10s" },
+                { "name": "global", "key": "global", "rate": 200, "per": "1s" }
+            ]
+        }]
+    });
+    Ok((StackConfig::from_json(&doc.to_string())?, nodes))
+}
+
+fn print_demo(gateway: &Gateway, addr: SocketAddr, admin: SocketAddr, nodes: &[demo::DemoNode]) {
+    println!("omega-gateway: embedded demo, in-memory state");
+    println!("  proxy  http://{addr}    admin  http://{admin}");
+    for n in nodes {
+        println!("  demo node {}  {}", n.id, n.url());
+    }
+    // A user id owned by each node, to show routing and failover.
+    let mut owned = Vec::new();
+    for node in nodes {
+        if let Some(user) = (0..10_000)
+            .map(|i| format!("user-{i}"))
+            .find(|u| gateway.owner("demo", u).as_deref() == Some(node.id.as_str()))
+        {
+            owned.push((node.id.clone(), user));
+        }
+    }
+    let (node_c, user_c) = owned.last().cloned().unwrap_or_default();
+    println!();
+    println!("Shard routing (a user always reaches the same node):");
+    for (node, user) in &owned {
+        println!("  curl -s -H 'x-user-id: {user}' http://{addr}/hello      # node {node}");
+    }
+    println!("  curl -s 'http://{admin}/shards/demo/owner?key={user_c}'");
+    println!();
+    println!(
+        "Rate limiting (10 requests per 10 s per user; the 11th gets a 429 with its headers):"
+    );
+    println!(
+        "  for i in $(seq 11); do curl -si -H 'x-user-id: ada' http://{addr}/hello | grep -iE '^(HTTP|retry-after|ratelimit)'; done"
+    );
+    println!();
+    println!(
+        "Circuit breaker (node {node_c} fails 5 times, its circuit opens, its users fail over):"
+    );
+    println!(
+        "  for i in $(seq 5); do curl -s -o /dev/null -w '%{{http_code}}\\n' -H 'x-user-id: {user_c}' -H 'x-demo-fail: 1' http://{addr}/hello; done"
+    );
+    println!("  curl -s http://{admin}/breakers");
+    println!("  curl -s -H 'x-user-id: {user_c}' http://{addr}/hello     # served by another node");
+    println!();
+    println!("More: http://{admin}/limits  http://{admin}/shards/demo  http://{admin}/metrics");
+    println!("Stop with Ctrl-C.");
+}
+
+async fn run() -> Result<(), GatewayError> {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("omega-gateway: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let mut demo_nodes = Vec::new();
+    let (config, path) = match (&args.config, &args.upstream, args.listen) {
+        (Some(path), _, _) => (load_config(path)?, Some(path.clone())),
+        (None, Some(upstream), Some(listen)) => (quick_config(listen, args.admin, upstream)?, None),
+        _ => {
+            let (c, nodes) = demo_config().await?;
+            demo_nodes = nodes;
+            (c, None)
+        }
+    };
+    let gateway = Gateway::new(config, path.clone(), args.redis.clone()).await?;
+    // `start` consumes a handle; this one stays for reloads and queries.
+    let reloader = gateway.handle();
+    let running = gateway.start().await?;
+    if demo_nodes.is_empty() {
+        println!(
+            "omega-gateway: proxy on http://{}, admin on http://{}{}",
+            running.addr,
+            running.admin_addr,
+            path.as_ref()
+                .map(|p| format!(", config {}", p.display()))
+                .unwrap_or_default()
+        );
+    } else {
+        print_demo(&reloader, running.addr, running.admin_addr, &demo_nodes);
+    }
+    wait_for_signals(&reloader).await;
+    println!("omega-gateway: shutting down, finishing in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(gateway: &Gateway) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match gateway.reload() {
+                Ok(summary) => println!("omega-gateway: {summary}"),
+                Err(e) => eprintln!("omega-gateway: reload refused, nothing changed: {e}"),
+            },
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_gateway: &Gateway) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("omega-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

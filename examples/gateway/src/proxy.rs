@@ -1,0 +1,299 @@
+//! Forwarding one request to one upstream node.
+//!
+//! The request and response bodies stream through (nothing is buffered whole). Hop-by-hop
+//! headers (RFC 9110 §7.6.1: `Connection` and every header it names, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, and the
+//! `Proxy-Authorization` / `Proxy-Authenticate` pair) are removed in both directions. The
+//! upstream sees `Host` set to its own authority, the original host in `X-Forwarded-Host`, the
+//! client appended to `X-Forwarded-For` and `Forwarded`, and `X-Forwarded-Proto`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// The pooled HTTP/1.1 client shared by every node.
+pub type Client = HyperClient<HttpConnector, Body>;
+
+/// A client with pooled keep-alive connections.
+pub fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(connector)
+}
+
+/// What the proxy needs to know about the route a request matched (a request extension).
+#[derive(Clone, Debug)]
+pub struct RouteInfo {
+    /// The route's prefix.
+    pub prefix: String,
+    /// Whether the prefix is removed before forwarding.
+    pub strip_prefix: bool,
+    /// The longest wait for the response head.
+    pub timeout: Duration,
+}
+
+/// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
+pub fn matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || (path.starts_with(prefix)
+            && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+}
+
+/// A short plain-text response.
+pub fn status(code: StatusCode, message: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(format!("{message}\n")));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Sends requests to one node.
+#[derive(Clone, Debug)]
+pub struct ProxyNode {
+    client: Client,
+    upstream: Arc<str>,
+    node: Arc<str>,
+    authority: Option<http::uri::Authority>,
+    host_value: Option<HeaderValue>,
+}
+
+impl ProxyNode {
+    /// A node at `base_url` (`http://host:port`), part of pool `upstream`.
+    pub fn new(client: Client, upstream: Arc<str>, node: Arc<str>, base_url: &str) -> Self {
+        let authority = base_url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned());
+        let host_value = authority
+            .as_ref()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        ProxyNode {
+            client,
+            upstream,
+            node,
+            authority,
+            host_value,
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for ProxyNode {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+impl ProxyNode {
+    async fn forward(self, req: Request<Body>) -> Response<Body> {
+        let Some(authority) = self.authority.clone() else {
+            return status(StatusCode::BAD_GATEWAY, "the node's URL has no host");
+        };
+        let route = req.extensions().get::<Arc<RouteInfo>>().cloned();
+        let timeout = route
+            .as_ref()
+            .map_or(Duration::from_secs(30), |r| r.timeout);
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let (mut parts, body) = req.into_parts();
+
+        // The upstream path: the route prefix removed when configured.
+        let path = parts.uri.path();
+        let path = match &route {
+            Some(r) if r.strip_prefix && r.prefix != "/" => {
+                let rest = &path[r.prefix.len().min(path.len())..];
+                if rest.starts_with('/') {
+                    rest.to_owned()
+                } else {
+                    format!("/{rest}")
+                }
+            }
+            _ => path.to_owned(),
+        };
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(_) => return status(StatusCode::BAD_REQUEST, "invalid request path"),
+        };
+
+        let original_host = parts.headers.get(header::HOST).cloned();
+        remove_hop_by_hop(&mut parts.headers);
+        if let Some(host) = &self.host_value {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        if let Some(host) = &original_host {
+            parts
+                .headers
+                .insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        }
+        if let Some(peer) = peer {
+            add_forwarded(&mut parts.headers, peer, original_host.as_ref());
+        }
+        parts.headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+
+        let response = match tokio::time::timeout(timeout, self.client.request(upstream_req)).await
+        {
+            Err(_) => {
+                return status(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("node {} did not answer within {timeout:?}", self.node),
+                );
+            }
+            Ok(Err(e)) => {
+                return status(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "node {} of {} is unreachable: {e}",
+                        self.node, self.upstream
+                    ),
+                );
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded` (RFC 7239).
+fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>) {
+    let ip = peer.ip();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto=http");
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {element}"),
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(matches("/api", "/api"));
+        assert!(matches("/api", "/api/users"));
+        assert!(!matches("/api", "/apix"));
+        assert!(matches("/", "/anything"));
+        assert!(matches("/api/", "/api/x"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_the_client() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(&mut h, "[2001:db8::1]:4000".parse().unwrap(), Some(&host));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=\"[2001:db8::1]\";proto=http;host=\"example.com\""
+        );
+    }
+}

@@ -1,0 +1,513 @@
+//! The gateway end to end, over real sockets: test upstreams behind a gateway, requests from
+//! a raw HTTP/1.1 client that sees exactly what the gateway sends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use http::{Response, StatusCode};
+use omega_gateway::Gateway;
+use omega_penta::config::StackConfig;
+use omega_testkit::http::{RawResponse, get, request};
+
+/// A test upstream: echoes what it received, streams bodies both ways, answers any status,
+/// and can be slow or fail on demand.
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+}
+
+async fn upstream(id: &'static str, failing: bool) -> Upstream {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::Relaxed);
+            serve_test_request(id, failing, req).await
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Upstream { addr, hits }
+}
+
+async fn serve_test_request(id: &str, failing: bool, req: Request) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if failing {
+        let mut r = Response::new(Body::from("broken"));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return r;
+    }
+    if let Some(code) = path.strip_prefix("/api/status/") {
+        let mut r = Response::new(Body::from(format!("status {code}")));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+        return r;
+    }
+    if path == "/api/slow" {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        return Response::new(Body::from("slow done"));
+    }
+    if let Some(size) = path.strip_prefix("/api/download/") {
+        // A streamed body of `size` bytes, in 64 KiB chunks.
+        let size: usize = size.parse().unwrap();
+        let chunks = (0..size.div_ceil(65_536)).map(move |i| {
+            let n = (size - i * 65_536).min(65_536);
+            Ok::<_, std::io::Error>(bytes_of(i as u8, n))
+        });
+        return Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+    }
+    // Echo: method, headers, and the body's length and checksum, read as a stream.
+    let method = req.method().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let mut stream = req.into_body().into_data_stream();
+    let (mut len, mut sum) = (0u64, 0u64);
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.unwrap();
+        len += chunk.len() as u64;
+        sum = chunk
+            .iter()
+            .fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+    }
+    let doc = serde_json::json!({
+        "node": id, "method": method, "path": path, "headers": headers, "len": len, "sum": sum,
+    });
+    let mut r = Response::new(Body::from(doc.to_string()));
+    r.headers_mut()
+        .insert("x-upstream-node", id.parse().unwrap());
+    r.headers_mut()
+        .insert("connection", "x-secret-hop".parse().unwrap());
+    r.headers_mut().insert("x-secret-hop", "1".parse().unwrap());
+    r
+}
+
+fn bytes_of(seed: u8, n: usize) -> Vec<u8> {
+    (0..n).map(|i| seed.wrapping_add(i as u8)).collect()
+}
+
+fn checksum(data: &[u8]) -> u64 {
+    data.iter()
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
+fn config(nodes: &[(&str, SocketAddr)], limits: serde_json::Value) -> StackConfig {
+    let doc = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "shutdown_grace": "5s",
+        "upstreams": {
+            "pool": {
+                "nodes": nodes.iter().map(|(id, a)| serde_json::json!({ "id": id, "url": format!("http://{a}") })).collect::<Vec<_>>(),
+                "key": { "header": "x-user-id" },
+                "failover": 3,
+                "breaker": { "failure_rate": 50, "window": 10, "minimum_calls": 4, "wait": "60s" }
+            }
+        },
+        "routes": [{ "prefix": "/api", "upstream": "pool", "timeout": "5s", "limits": limits }]
+    });
+    StackConfig::from_json(&doc.to_string()).unwrap()
+}
+
+fn json(r: &RawResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {r:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_forwarded_faithfully() {
+    let a = upstream("a", false).await;
+    let gw = Gateway::new(config(&[("a", a.addr)], serde_json::json!([])), None, None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let user = [("x-user-id", "u1")];
+
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+        let r = request(gw.addr, method, "/api/echo?q=1", &user, b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{method}");
+        assert_eq!(json(&r)["method"], method);
+    }
+
+    // Headers: custom ones pass, hop-by-hop ones (and those Connection names) do not, and the
+    // forwarding headers name the client.
+    let r = request(
+        gw.addr,
+        "GET",
+        "/api/echo",
+        &[
+            ("x-user-id", "u1"),
+            ("x-custom", "kept"),
+            ("connection", "x-private"),
+            ("x-private", "dropped"),
+            ("proxy-authorization", "secret"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    let h = &json(&r)["headers"];
+    assert_eq!(h["x-custom"], "kept");
+    assert!(
+        h.get("x-private").is_none() && h.get("proxy-authorization").is_none(),
+        "{h}"
+    );
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(
+        h["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;proto=http"),
+        "{h}"
+    );
+    assert_eq!(h["host"], a.addr.to_string());
+    assert_eq!(h["x-forwarded-host"], gw.addr.to_string());
+    // The upstream's hop-by-hop response headers are removed too; its own headers pass.
+    assert_eq!(r.header("x-upstream-node"), Some("a"));
+    assert!(r.header("x-secret-hop").is_none(), "{r:?}");
+
+    // A 16 MiB upload streams through and arrives intact.
+    let upload = bytes_of(7, 16 << 20);
+    let r = request(gw.addr, "POST", "/api/upload", &user, &upload)
+        .await
+        .unwrap();
+    let doc = json(&r);
+    assert_eq!(doc["len"], upload.len() as u64);
+    assert_eq!(doc["sum"], checksum(&upload));
+
+    // A 16 MiB download streams back.
+    let r = get(gw.addr, "/api/download/16777216", &user).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 16 << 20);
+    assert_eq!(&r.body[65_536..65_540], &bytes_of(1, 4)[..]);
+
+    // Status codes pass through; a path outside every route is a 404 from the gateway.
+    for code in [201u16, 404, 503] {
+        let r = get(gw.addr, &format!("/api/status/{code}"), &user)
+            .await
+            .unwrap();
+        assert_eq!(r.status, code);
+    }
+    assert_eq!(get(gw.addr, "/elsewhere", &user).await.unwrap().status, 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_their_headers() {
+    let a = upstream("a", false).await;
+    let limits = serde_json::json!([
+        { "name": "per_user", "key": { "header": "x-user-id" }, "rate": 3, "per": "1m" },
+        { "name": "global", "key": "global", "rate": 1000, "per": "1s" }
+    ]);
+    let gw = Gateway::new(config(&[("a", a.addr)], limits), None, None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let ada = [("x-user-id", "ada")];
+    for left in (0..3).rev() {
+        let r = get(gw.addr, "/api/x", &ada).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-policy"), Some(r#""per_user";q=3;w=60"#));
+        assert!(
+            r.header("ratelimit")
+                .unwrap()
+                .starts_with(&format!(r#""per_user";r={left};"#))
+        );
+    }
+    let denied = get(gw.addr, "/api/x", &ada).await.unwrap();
+    assert_eq!(denied.status, 429);
+    let retry: u64 = denied.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    // The upstream saw only the admitted requests; another user is still served.
+    assert_eq!(a.hits.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("x-user-id", "bob")])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stay_on_their_node_and_a_failing_node_fails_over() {
+    let good_a = upstream("a", false).await;
+    let good_b = upstream("b", false).await;
+    let bad_c = upstream("c", true).await;
+    let gateway = Gateway::new(
+        config(
+            &[("a", good_a.addr), ("b", good_b.addr), ("c", bad_c.addr)],
+            serde_json::json!([]),
+        ),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let owner = |u: &str| gateway.owner("pool", u).unwrap();
+    let on_c = (0..1000)
+        .map(|i| format!("user-{i}"))
+        .find(|u| owner(u) == "c")
+        .unwrap();
+    let on_a = (0..1000)
+        .map(|i| format!("user-{i}"))
+        .find(|u| owner(u) == "a")
+        .unwrap();
+    let handle = gateway.handle();
+    let gw = gateway.start().await.unwrap();
+
+    // Stable: a user's requests all reach its node.
+    for _ in 0..10 {
+        let r = get(gw.addr, "/api/echo", &[("x-user-id", on_a.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(json(&r)["node"], "a");
+    }
+    // Node c fails: its breaker opens after the minimum of calls...
+    let mut failures = 0;
+    for _ in 0..4 {
+        let r = get(gw.addr, "/api/echo", &[("x-user-id", on_c.as_str())])
+            .await
+            .unwrap();
+        if r.status == 500 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 4);
+    let breakers: serde_json::Value = json(&get(gw.admin_addr, "/breakers", &[]).await.unwrap());
+    assert_eq!(breakers["pool"]["c"]["state"], "Open", "{breakers}");
+    // ...and its users are served by the next node of their preference list.
+    let c_hits = bad_c.hits.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        let r = get(gw.addr, "/api/echo", &[("x-user-id", on_c.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_ne!(json(&r)["node"], "c");
+    }
+    assert_eq!(
+        bad_c.hits.load(Ordering::Relaxed),
+        c_hits,
+        "no request reached the open node"
+    );
+    // Other users did not move.
+    let r = get(gw.addr, "/api/echo", &[("x-user-id", on_a.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(json(&r)["node"], "a");
+    assert_eq!(handle.owner("pool", &on_c).as_deref(), Some("c"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_a_limit_while_serving_and_keeps_its_state() {
+    let a = upstream("a", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.json");
+    let write = |burst: u32| {
+        let mut c = config(
+            &[("a", a.addr)],
+            serde_json::json!([{ "name": "per_user", "key": { "header": "x-user-id" }, "rate": 2, "per": "1m", "burst": burst }]),
+        );
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+        c
+    };
+    let initial = write(2);
+    let gw = Gateway::new(initial, Some(path.clone()), None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let ada = [("x-user-id", "ada")];
+    assert_eq!(get(gw.addr, "/api/x", &ada).await.unwrap().status, 200);
+    assert_eq!(get(gw.addr, "/api/x", &ada).await.unwrap().status, 200);
+    assert_eq!(get(gw.addr, "/api/x", &ada).await.unwrap().status, 429);
+
+    // Raise the burst to 5: Ada's bucket keeps its state (2 cells used), so 3 more pass.
+    write(5);
+    let r = request(gw.admin_addr, "POST", "/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut admitted = 0;
+    for _ in 0..6 {
+        if get(gw.addr, "/api/x", &ada).await.unwrap().status == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3);
+    let limits = json(&get(gw.admin_addr, "/limits", &[]).await.unwrap());
+    assert_eq!(limits["/api"][0]["burst"], 5);
+
+    // A broken file is refused and changes nothing.
+    std::fs::write(&path, "{ \"routes\": 7 }").unwrap();
+    let r = request(gw.admin_addr, "POST", "/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("routes"));
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("x-user-id", "bob")])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let a = upstream("a", false).await;
+    let gw = Gateway::new(config(&[("a", a.addr)], serde_json::json!([])), None, None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let addr = gw.addr;
+    let admin = gw.admin_addr;
+    let slow = tokio::spawn(async move { get(addr, "/api/slow", &[("x-user-id", "u")]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: not ready, no new connections; the slow request still completes.
+    let ready = get(admin, "/readyz", &[]).await;
+    assert!(ready.map(|r| r.status != 200).unwrap_or(true));
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"slow done");
+    stopping.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "stopped accepting"
+    );
+}
+
+/// Runs the gateway binary.
+fn spawn_gateway(args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_omega-gateway"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_until_up(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the gateway at {addr} did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_share_one_global_limit_through_redis() {
+    let redis = omega_testkit::RedisServer::start();
+    let a = upstream("a", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..2 {
+        let mut c = config(
+            &[("a", a.addr)],
+            serde_json::json!([{ "name": "global", "key": "global", "rate": 20, "per": "1h" }]),
+        );
+        c.listen = SocketAddr::from(([127, 0, 0, 1], omega_testkit::free_port()));
+        c.admin = SocketAddr::from(([127, 0, 0, 1], omega_testkit::free_port()));
+        let path = dir.path().join(format!("g{i}.json"));
+        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
+        children.push(KillOnDrop(spawn_gateway(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+        ])));
+        addrs.push(c.listen);
+    }
+    for &addr in &addrs {
+        wait_until_up(addr).await;
+    }
+    let mut admitted = 0;
+    for i in 0..60 {
+        let r = get(addrs[i % 2], "/api/x", &[("x-user-id", "u")])
+            .await
+            .unwrap();
+        match r.status {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+    }
+    // One limit of 20 for both processes together, not 20 each.
+    assert_eq!(admitted, 20);
+    assert_eq!(a.hits.load(Ordering::Relaxed), 20);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn invalid_configs_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (r#"{ "routes": [ }"#, "line 1"),
+        (
+            r#"{ "upstreams": { "p": { "nodes": [] } }, "routes": [{ "prefix": "/", "upstream": "p" }] }"#,
+            "upstreams.p.nodes: at least one node is needed",
+        ),
+        (
+            r#"{ "upstreams": { "p": { "nodes": [{ "id": "a", "url": "ftp://x" }] } }, "routes": [{ "prefix": "/", "upstream": "p" }] }"#,
+            "upstreams.p.nodes[0].url",
+        ),
+        (
+            r#"{ "upstreams": { "p": { "nodes": [{ "id": "a", "url": "http://127.0.0.1:1" }] } }, "routes": [{ "prefix": "/", "upstream": "q" }] }"#,
+            "routes[0].upstream: no upstream is named \"q\"",
+        ),
+        (
+            r#"{ "upstreams": { "p": { "nodes": [{ "id": "a", "url": "http://127.0.0.1:1" }] } }, "routes": [{ "prefix": "/", "upstream": "p", "limits": [{ "name": "x", "key": "global", "rate": 5, "per": "5 minutes" }] }] }"#,
+            "routes[0].limits[0].per",
+        ),
+        (
+            r#"{ "upstreams": { "p": { "nodes": [{ "id": "a", "url": "http://127.0.0.1:1" }] } }, "routes": [{ "prefix": "/", "upstream": "p", "timeuot": "1s" }] }"#,
+            "unknown field `timeuot`",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.json"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_omega-gateway"))
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} started");
+        assert!(stderr.contains(expected), "case {i}: {stderr}");
+    }
+}
