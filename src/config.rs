@@ -598,6 +598,15 @@ mod tests {
         assert!("5d".parse::<Dur>().unwrap_err().contains("unknown unit"));
     }
 
+    #[test]
+    fn the_readme_configuration_is_valid() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```json\n").expect("README has a JSON config") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let config = StackConfig::from_json(&readme[start..end]).unwrap();
+        assert_eq!(config.routes[0].limits.len(), 4);
+    }
+
     fn base() -> serde_json::Value {
         serde_json::json!({
             "upstreams": { "api": { "nodes": [{ "id": "a", "url": "http://127.0.0.1:9001" }] } },
