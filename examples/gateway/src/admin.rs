@@ -14,7 +14,8 @@
 //! | `POST /reload` | re-reads the configuration file (also on SIGHUP) |
 //!
 //! Nodes added or removed here last until the next reload, which brings each pool back to
-//! the file's node list.
+//! the file's node list. With Redis, node changes go through the shared topology and reach
+//! every gateway instance.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,12 +195,15 @@ async fn add_node(
     let moved = before
         .preview(&[omega_penta::shard_router::Change::Add(new.clone())])
         .map(|m| m.fraction());
-    match up.topology.add(new) {
+    match up
+        .apply(&[omega_penta::shard_router::Change::Add(new)])
+        .await
+    {
         Ok(t) => (
             StatusCode::OK,
             Json(json!({ "epoch": t.epoch(), "moved_fraction": moved.ok() })),
         ),
-        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, e),
     }
 }
 
@@ -211,14 +215,17 @@ async fn remove_node(
     let Some(up) = table.upstreams.get(&upstream) else {
         return error(StatusCode::NOT_FOUND, format!("no upstream {upstream:?}"));
     };
-    match up.topology.remove(&id) {
+    match up
+        .apply(&[omega_penta::shard_router::Change::remove(&id)])
+        .await
+    {
         Ok(t) => (StatusCode::OK, Json(json!({ "epoch": t.epoch() }))),
-        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, e),
     }
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Reply {
-    match crate::reload(&shared) {
+    match crate::reload(&shared).await {
         Ok(summary) => (StatusCode::OK, Json(json!({ "reloaded": summary }))),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }

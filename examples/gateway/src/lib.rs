@@ -112,6 +112,8 @@ pub(crate) struct Upstream {
     pub(crate) topology: TopologyHandle,
     pub(crate) breakers: BreakerRegistry<Arc<str>>,
     pub(crate) router: ShardRouter<NodeService, PoolKey>,
+    /// The topology shared through Redis, and its sync task (with `redis` configured).
+    pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
 }
 
 type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
@@ -139,6 +141,9 @@ pub(crate) struct Table {
 
 pub(crate) struct Shared {
     pub(crate) backend: Backend,
+    /// Breaker OPEN transitions shared through Redis (with `redis` configured).
+    pub(crate) breaker_sync: Option<omega_penta::circuit_breaker::shared::RedisSync>,
+    pub(crate) redis_url: Option<String>,
     pub(crate) client: proxy::Client,
     pub(crate) table: ArcSwap<Table>,
     pub(crate) config: Mutex<StackConfig>,
@@ -179,16 +184,21 @@ impl PoolKey {
 }
 
 impl Upstream {
-    fn build(
+    async fn build(
         name: &str,
         config: &UpstreamConfig,
-        client: &proxy::Client,
+        shared: &Shared,
     ) -> Result<Self, GatewayError> {
+        let client = &shared.client;
         let breaker_config = config
             .breaker
             .circuit_breaker()
             .map_err(|e| config_error_at(&format!("upstreams.{name}.breaker"), e))?;
-        let breakers = BreakerRegistry::builder()
+        let mut registry = BreakerRegistry::builder();
+        if let Some(sync) = &shared.breaker_sync {
+            registry = registry.shared(sync.clone());
+        }
+        let breakers = registry
             .config(breaker_config)
             .name_prefix(format!("{name}/"))
             .max_breakers(10_000)
@@ -196,6 +206,24 @@ impl Upstream {
             .build()
             .map_err(|e| config_error_at(&format!("upstreams.{name}.breaker"), e.to_string()))?;
         let topology = TopologyHandle::new(config.topology()?);
+        // With Redis, every gateway instance routes on one stored topology: the first one to
+        // start seeds it from its file, the others adopt it, and changes reach all of them.
+        let shared_topology = match (&shared.backend, &shared.redis_url) {
+            (Backend::Redis(redis), Some(url)) => {
+                let stored =
+                    shard::redis::RedisTopology::new(redis.clone(), name, topology.clone())
+                        .map_err(|e| {
+                            config_error_at(&format!("upstreams.{name}"), e.to_string())
+                        })?;
+                stored
+                    .join(config.topology()?)
+                    .await
+                    .map_err(|e| GatewayError::Redis(format!("topology of {name}: {e}")))?;
+                let task = stored.spawn_sync(Duration::from_secs(1), Some(url.clone()));
+                Some((stored, task))
+            }
+            _ => None,
+        };
         let make_breakers = breakers.clone();
         let make_client = client.clone();
         let upstream_name: Arc<str> = Arc::from(name);
@@ -220,12 +248,13 @@ impl Upstream {
             topology,
             breakers,
             router,
+            shared_topology,
         })
     }
 
     /// Brings the pool to `config` while serving: nodes added, removed or reweighted (keys
     /// move only to or from them), breaker thresholds changed (state kept).
-    fn reconcile(&self, config: &UpstreamConfig) -> Result<(), GatewayError> {
+    async fn reconcile(&self, config: &UpstreamConfig) -> Result<(), GatewayError> {
         let at = format!("upstreams.{}", self.name);
         let breaker = config
             .breaker
@@ -259,11 +288,20 @@ impl Upstream {
             }
         }
         if !changes.is_empty() {
-            self.topology
-                .apply(&changes)
-                .map_err(|e| config_error_at(&format!("{at}.nodes"), e.to_string()))?;
+            self.apply(&changes)
+                .await
+                .map_err(|e| config_error_at(&format!("{at}.nodes"), e))?;
         }
         Ok(())
+    }
+
+    /// Changes the pool's nodes: through Redis when the topology is shared (every instance
+    /// follows), else locally.
+    pub(crate) async fn apply(&self, changes: &[shard::Change]) -> Result<Arc<Topology>, String> {
+        match &self.shared_topology {
+            Some((stored, _)) => stored.apply(changes).await.map_err(|e| e.to_string()),
+            None => self.topology.apply(changes).map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -397,8 +435,21 @@ impl Gateway {
                     .map_err(|e| GatewayError::Redis(e.to_string()))?
             }
         };
+        let breaker_sync = match &config.redis {
+            Some(url) if !url.starts_with("redis+cluster://") => Some(
+                omega_penta::circuit_breaker::shared::RedisSync::builder(url.clone())
+                    .build()
+                    .map_err(|e| GatewayError::Redis(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             backend,
+            breaker_sync,
+            redis_url: config
+                .redis
+                .clone()
+                .filter(|u| !u.starts_with("redis+cluster://")),
             client: proxy::client(),
             table: ArcSwap::from_pointee(Table {
                 routes: Vec::new(),
@@ -409,7 +460,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             metrics,
         });
-        let table = build_table(&shared, &config, None)?;
+        let table = build_table(&shared, &config, None).await?;
         shared.table.store(Arc::new(table));
         Ok(Gateway { shared })
     }
@@ -471,8 +522,8 @@ impl Gateway {
     }
 
     /// Re-reads the configuration file and applies it while serving (see [`reload`]).
-    pub fn reload(&self) -> Result<String, GatewayError> {
-        reload(&self.shared)
+    pub async fn reload(&self) -> Result<String, GatewayError> {
+        reload(&self.shared).await
     }
 }
 
@@ -480,7 +531,7 @@ impl Gateway {
 /// effect on the next request, and every key keeps its state. A route whose limits changed
 /// in kind (another key, a new or removed limit) gets new buckets. An invalid file changes
 /// nothing.
-pub(crate) fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError> {
+pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError> {
     let Some(path) = &shared.config_path else {
         return Err(config_error_at(
             "",
@@ -496,7 +547,7 @@ pub(crate) fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError> {
         config.redis = old.redis.clone();
     }
     let current = shared.table.load_full();
-    let table = build_table(shared, &config, Some(&current))?;
+    let table = build_table(shared, &config, Some(&current)).await?;
     let summary = format!(
         "reloaded {}: {} routes, {} upstreams",
         path.display(),
@@ -510,7 +561,7 @@ pub(crate) fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError> {
 
 /// Builds the route table of `config`, reusing the pools and limiters of `current` so that
 /// their state carries over.
-fn build_table(
+async fn build_table(
     shared: &Arc<Shared>,
     config: &StackConfig,
     current: Option<&Table>,
@@ -521,10 +572,10 @@ fn build_table(
             Some(existing)
                 if existing.config.key == up.key && existing.config.failover == up.failover =>
             {
-                existing.reconcile(up)?;
+                existing.reconcile(up).await?;
                 existing.clone()
             }
-            _ => Arc::new(Upstream::build(name, up, &shared.client)?),
+            _ => Arc::new(Upstream::build(name, up, shared).await?),
         };
         upstreams.insert(name.clone(), pool);
     }

@@ -213,7 +213,7 @@ async fn wait_for_signals(gateway: &Gateway) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
-            _ = hup.recv() => match gateway.reload() {
+            _ = hup.recv() => match gateway.reload().await {
                 Ok(summary) => println!("omega-gateway: {summary}"),
                 Err(e) => eprintln!("omega-gateway: reload refused, nothing changed: {e}"),
             },

@@ -428,6 +428,7 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Vec::new();
     let mut addrs = Vec::new();
+    let mut admins = Vec::new();
     for i in 0..2 {
         let mut c = config(
             &[("a", a.addr)],
@@ -444,6 +445,7 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
             &redis.url(),
         ])));
         addrs.push(c.listen);
+        admins.push(c.admin);
     }
     for &addr in &addrs {
         wait_until_up(addr).await;
@@ -462,6 +464,31 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
     // One limit of 20 for both processes together, not 20 each.
     assert_eq!(admitted, 20);
     assert_eq!(a.hits.load(Ordering::Relaxed), 20);
+
+    // A node added through one gateway's admin API reaches the other through Redis.
+    let b = upstream("b", false).await;
+    let body = serde_json::json!({ "id": "b", "url": format!("http://{}", b.addr) }).to_string();
+    let r = request(
+        admins[0],
+        "POST",
+        "/shards/pool/nodes",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mut converged = false;
+    for _ in 0..100 {
+        let shards = json(&get(admins[1], "/shards/pool", &[]).await.unwrap());
+        if shards["nodes"].as_array().map(Vec::len) == Some(2) {
+            assert_eq!(shards["epoch"], 2);
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(converged, "the second gateway follows the shared topology");
 }
 
 struct KillOnDrop(std::process::Child);
