@@ -62,3 +62,11 @@ if ! pg_ready; then
 fi
 
 cargo test --workspace --all-features "$@"
+
+# The self-checking examples (they assert what they print) run too, on a full run.
+if [ "$#" -eq 0 ]; then
+  for example in layers tonic_grpc; do
+    say "running example $example"
+    cargo run --quiet --all-features --example "$example" >/dev/null
+  done
+fi
