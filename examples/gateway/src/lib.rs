@@ -521,7 +521,10 @@ impl Gateway {
         })
     }
 
-    /// Re-reads the configuration file and applies it while serving (see [`reload`]).
+    /// Re-reads the configuration file and applies it while serving: new quotas, thresholds
+    /// and nodes take effect on the next request, and every key keeps its state. A route whose
+    /// limits changed in kind (another key, a new or removed limit) gets new buckets. An
+    /// invalid file changes nothing.
     pub async fn reload(&self) -> Result<String, GatewayError> {
         reload(&self.shared).await
     }

@@ -494,8 +494,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let grpc = is_grpc(req.headers());
-        if self.limiter.is_local() {
-            let (fields, rejected) = settle(&self.limiter.check_local(&req), grpc);
+        let local = if self.limiter.is_local() {
+            Some(settle(&self.limiter.check_local(&req), grpc))
+        } else {
+            self.leased_locally(&req, grpc)
+        };
+        if let Some((fields, rejected)) = local {
             return match rejected {
                 None => HttpResponseFuture {
                     kind: HttpKind::Inner {
@@ -522,6 +526,26 @@ where
     B: Send + 'static,
     ResBody: Default + Send + 'static,
 {
+    /// Lease mode's common case: decided here, no future to box.
+    #[cfg(feature = "redis")]
+    fn leased_locally(
+        &self,
+        req: &Request<B>,
+        grpc: bool,
+    ) -> Option<(Option<Fields>, Option<Response<ResBody>>)> {
+        let decision = self.limiter.check_leased_locally(req)?;
+        Some(settle(&decision, grpc))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn leased_locally(
+        &self,
+        _req: &Request<B>,
+        _grpc: bool,
+    ) -> Option<(Option<Fields>, Option<Response<ResBody>>)> {
+        None
+    }
+
     #[cfg(feature = "redis")]
     fn call_remote(
         &mut self,

@@ -173,6 +173,21 @@ impl Slot {
         notified.await;
     }
 
+    /// Pays `cost` from the lease if it can, without fetching or waiting: cells left and time
+    /// until the Redis bucket is full.
+    pub(crate) fn try_pay(&self, cost: u32, now: Nanos) -> Option<(u32, Nanos)> {
+        let mut st = self.lock();
+        if st.expires <= now {
+            st.cells = 0;
+        }
+        if st.cells >= cost {
+            st.cells -= cost;
+            Some((st.cells, st.full_at.saturating_sub(now)))
+        } else {
+            None
+        }
+    }
+
     /// Gives `cost` cells back to the lease (a later limit denied the request).
     pub(crate) fn give_back(&self, cost: u32, now: Nanos) {
         let mut st = self.lock();
@@ -298,6 +313,33 @@ impl Leases {
         let slot = Arc::new(Slot::new(redis_key()));
         slots.insert(key, slot.clone());
         slot
+    }
+
+    /// Pays from the lease of `key` if it exists and can pay (see [`Slot::try_pay`]).
+    pub(crate) fn try_pay(&self, key: Option<u64>, cost: u32, now: Nanos) -> Option<(u32, Nanos)> {
+        match key {
+            None => self.global.get()?.try_pay(cost, now),
+            Some(k) => {
+                let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+                slots.get(&k)?.try_pay(cost, now)
+            }
+        }
+    }
+
+    /// Gives back what [`Leases::try_pay`] took.
+    pub(crate) fn give_back(&self, key: Option<u64>, cost: u32, now: Nanos) {
+        let slot = match key {
+            None => self.global.get().cloned(),
+            Some(k) => self
+                .slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&k)
+                .cloned(),
+        };
+        if let Some(slot) = slot {
+            slot.give_back(cost, now);
+        }
     }
 
     /// Slots held in memory.

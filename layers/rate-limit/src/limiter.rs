@@ -347,6 +347,7 @@ impl<'a> Tally<'a> {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]
     fn allow(&mut self, name: &'a Arc<str>, g: &Gcra, remaining: u32, reset_after: Duration) {
         if self
@@ -587,6 +588,9 @@ impl<Req: 'static> RateLimiter<Req> {
             Store::Memory => self.check_local(req),
             #[cfg(feature = "redis")]
             Store::Redis(store) => {
+                if let Some(decision) = self.check_leased_locally(req) {
+                    return decision;
+                }
                 let prepared = self.prepare_remote(req);
                 self.check_remote(store, prepared).await
             }
@@ -627,6 +631,56 @@ enum LeaseStep {
 
 #[cfg(feature = "redis")]
 impl<Req: 'static> RateLimiter<Req> {
+    /// Decides without Redis and without waiting when every limit is leased and every lease
+    /// involved can pay; `None` otherwise (nothing is taken then). This is the common case of
+    /// lease mode, and it allocates nothing.
+    pub(crate) fn check_leased_locally(&self, req: &Req) -> Option<Decision<'_>> {
+        let limits = &self.inner.limits;
+        if !limits.iter().all(|l| l.leases.is_some()) {
+            return None;
+        }
+        let now = self.inner.clock.now();
+        let cost = self.cost(req);
+        let mut tally = Tally::new();
+        let mut paid: u16 = 0;
+        let mut keys = [None; MAX_LIMITS];
+        for (i, l) in limits.iter().enumerate() {
+            let Some(key) = l.local_key(req) else {
+                continue;
+            };
+            let leases = l.leases.as_ref()?;
+            let g = l.hot.load();
+            if cost > g.burst {
+                // Never admitted: the full path reports it.
+                self.give_back_leases(paid, &keys, cost, now);
+                return None;
+            }
+            match leases.try_pay(key, cost, now) {
+                Some((remaining, reset)) => {
+                    paid |= 1 << i;
+                    keys[i] = key;
+                    tally.allow(&l.name, &g, remaining, Duration::from_nanos(reset));
+                }
+                None => {
+                    self.give_back_leases(paid, &keys, cost, now);
+                    return None;
+                }
+            }
+        }
+        self.count_allowed(paid);
+        Some(tally.finish(false))
+    }
+
+    fn give_back_leases(&self, paid: u16, keys: &[Option<u64>; MAX_LIMITS], cost: u32, now: Nanos) {
+        for (i, l) in self.inner.limits.iter().enumerate() {
+            if paid & (1 << i) != 0
+                && let Some(leases) = &l.leases
+            {
+                leases.give_back(keys[i], cost, now);
+            }
+        }
+    }
+
     /// Extracts keys and parameters, so the request need not be borrowed across the await.
     pub(crate) fn prepare_remote(&self, req: &Req) -> Prepared {
         let Store::Redis(store) = &self.inner.store else {

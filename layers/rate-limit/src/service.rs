@@ -126,13 +126,16 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.limiter.is_local() {
-            return match self.limiter.check_local(&req).into_result() {
-                Ok(_) => ResponseFuture::inner(self.inner.call(req)),
-                Err(denied) => ResponseFuture::rejected(denied),
-            };
+        let decided = if self.limiter.is_local() {
+            Some(self.limiter.check_local(&req).into_result().map(drop))
+        } else {
+            self.leased_locally(&req)
+        };
+        match decided {
+            Some(Ok(())) => ResponseFuture::inner(self.inner.call(req)),
+            Some(Err(denied)) => ResponseFuture::rejected(denied),
+            None => self.call_remote(req),
         }
-        self.call_remote(req)
     }
 }
 
@@ -143,6 +146,18 @@ where
     S::Error: Into<BoxError>,
     Req: Send + 'static,
 {
+    /// Lease mode's common case: decided here, no future to box.
+    #[cfg(feature = "redis")]
+    fn leased_locally(&self, req: &Req) -> Option<Result<(), RateLimited>> {
+        let decision = self.limiter.check_leased_locally(req)?;
+        Some(decision.into_result().map(drop))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn leased_locally(&self, _req: &Req) -> Option<Result<(), RateLimited>> {
+        None
+    }
+
     #[cfg(feature = "redis")]
     fn call_remote(&mut self, req: Req) -> ResponseFuture<S::Future, S::Response> {
         let limiter = self.limiter.clone();
