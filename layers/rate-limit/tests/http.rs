@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::get;
 use omega_rate_limit::http::{ClientIp, Endpoint, Header, HttpRateLimitLayer};
 use omega_rate_limit::{Limit, Quota, RateLimiter};
-use omega_testkit::http::{RawResponse, get as http_get, request};
+use omega_testkit::http::{get as http_get, request};
 
 type Req = axum::extract::Request;
 
@@ -174,7 +174,8 @@ async fn grpc_calls_are_denied_with_resource_exhausted() {
         .unwrap();
     let addr = serve(app(limiter)).await;
     let grpc = [("content-type", "application/grpc")];
-    let first: RawResponse = request(addr, "POST", "/other", &grpc, b"").await.unwrap();
+    let first: omega_testkit::http::RawResponse =
+        request(addr, "POST", "/other", &grpc, b"").await.unwrap();
     // The route only answers GET: what matters is that the limiter let it through.
     assert_ne!(first.header("grpc-status"), Some("8"));
     let denied = request(addr, "POST", "/other", &grpc, b"").await.unwrap();
