@@ -16,6 +16,12 @@ pub enum Outcome {
 
 /// Classifies the result of a call.
 ///
+/// Timeouts: put the deadline inside the breaker (tower's `TimeoutLayer` under the
+/// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer), or `tokio::time::timeout` inside the
+/// guarded future); the timeout's error then counts as a failure, as every error does by
+/// default. Calls that succeed but take too long are slow calls
+/// ([`slow_call_duration`](crate::CircuitBreakerConfig::slow_call_duration)).
+///
 /// Implemented by [`ErrorsAreFailures`] (the default), by closures
 /// `Fn(&Result<T, E>) -> Outcome`, and with the `http` feature by
 /// [`HttpClassifier`](crate::http::HttpClassifier).

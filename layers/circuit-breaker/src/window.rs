@@ -225,7 +225,9 @@ impl TimeWindow {
 
     pub(crate) fn record(&self, now: Nanos, failed: bool, slow: bool) -> Counts {
         let mut t = self.lock();
-        let sec = now / SEC;
+        // A thread that read the clock just before another one advanced the window counts in
+        // the newest second.
+        let sec = (now / SEC).max(t.last_sec);
         t.advance(sec);
         let n = t.buckets.len();
         let b = &mut t.buckets[(sec % n as u64) as usize];

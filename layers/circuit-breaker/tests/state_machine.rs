@@ -340,10 +340,10 @@ async fn ten_thousand_tasks_race_for_half_open_and_exactly_n_probes_pass() {
         }));
     }
     start.wait().await;
-    // Wait until every rejected task has finished and the admitted ones are parked.
+    // Wait until every task has either finished (rejected) or is parked in the service.
     loop {
         let finished = tasks.iter().filter(|t| t.is_finished()).count();
-        if finished == 10_000 - PROBES as usize && reached.load(Ordering::SeqCst) == PROBES {
+        if finished + reached.load(Ordering::SeqCst) as usize >= 10_000 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -648,6 +648,27 @@ async fn call_decorator_returns_inner_errors_and_rejections() {
             .downcast_ref::<omega_circuit_breaker::CircuitOpen>()
             .is_some()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_count_as_failures() {
+    let b = breaker(
+        CircuitBreakerConfig::default().sliding_window(SlidingWindow::ConsecutiveFailures(2)),
+    );
+    // A deadline inside the breaker: a call that times out is an error, so a failure.
+    let hanging = || tokio::time::timeout(secs(1), std::future::pending::<Result<(), ()>>());
+    for _ in 0..2 {
+        let r = b
+            .call(async {
+                hanging()
+                    .await
+                    .map_err(|_| "timed out")?
+                    .map_err(|()| "failed")
+            })
+            .await;
+        assert_eq!(r, Err(CallError::Inner("timed out")));
+    }
+    assert_eq!(b.state(), State::Open);
 }
 
 /// Recovery latency: after the downstream heals, how long beyond the configured wait until
