@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_BREAKERS: usize = 10_000;
 /// not tried again as if healthy. When the registry is full, the least recently used breaker
 /// in CLOSED or DISABLED makes room (the least recently used of all if none is).
 ///
+/// Lookups ([`get`](Self::get), [`is_call_permitted`](Self::is_call_permitted), the keyed
+/// layer) read a copy-on-write snapshot of the map: no lock, no shared write. Creating or
+/// evicting a breaker copies the map.
+///
 /// ```
 /// use omega_circuit_breaker::{BreakerRegistry, CircuitBreakerConfig};
 ///
@@ -44,7 +48,11 @@ pub struct BreakerRegistry<K> {
 }
 
 struct RegInner<K> {
-    map: RwLock<HashMap<K, Entry>>,
+    // Copy-on-write: lookups (every request of a keyed layer or a router) load a snapshot
+    // without a lock or a shared write; creations and evictions, which are rare, copy the
+    // map under `write`.
+    map: ArcSwap<HashMap<K, Arc<Entry>>>,
+    write: Mutex<()>,
     config: ArcSwap<CircuitBreakerConfig>,
     clock: Option<Clock>,
     prefix: String,
@@ -145,7 +153,8 @@ impl<K> BreakerRegistryBuilder<K> {
         self.config.validate()?;
         let registry = BreakerRegistry {
             inner: Arc::new(RegInner {
-                map: RwLock::new(HashMap::new()),
+                map: ArcSwap::from_pointee(HashMap::new()),
+                write: Mutex::new(()),
                 config: ArcSwap::from_pointee(self.config),
                 clock: self.clock,
                 prefix: self.prefix,
@@ -232,14 +241,12 @@ where
     }
 
     fn insert_with(&self, key: &K, config: CircuitBreakerConfig) -> CircuitBreaker {
-        let mut map = self
-            .inner
-            .map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = map.get(key) {
+        let _w = self.lock_writes();
+        let current = self.inner.map.load_full();
+        if let Some(e) = current.get(key) {
             return e.breaker.clone();
         }
+        let mut map = (*current).clone();
         if map.len() >= self.inner.max {
             let victim = map
                 .iter()
@@ -260,11 +267,12 @@ where
         }
         map.insert(
             key.clone(),
-            Entry {
+            Arc::new(Entry {
                 breaker: breaker.clone(),
                 seen: AtomicU64::new(self.inner.tick.load(Ordering::Relaxed)),
-            },
+            }),
         );
+        self.inner.map.store(Arc::new(map));
         breaker
     }
 
@@ -283,12 +291,11 @@ where
 
     /// Removes `key`'s breaker.
     pub fn remove(&self, key: &K) -> Option<CircuitBreaker> {
-        self.inner
-            .map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key)
-            .map(|e| e.breaker)
+        let _w = self.lock_writes();
+        let mut map = (**self.inner.map.load()).clone();
+        let removed = map.remove(key)?;
+        self.inner.map.store(Arc::new(map));
+        Some(removed.breaker.clone())
     }
 
     /// The number of breakers.
@@ -329,14 +336,16 @@ where
     /// every `idle_timeout / 2` when one is configured.
     pub fn evict_idle(&self) -> usize {
         let tick = self.inner.tick.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut map = self
-            .inner
-            .map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let before = map.len();
-        map.retain(|_, e| e.seen.load(Ordering::Relaxed) + 2 > tick || !evictable(&e.breaker));
-        before - map.len()
+        let _w = self.lock_writes();
+        let current = self.inner.map.load_full();
+        let idle = |e: &Entry| e.seen.load(Ordering::Relaxed) + 2 <= tick && evictable(&e.breaker);
+        let evicted = current.values().filter(|e| idle(e)).count();
+        if evicted > 0 {
+            let mut map = (*current).clone();
+            map.retain(|_, e| !idle(e));
+            self.inner.map.store(Arc::new(map));
+        }
+        evicted
     }
 
     #[inline]
@@ -349,10 +358,14 @@ where
 }
 
 impl<K> BreakerRegistry<K> {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, Entry>> {
+    fn read(&self) -> arc_swap::Guard<Arc<HashMap<K, Arc<Entry>>>> {
+        self.inner.map.load()
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
         self.inner
-            .map
-            .read()
+            .write
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
