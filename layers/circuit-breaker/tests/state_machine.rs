@@ -720,3 +720,27 @@ async fn recovery_latency_is_measured() {
         excess[excess.len() - 1]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cpu_clock_under_paused_tokio_time_falls_back_to_lazy_transitions() {
+    // The default clock does not follow tokio's paused clock: the timer must not spin.
+    let b = CircuitBreaker::with_config(
+        "fast-clock",
+        CircuitBreakerConfig::default()
+            .sliding_window(SlidingWindow::ConsecutiveFailures(1))
+            .wait_duration(Duration::from_millis(500)),
+    )
+    .unwrap();
+    b.try_acquire().unwrap().failure();
+    tokio::time::sleep(secs(3600)).await; // tokio time flies, the CPU clock barely moves
+    // The timer noticed and ended instead of re-arming itself in a loop.
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        0
+    );
+    assert_eq!(b.state(), State::Open);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.state(), State::HalfOpen);
+}
