@@ -13,8 +13,12 @@
 //! - When a breaker closes after successful probes, its vote and the OPEN key are deleted.
 //! - When an instance starts (a breaker is attached) or its subscription comes back after an
 //!   outage, it reads the OPEN keys, so it learns about circuits opened while it was away.
-//! - While Redis is down, every instance decides alone; the subscription reconnects with
-//!   backoff.
+//! - While Redis is down, every instance decides alone; an opening made meanwhile is voted
+//!   once Redis is back (while the breaker is still OPEN), and the subscription reconnects
+//!   with backoff.
+//!
+//! One standalone Redis (or a replicated primary behind one address) carries the votes and the
+//! channel; Redis Cluster is not supported here yet.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {

@@ -414,6 +414,32 @@ async fn results_of_an_earlier_state_do_not_move_the_new_one() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn results_from_an_earlier_cycle_do_not_reach_the_current_window_or_probes() {
+    let b = breaker(
+        CircuitBreakerConfig::default()
+            .sliding_window(SlidingWindow::ConsecutiveFailures(2))
+            .permitted_calls_in_half_open(1),
+    );
+    // A CLOSED call that outlives a whole cycle CLOSED -> OPEN -> HALF_OPEN -> CLOSED.
+    let old_call = b.try_acquire().unwrap();
+    b.transition_to_open();
+    b.transition_to_half_open();
+    // A probe that outlives its HALF_OPEN: OPEN again, then a new HALF_OPEN.
+    let old_probe = b.try_acquire().unwrap();
+    b.transition_to_open();
+    b.transition_to_half_open();
+    old_probe.failure(); // must not count against the new probes
+    assert_eq!(b.health().probes_left, Some(1));
+    assert_eq!(b.health().calls, 0);
+    ok(&b); // the one real probe succeeds
+    assert_eq!(b.state(), State::Closed);
+    old_call.failure(); // must not count in the new window
+    fail(&b); // one real failure of two
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.health().failed_calls, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn reconfiguration_keeps_the_window_and_applies_on_the_next_call() {
     let b = breaker(
         CircuitBreakerConfig::default()
