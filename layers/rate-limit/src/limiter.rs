@@ -349,11 +349,21 @@ impl<'a> Tally<'a> {
 
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]
-    fn allow(&mut self, name: &'a Arc<str>, g: &Gcra, remaining: u32, reset_after: Duration) {
-        if self
-            .binding
-            .as_ref()
-            .is_none_or(|b| remaining < b.remaining())
+    fn allow(
+        &mut self,
+        name: &'a Arc<str>,
+        g: &Gcra,
+        remaining: u32,
+        reset_after: Duration,
+        shadow: bool,
+    ) {
+        // A shadow limit never denies, so it never binds: clients are not told to slow down
+        // for it.
+        if !shadow
+            && self
+                .binding
+                .as_ref()
+                .is_none_or(|b| remaining < b.remaining())
         {
             self.binding = Some(Bind::Known(Binding {
                 limit: name,
@@ -368,7 +378,10 @@ impl<'a> Tally<'a> {
     /// A local bucket admitted, leaving its TAT at `tat`. The first limit's figures are not
     /// computed at all unless a second limit (or the caller) needs them.
     #[inline]
-    fn allow_local(&mut self, name: &'a Arc<str>, g: &Gcra, tat: Nanos, now: Nanos) {
+    fn allow_local(&mut self, name: &'a Arc<str>, g: &Gcra, tat: Nanos, now: Nanos, shadow: bool) {
+        if shadow {
+            return;
+        }
         let replace = match &self.binding {
             None => true,
             Some(b) => g.remaining(tat, now) < b.remaining(),
@@ -515,7 +528,8 @@ impl<Req: 'static> RateLimiter<Req> {
                 l.metrics.allowed();
                 Decision {
                     denied: None,
-                    binding: Some(Bind::Local {
+                    // A shadow limit never binds (see `Tally::allow`).
+                    binding: (!l.shadow).then_some(Bind::Local {
                         limit: &l.name,
                         g,
                         tat,
@@ -552,7 +566,7 @@ impl<Req: 'static> RateLimiter<Req> {
             match l.local.step(key, g, now, cost) {
                 Step::Allow { tat } => {
                     taken |= 1 << i;
-                    tally.allow_local(&l.name, g, tat, now);
+                    tally.allow_local(&l.name, g, tat, now, l.shadow);
                 }
                 Step::Deny { retry_after: r } => {
                     tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
@@ -659,7 +673,13 @@ impl<Req: 'static> RateLimiter<Req> {
                 Some((remaining, reset)) => {
                     paid |= 1 << i;
                     keys[i] = key;
-                    tally.allow(&l.name, &g, remaining, Duration::from_nanos(reset));
+                    tally.allow(
+                        &l.name,
+                        &g,
+                        remaining,
+                        Duration::from_nanos(reset),
+                        l.shadow,
+                    );
                 }
                 None => {
                     self.give_back_leases(paid, &keys, cost, now);
@@ -765,7 +785,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 }) => {
                     admitted |= 1 << item.owner;
                     paid |= 1 << i;
-                    tally.allow(&l.name, g, remaining, reset_after);
+                    tally.allow(&l.name, g, remaining, reset_after, l.shadow);
                 }
                 Ok(LeaseStep::Denied { retry_after }) => {
                     if l.shadow {
@@ -815,7 +835,7 @@ impl<Req: 'static> RateLimiter<Req> {
                                 reset_us,
                             } => {
                                 admitted |= 1 << owner;
-                                tally.allow(&l.name, g, remaining, from_micros(reset_us))
+                                tally.allow(&l.name, g, remaining, from_micros(reset_us), l.shadow)
                             }
                             RemoteStep::Deny { retry_us, .. } => {
                                 if l.shadow {
@@ -974,7 +994,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 match l.local.step(key, g, now, cost) {
                     Step::Allow { tat } => {
                         taken.push((owner, key));
-                        tally.allow_local(&l.name, g, tat, now);
+                        tally.allow_local(&l.name, g, tat, now, l.shadow);
                         false
                     }
                     Step::Deny { retry_after: r } => {

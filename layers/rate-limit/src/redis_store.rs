@@ -83,7 +83,13 @@ return out
 /// Many decisions in one call. `ARGV` holds the number of distinct limit parameter sets `L`,
 /// then `L` triples (interval µs, capacity µs, shadow flag), then per decision: its limit
 /// count `n`, its cost, and `n` pairs (parameter set index, key index in `KEYS`). The reply
-/// holds, per decision, an admitted flag and per limit the same triple as `GCRA_MULTI`.
+/// holds five numbers per decision, so that Redis converts little:
+/// - admitted: `1, j, cells left, µs until full, shadow bits` for its binding limit `j` (the
+///   enforcing one with the fewest cells left; 0 when only shadow limits applied);
+/// - denied: `0, j, µs until admitted, µs until full, shadow bits` for the denying limit `j`
+///   that frees up last.
+///
+/// Bit `j - 1` of the shadow bits is set when shadow limit `j` would have denied.
 const GCRA_BATCH: &str = r#"
 local tonumber, floor, ceil = tonumber, math.floor, math.ceil
 local t = redis.call('TIME')
@@ -108,41 +114,47 @@ local out = {}
 local o = 0
 local p = 2 + 3 * nl
 local argc = #ARGV
+local ls, ks = {}, {}
 while p <= argc do
   local n = tonumber(ARGV[p])
   local cost = tonumber(ARGV[p + 1])
-  o = o + 1
-  local head = o
-  out[o] = 1
   local ok = true
-  for j = 0, n - 1 do
-    local l = tonumber(ARGV[p + 2 + 2 * j])
-    local k = tonumber(ARGV[p + 3 + 2 * j])
-    local iv, cp = interval[l], cap[l]
-    local ahead = tat[k] + cost * iv - now
-    if ahead <= cp then
-      out[o + 1] = 1
-      out[o + 2] = floor((cp - ahead) / iv)
-      out[o + 3] = ceil(ahead)
-    else
-      if not shadow[l] then ok = false end
-      out[o + 1] = shadow[l] and 2 or 0
-      out[o + 2] = ceil(ahead - cp)
-      out[o + 3] = ceil(tat[k] - now)
+  local bj, best, reset = 0, -1, 0
+  local shadows = 0
+  for j = 1, n do
+    local l = tonumber(ARGV[p + 2 * j])
+    local k = tonumber(ARGV[p + 1 + 2 * j])
+    ls[j], ks[j] = l, k
+    local ahead = tat[k] + cost * interval[l] - now
+    if ahead <= cap[l] then
+      local left = cap[l] - ahead
+      if ok and not shadow[l] and (best < 0 or left < best) then bj, best, reset = j, left, ahead end
+    elseif shadow[l] then
+      shadows = shadows + 2 ^ (j - 1)
+    elseif ok or ahead - cap[l] > best then
+      ok = false
+      bj, best, reset = j, ahead - cap[l], tat[k] - now
     end
-    o = o + 3
   end
   if ok then
-    for j = 0, n - 1 do
-      if out[head + 1 + 3 * j] == 1 then
-        local k = tonumber(ARGV[p + 3 + 2 * j])
-        tat[k] = tat[k] + cost * interval[tonumber(ARGV[p + 2 + 2 * j])]
+    for j = 1, n do
+      local k, l = ks[j], ls[j]
+      local nt = tat[k] + cost * interval[l]
+      if nt - now <= cap[l] then
+        tat[k] = nt
         dirty[k] = true
       end
     end
+    out[o + 1] = 1
+    out[o + 3] = bj > 0 and floor(best / interval[ls[bj]]) or 0
   else
-    out[head] = 0
+    out[o + 1] = 0
+    out[o + 3] = ceil(best)
   end
+  out[o + 2] = bj
+  out[o + 4] = ceil(reset)
+  out[o + 5] = shadows
+  o = o + 5
   p = p + 2 + 2 * n
 end
 for k in pairs(dirty) do
@@ -483,15 +495,14 @@ async fn run_batch(backend: &RedisBackend, script: &Script, batch: Vec<Pending>)
         Ok(raw) => {
             let mut at = 0;
             for p in batch {
-                let n = p.items.len();
                 let steps = raw
-                    .get(at + 1..at + 1 + 3 * n)
-                    .map(parse_steps)
+                    .get(at..at + 5)
+                    .map(|summary| batch_steps(&p.items, summary))
                     .ok_or_else(|| {
                         omega_core::Error::timeout(backend.op_timeout())
                             .during("script rate_limit_batch: short reply")
                     });
-                at += 1 + 3 * n;
+                at += 5;
                 let _ = p.reply.send((p.items, steps));
             }
         }
@@ -501,6 +512,46 @@ async fn run_batch(backend: &RedisBackend, script: &Script, batch: Vec<Pending>)
             }
         }
     }
+}
+
+/// Per-limit steps from one decision's summary in a batched reply. Limits other than the
+/// binding (or denying) one report as admitted with room to spare, so that the binding one
+/// is what the headers show; shadow limits that would have denied report so.
+fn batch_steps(items: &[Item], summary: &[i64]) -> Vec<RemoteStep> {
+    let (admitted, j, a, b, shadows) = (
+        summary[0] == 1,
+        summary[1],
+        summary[2].max(0) as u64,
+        summary[3].max(0) as u64,
+        summary[4],
+    );
+    (0..items.len())
+        .map(|i| {
+            if i as i64 + 1 == j {
+                if admitted {
+                    RemoteStep::Allow {
+                        remaining: u32::try_from(a).unwrap_or(u32::MAX),
+                        reset_us: b,
+                    }
+                } else {
+                    RemoteStep::Deny {
+                        retry_us: a,
+                        reset_us: b,
+                    }
+                }
+            } else if i < 63 && shadows & (1 << i) != 0 {
+                RemoteStep::Deny {
+                    retry_us: 0,
+                    reset_us: 0,
+                }
+            } else {
+                RemoteStep::Allow {
+                    remaining: u32::MAX,
+                    reset_us: 0,
+                }
+            }
+        })
+        .collect()
 }
 
 /// Steps from `(flag, a, b)` triples.

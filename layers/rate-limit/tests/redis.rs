@@ -281,3 +281,45 @@ async fn concurrent_decisions_batched_together_stay_all_or_none() {
     .await;
     assert_eq!(others.iter().filter(|&&a| a).count(), 95);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_decisions_report_the_binding_limit_and_shadow_denials() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::<Req>::builder()
+        .limit(Limit::global("global", Quota::per_minute(100)))
+        .limit(Limit::keyed("per_user", Quota::per_minute(3), |r: &Req| {
+            Some(r.user.clone())
+        }))
+        .limit(
+            Limit::keyed("shadow_user", Quota::per_minute(1), |r: &Req| {
+                Some(r.user.clone())
+            })
+            .shadow(true),
+        )
+        .backend(backend(server.url()).await)
+        .build()
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = limiter.check(&req("ada")).await;
+        assert!(d.is_allowed());
+        let b = d.binding().unwrap();
+        seen.push((b.limit.to_owned(), b.remaining, d.shadow_denied()));
+    }
+    // The per-user limit binds (fewest cells left); the shadow limit would deny from the
+    // second request on, without denying.
+    assert_eq!(
+        seen,
+        [
+            ("per_user".to_owned(), 2, 0),
+            ("per_user".to_owned(), 1, 1),
+            ("per_user".to_owned(), 0, 1)
+        ]
+    );
+    let d = limiter.check(&req("ada")).await;
+    let denied = d.denied().unwrap();
+    assert_eq!(denied.limit(), "per_user");
+    let b = d.binding().unwrap();
+    assert_eq!((b.limit, b.remaining), ("per_user", 0));
+    assert!(b.reset_after > Duration::from_secs(19) && b.reset_after <= Duration::from_secs(20));
+}
