@@ -770,3 +770,34 @@ async fn a_cpu_clock_under_paused_tokio_time_falls_back_to_lazy_transitions() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(b.state(), State::HalfOpen);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_breakers_are_evicted_by_the_background_sweep() {
+    let registry = BreakerRegistry::<String>::builder()
+        .config(
+            CircuitBreakerConfig::default().sliding_window(SlidingWindow::ConsecutiveFailures(1)),
+        )
+        .clock(Clock::system())
+        .idle_timeout(secs(10))
+        .build()
+        .unwrap();
+    let (busy, idle, down) = ("busy".to_string(), "idle".to_string(), "down".to_string());
+    registry.get_or_create(&idle);
+    registry
+        .get_or_create(&down)
+        .try_acquire()
+        .unwrap()
+        .failure();
+    for _ in 0..6 {
+        registry.get_or_create(&busy);
+        advance(secs(5)).await;
+        tokio::task::yield_now().await;
+    }
+    assert!(registry.get(&idle).is_none(), "unused for 30 s: evicted");
+    assert!(registry.get(&busy).is_some());
+    assert_eq!(
+        registry.state(&down),
+        Some(State::Open),
+        "OPEN breakers stay"
+    );
+}
