@@ -78,6 +78,7 @@ struct SyncInner {
     script: Script,
     breakers: Mutex<HashMap<Arc<str>, Vec<Weak<Inner>>>>,
     subscribed: AtomicBool,
+    attached: AtomicU64,
     subscriptions: AtomicU64,
     published: AtomicU64,
     received: AtomicU64,
@@ -173,6 +174,7 @@ impl RedisSyncBuilder {
             script: Script::new("circuit_breaker_vote", VOTE),
             breakers: Mutex::new(HashMap::new()),
             subscribed: AtomicBool::new(false),
+            attached: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -209,13 +211,24 @@ impl RedisSync {
         if breaker.inner.shared.set(link).is_err() {
             return;
         }
-        self.inner
-            .breakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(breaker.inner.name.clone())
-            .or_default()
-            .push(Arc::downgrade(&breaker.inner));
+        {
+            let mut map = self
+                .inner
+                .breakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Breakers come and go (a registry evicts idle ones): drop the dead entries now and
+            // then, so the map follows the live breakers.
+            if self.inner.attached.fetch_add(1, Ordering::Relaxed) % 64 == 63 {
+                map.retain(|_, v| {
+                    v.retain(|w| w.strong_count() > 0);
+                    !v.is_empty()
+                });
+            }
+            let entry = map.entry(breaker.inner.name.clone()).or_default();
+            entry.retain(|w| w.strong_count() > 0);
+            entry.push(Arc::downgrade(&breaker.inner));
+        }
         let inner = self.inner.clone();
         let weak = Arc::downgrade(&breaker.inner);
         self.inner.runtime.spawn(async move {
