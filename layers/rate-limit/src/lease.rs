@@ -5,10 +5,12 @@
 //!
 //! For each key of a leased limit the instance holds a lease: a number of cells taken from the
 //! key's Redis bucket by one script call, and the time it was taken. A request spends its cost
-//! from the lease without touching Redis. When the lease cannot pay, one task fetches a new
-//! batch (the others wait for it rather than all asking Redis); the fetch takes
-//! `min(batch, cells available)` cells, as long as at least the request's cost is available,
-//! and otherwise the key is denied locally until Redis said a cell comes back.
+//! from the lease without touching Redis. When a lease falls below a quarter of the batch, a
+//! background task tops it up with another batch while requests keep spending what is left,
+//! so a busy key does not stall at the end of each lease. When the lease cannot pay at all,
+//! one task fetches a new batch (the others wait for it rather than all asking Redis); a
+//! fetch takes `min(batch, cells available)` cells, as long as at least the request's cost is
+//! available, and otherwise the key is denied locally until Redis said a cell comes back.
 //!
 //! # Why the cluster never admits more than the limit
 //!
@@ -21,13 +23,14 @@
 //!
 //! # Cells that go unused
 //!
-//! A lease older than `max_hold` is dropped with whatever it still holds, and a fetch replaces
-//! the leftover (fewer than one request's cost) of the lease it renews. Those cells are lost
-//! to the cluster: per key and instance, at most `batch - 1` cells every `max_hold`. With
-//! N instances, a key whose traffic is spread thinly may therefore see up to
-//! N × (`batch` - 1) cells unused per `max_hold`; keep `batch` small against the burst (and
-//! leases for hot keys, such as a global limit), or `max_hold` short. A denial that follows a
-//! taken lease gives its cells back to the lease, so it costs nothing.
+//! A lease not fetched or topped up for `max_hold` is dropped with whatever it still holds, and
+//! a fetch replaces the leftover (fewer than one request's cost) of the lease it renews. Those
+//! cells are lost to the cluster: per key and instance, at most `batch + batch / 4` cells every
+//! `max_hold` (a top-up lands on at most a quarter of a batch). With N instances, a key whose
+//! traffic is spread thinly may therefore see up to N × 1.25 × `batch` cells unused per
+//! `max_hold`; keep `batch` small against the burst (and leases for hot keys, such as a global
+//! limit), or `max_hold` short. A denial that follows a taken lease gives its cells back to the
+//! lease, so it costs nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -173,19 +176,22 @@ impl Slot {
         notified.await;
     }
 
-    /// Pays `cost` from the lease if it can, without fetching or waiting: cells left and time
-    /// until the Redis bucket is full.
-    pub(crate) fn try_pay(&self, cost: u32, now: Nanos) -> Option<(u32, Nanos)> {
-        let mut st = self.lock();
-        if st.expires <= now {
-            st.cells = 0;
+    /// Starts a top-up when the lease is alive but below `low_water` and nobody is fetching:
+    /// the caller fetches in the background and reports with [`FetchGuard::topped_up`].
+    fn start_top_up(
+        self: &Arc<Self>,
+        st: &mut SlotState,
+        low_water: u32,
+        now: Nanos,
+    ) -> Option<FetchGuard> {
+        if st.fetching || st.cells >= low_water || st.expires <= now || now < st.denied_until {
+            return None;
         }
-        if st.cells >= cost {
-            st.cells -= cost;
-            Some((st.cells, st.full_at.saturating_sub(now)))
-        } else {
-            None
-        }
+        st.fetching = true;
+        Some(FetchGuard {
+            slot: self.clone(),
+            done: false,
+        })
     }
 
     /// Gives `cost` cells back to the lease (a later limit denied the request).
@@ -226,6 +232,33 @@ impl FetchGuard {
         self.done = true;
         self.slot.fetched.notify_waiters();
         left
+    }
+
+    /// A background top-up brought `granted` more cells: they join what is left, and the
+    /// lease is held for `max_hold` from now.
+    pub(crate) fn topped_up(
+        mut self,
+        granted: u32,
+        full_after: Nanos,
+        now: Nanos,
+        max_hold: Nanos,
+    ) {
+        let mut st = self.slot.lock();
+        if st.expires <= now {
+            st.cells = 0;
+        }
+        st.cells = st.cells.saturating_add(granted);
+        st.expires = now.saturating_add(max_hold);
+        st.full_at = now.saturating_add(full_after);
+        st.fetching = false;
+        drop(st);
+        self.done = true;
+        self.slot.fetched.notify_waiters();
+    }
+
+    /// The Redis key of the slot being fetched.
+    pub(crate) fn redis_key(&self) -> &str {
+        &self.slot.redis_key
     }
 
     /// Redis had no cell before `retry_after`.
@@ -315,13 +348,32 @@ impl Leases {
         slot
     }
 
-    /// Pays from the lease of `key` if it exists and can pay (see [`Slot::try_pay`]).
-    pub(crate) fn try_pay(&self, key: Option<u64>, cost: u32, now: Nanos) -> Option<(u32, Nanos)> {
+    /// Pays from the lease of `key` if it exists and can pay: cells left, time until the
+    /// Redis bucket is full, and the right to top the lease up when it runs low.
+    pub(crate) fn try_pay(
+        &self,
+        key: Option<u64>,
+        cost: u32,
+        now: Nanos,
+    ) -> Option<(u32, Nanos, Option<FetchGuard>)> {
+        let low_water = (self.lease.batch / 4).max(1);
+        let pay = |slot: &Arc<Slot>| {
+            let mut st = slot.lock();
+            if st.expires <= now {
+                st.cells = 0;
+            }
+            if st.cells < cost {
+                return None;
+            }
+            st.cells -= cost;
+            let top_up = slot.start_top_up(&mut st, low_water, now);
+            Some((st.cells, st.full_at.saturating_sub(now), top_up))
+        };
         match key {
-            None => self.global.get()?.try_pay(cost, now),
+            None => pay(self.global.get()?),
             Some(k) => {
                 let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-                slots.get(&k)?.try_pay(cost, now)
+                pay(slots.get(&k)?)
             }
         }
     }
@@ -395,6 +447,29 @@ mod tests {
             Spend::Denied { retry_after: 300 }
         ));
         assert!(matches!(slot.spend(1, 1_500), Spend::Fetch(_)));
+    }
+
+    #[test]
+    fn a_low_lease_is_topped_up_once_while_it_still_pays() {
+        let leases = Leases::new(Lease::new(8), 100);
+        let slot = leases.slot(None, || "k".into());
+        let Spend::Fetch(guard) = slot.spend(1, 0) else {
+            panic!()
+        };
+        guard.granted(8, 1, 0, 0, 1_000);
+        // 7 cells; the top-up starts below 8 / 4 = 2 cells, exactly once.
+        let mut top_ups = Vec::new();
+        for _ in 0..6 {
+            let (_, _, top_up) = leases.try_pay(None, 1, 10).unwrap();
+            top_ups.extend(top_up);
+        }
+        assert_eq!(top_ups.len(), 1);
+        top_ups.pop().unwrap().topped_up(8, 0, 20, 1_000);
+        // The top-up joined the one cell left: 9 more requests pay, the 10th does not.
+        for _ in 0..9 {
+            assert!(leases.try_pay(None, 1, 30).is_some());
+        }
+        assert!(leases.try_pay(None, 1, 30).is_none());
     }
 
     #[test]

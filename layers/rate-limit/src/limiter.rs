@@ -606,7 +606,9 @@ impl<Req: 'static> RateLimiter<Req> {
                     return decision;
                 }
                 let prepared = self.prepare_remote(req);
-                self.check_remote(store, prepared).await
+                // Boxed so that `check`'s own future stays small: lease mode mostly decides
+                // above without it.
+                Box::pin(self.check_remote(store, prepared)).await
             }
         }
     }
@@ -670,7 +672,10 @@ impl<Req: 'static> RateLimiter<Req> {
                 return None;
             }
             match leases.try_pay(key, cost, now) {
-                Some((remaining, reset)) => {
+                Some((remaining, reset, top_up)) => {
+                    if let Some(guard) = top_up {
+                        self.top_up(guard, g, leases.lease);
+                    }
                     paid |= 1 << i;
                     keys[i] = key;
                     tally.allow(
@@ -689,6 +694,38 @@ impl<Req: 'static> RateLimiter<Req> {
         }
         self.count_allowed(paid);
         Some(tally.finish(false))
+    }
+
+    /// Tops a lease up in the background (dropping the guard, without a runtime, lets the
+    /// next caller fetch instead).
+    fn top_up(&self, guard: crate::lease::FetchGuard, g: Gcra, lease: crate::lease::Lease) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let limiter = self.clone();
+        runtime.spawn(async move {
+            let Store::Redis(store) = &limiter.inner.store else {
+                return;
+            };
+            let want = lease.batch.min(g.burst).max(1);
+            let result = store.lease(guard.redis_key(), &g, 1, want).await;
+            let now = limiter.inner.clock.now();
+            match result {
+                Ok(crate::redis_store::LeaseGrant::Granted {
+                    cells,
+                    full_after_us,
+                }) => guard.topped_up(
+                    cells,
+                    full_after_us.saturating_mul(1_000),
+                    now,
+                    omega_core::clock::duration_nanos(lease.max_hold),
+                ),
+                Ok(crate::redis_store::LeaseGrant::Denied { retry_us }) => {
+                    guard.denied(retry_us.saturating_mul(1_000), now)
+                }
+                Err(_) => drop(guard),
+            }
+        });
     }
 
     fn give_back_leases(&self, paid: u16, keys: &[Option<u64>; MAX_LIMITS], cost: u32, now: Nanos) {
