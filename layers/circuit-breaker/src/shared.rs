@@ -17,8 +17,10 @@
 //!   once Redis is back (while the breaker is still OPEN), and the subscription reconnects
 //!   with backoff.
 //!
-//! One standalone Redis (or a replicated primary behind one address) carries the votes and the
-//! channel; Redis Cluster is not supported here yet.
+//! One Redis ([`RedisSync::builder`]) or a Redis Cluster ([`RedisSync::cluster`]) carries the
+//! votes and the channel. On a cluster, a breaker's vote set and OPEN key share one hash tag
+//! (so one script sees both), the script's `PUBLISH` reaches subscribers on every node, and the
+//! subscription is made on one seed at a time, moving to the next when it fails.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() {
@@ -106,7 +108,8 @@ impl std::fmt::Debug for RedisSync {
 /// Builds a [`RedisSync`].
 #[derive(Debug)]
 pub struct RedisSyncBuilder {
-    url: String,
+    seeds: Vec<String>,
+    cluster: bool,
     keyspace: Option<Keyspace>,
     quorum: u32,
     vote_window: Duration,
@@ -154,13 +157,24 @@ impl RedisSyncBuilder {
             Some(k) => k,
             None => Keyspace::new(omega_core::DEFAULT_PREFIX)?,
         };
-        let cfg = RedisConfig::url(self.url.clone())
+        let cfg = if self.cluster {
+            RedisConfig::cluster(self.seeds.clone())
+        } else {
+            RedisConfig::url(self.seeds[0].clone())
+        };
+        let cfg = cfg
             .op_timeout(self.op_timeout)
             .reconnect_backoff(Duration::from_millis(20), Duration::from_secs(1))
             .keyspace(keyspace.clone());
         let backend = RedisBackend::connect_lazy(cfg)?;
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| omega_core::Error::config(format!("bad Redis URL: {e}")))?;
+        let clients = self
+            .seeds
+            .iter()
+            .map(|seed| {
+                redis::Client::open(seed.as_str())
+                    .map_err(|e| omega_core::Error::config(format!("bad Redis URL: {e}")))
+            })
+            .collect::<omega_core::Result<Vec<_>>>()?;
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
@@ -182,7 +196,7 @@ impl RedisSyncBuilder {
             shutdown: Arc::new(Notify::new()),
         });
         let shutdown = inner.shutdown.clone();
-        tokio::spawn(subscribe(Arc::downgrade(&inner), client, shutdown));
+        tokio::spawn(subscribe(Arc::downgrade(&inner), clients, shutdown));
         Ok(RedisSync { inner })
     }
 }
@@ -191,7 +205,31 @@ impl RedisSync {
     /// Starts a builder for the Redis at `url` (`redis://host:port`).
     pub fn builder(url: impl Into<String>) -> RedisSyncBuilder {
         RedisSyncBuilder {
-            url: url.into(),
+            seeds: vec![url.into()],
+            cluster: false,
+            keyspace: None,
+            quorum: 1,
+            vote_window: Duration::from_secs(60),
+            op_timeout: Duration::from_millis(200),
+            instance: None,
+        }
+    }
+
+    /// Starts a builder for the Redis Cluster reachable through `seeds` (`redis://host:port`
+    /// each).
+    ///
+    /// # Panics
+    /// When `seeds` is empty.
+    pub fn cluster<I, S>(seeds: I) -> RedisSyncBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let seeds: Vec<String> = seeds.into_iter().map(Into::into).collect();
+        assert!(!seeds.is_empty(), "a Redis Cluster needs at least one seed");
+        RedisSyncBuilder {
+            seeds,
+            cluster: true,
             keyspace: None,
             quorum: 1,
             vote_window: Duration::from_secs(60),
@@ -459,9 +497,12 @@ impl SyncInner {
     }
 }
 
-async fn subscribe(weak: Weak<SyncInner>, client: redis::Client, shutdown: Arc<Notify>) {
+async fn subscribe(weak: Weak<SyncInner>, clients: Vec<redis::Client>, shutdown: Arc<Notify>) {
     let mut backoff = Duration::from_millis(20);
+    let mut next = 0;
     loop {
+        let client = &clients[next % clients.len()];
+        next += 1;
         let channel = match weak.upgrade() {
             Some(inner) => inner.channel.clone(),
             None => return,

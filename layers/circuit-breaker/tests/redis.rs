@@ -204,3 +204,35 @@ async fn a_registry_shares_every_breaker_and_recovery_clears_the_key() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_an_open_spreads_too() {
+    let cluster = omega_testkit::RedisCluster::start();
+    let sync = |id: &str| {
+        RedisSync::cluster(cluster.urls())
+            .keyspace(Keyspace::new("cbcluster").unwrap())
+            .instance_id(id)
+            .build()
+            .unwrap()
+    };
+    let (sa, sb) = (sync("a"), sync("b"));
+    let (a, b) = (
+        CircuitBreaker::with_config("search", config()).unwrap(),
+        CircuitBreaker::with_config("search", config()).unwrap(),
+    );
+    sa.attach(&a);
+    sb.attach(&b);
+    eventually("subscriptions", || sa.is_subscribed() && sb.is_subscribed()).await;
+    trip(&a);
+    eventually("b to follow through the cluster", || {
+        b.state() == State::Open
+    })
+    .await;
+    // A newcomer reads the OPEN key from the node that holds its slot.
+    let (_sc, c) = (
+        sync("c"),
+        CircuitBreaker::with_config("search", config()).unwrap(),
+    );
+    _sc.attach(&c);
+    eventually("c to catch up", || c.state() == State::Open).await;
+}
