@@ -267,13 +267,35 @@ struct Fields {
 }
 
 impl Fields {
-    fn of(binding: &Binding<'_>) -> Option<Fields> {
+    fn of<Req: 'static>(limiter: &RateLimiter<Req>, binding: &Binding<'_>) -> Option<Fields> {
         let name = binding.limit;
-        let policy = field(
-            name,
-            (";q=", u64::from(binding.burst)),
-            (";w=", seconds_rounded_up(binding.window).max(1)),
-        )?;
+        let window = seconds_rounded_up(binding.window).max(1);
+        let policy = match limiter
+            .inner
+            .limits
+            .iter()
+            .find(|l| std::ptr::eq(l.name.as_ptr(), name.as_ptr()))
+        {
+            Some(l) => {
+                let cached = l.policy_header.load();
+                match &**cached {
+                    Some((burst, w, value)) if *burst == binding.burst && *w == window => {
+                        value.clone()
+                    }
+                    _ => {
+                        let value =
+                            field(name, (";q=", u64::from(binding.burst)), (";w=", window))?;
+                        l.policy_header.store(std::sync::Arc::new(Some((
+                            binding.burst,
+                            window,
+                            value.clone(),
+                        ))));
+                        value
+                    }
+                }
+            }
+            None => field(name, (";q=", u64::from(binding.burst)), (";w=", window))?,
+        };
         let state = field(
             name,
             (";r=", u64::from(binding.remaining)),
@@ -465,11 +487,15 @@ impl<S, B> HttpRateLimit<S, B> {
 }
 
 /// Splits a decision into the fields to send and, when denied, the rejection.
-fn settle<ResBody: Default>(
+fn settle<Req: 'static, ResBody: Default>(
+    limiter: &RateLimiter<Req>,
     decision: &Decision<'_>,
     grpc: bool,
 ) -> (Option<Fields>, Option<Response<ResBody>>) {
-    let fields = decision.binding().as_ref().and_then(Fields::of);
+    let fields = decision
+        .binding()
+        .as_ref()
+        .and_then(|b| Fields::of(limiter, b));
     match decision.denied() {
         None => (fields, None),
         Some(denied) => (None, Some(rejection(&denied, fields, grpc))),
@@ -495,7 +521,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let grpc = is_grpc(req.headers());
         let local = if self.limiter.is_local() {
-            Some(settle(&self.limiter.check_local(&req), grpc))
+            Some(settle(&self.limiter, &self.limiter.check_local(&req), grpc))
         } else {
             self.leased_locally(&req, grpc)
         };
@@ -534,7 +560,7 @@ where
         grpc: bool,
     ) -> Option<(Option<Fields>, Option<Response<ResBody>>)> {
         let decision = self.limiter.check_leased_locally(req)?;
-        Some(settle(&decision, grpc))
+        Some(settle(&self.limiter, &decision, grpc))
     }
 
     #[cfg(not(feature = "redis"))]
@@ -562,7 +588,7 @@ where
                 future: Box::pin(async move {
                     let (fields, rejected) = {
                         let decision = limiter.check_prepared(prepared).await;
-                        settle(&decision, grpc)
+                        settle(&limiter, &decision, grpc)
                     };
                     if let Some(response) = rejected {
                         return Ok(response);
@@ -719,8 +745,19 @@ mod tests {
             remaining: 7,
             reset_after: std::time::Duration::from_millis(17_001),
         };
-        let f = Fields::of(&b).unwrap();
+        let limiter = RateLimiter::<()>::builder()
+            .limit(crate::Limit::global("g", crate::Quota::per_second(1)))
+            .build()
+            .unwrap();
+        let f = Fields::of(&limiter, &b).unwrap();
         assert_eq!(f.policy, r#""per \"user\"";q=10;w=60"#);
         assert_eq!(f.state, r#""per \"user\"";r=7;t=18"#);
+        // A limit's own policy value is cached until its quota changes.
+        let d = limiter.check_local(&());
+        let policy = |d: &Decision<'_>| Fields::of(&limiter, &d.binding().unwrap()).unwrap().policy;
+        assert_eq!(policy(&d), r#""g";q=1;w=1"#);
+        assert_eq!(policy(&limiter.check_local(&())), r#""g";q=1;w=1"#);
+        limiter.set_quota("g", crate::Quota::per_minute(5)).unwrap();
+        assert_eq!(policy(&limiter.check_local(&())), r#""g";q=5;w=60"#);
     }
 }

@@ -206,6 +206,10 @@ pub(crate) struct LimitState<Req> {
     #[cfg(feature = "redis")]
     pub(crate) leases: Option<crate::lease::Leases>,
     pub(crate) metrics: crate::metrics::LimitMetrics,
+    /// The last `RateLimit-Policy` value sent for this limit, with the burst and window (s)
+    /// it was made for: it changes only with the quota.
+    #[cfg(feature = "http")]
+    pub(crate) policy_header: ArcSwap<Option<(u32, u64, http::HeaderValue)>>,
 }
 
 impl<Req: 'static> LimitState<Req> {

@@ -203,6 +203,8 @@ impl<Req> RateLimiterBuilder<Req> {
                 on_failure: l.on_failure,
                 local: LocalBuckets::new(max_keys),
                 metrics: crate::metrics::LimitMetrics::new(&l.name),
+                #[cfg(feature = "http")]
+                policy_header: ArcSwap::from_pointee(None),
                 name: l.name,
             })
             .collect();
