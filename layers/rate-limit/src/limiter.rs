@@ -413,14 +413,15 @@ impl<'a> Tally<'a> {
                 retry_after,
                 burst: g.burst,
             });
+            // The headers report the limit the denial names.
+            self.binding = Some(Bind::Known(Binding {
+                limit: name,
+                burst: g.burst,
+                window: Duration::from_nanos(g.capacity),
+                remaining: 0,
+                reset_after: retry_after,
+            }));
         }
-        self.binding = Some(Bind::Known(Binding {
-            limit: name,
-            burst: g.burst,
-            window: Duration::from_nanos(g.capacity),
-            remaining: 0,
-            reset_after: retry_after,
-        }));
     }
 
     fn finish(self, degraded: bool) -> Decision<'a> {
