@@ -106,7 +106,6 @@ impl std::fmt::Debug for RedisSync {
 }
 
 /// Builds a [`RedisSync`].
-#[derive(Debug)]
 pub struct RedisSyncBuilder {
     seeds: Vec<String>,
     cluster: bool,
@@ -115,6 +114,23 @@ pub struct RedisSyncBuilder {
     vote_window: Duration,
     op_timeout: Duration,
     instance: Option<String>,
+}
+
+impl std::fmt::Debug for RedisSyncBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Seeds without their credentials.
+        let seeds: Vec<&str> = self
+            .seeds
+            .iter()
+            .map(|s| s.rsplit_once('@').map_or(s.as_str(), |(_, host)| host))
+            .collect();
+        f.debug_struct("RedisSyncBuilder")
+            .field("seeds", &seeds)
+            .field("cluster", &self.cluster)
+            .field("quorum", &self.quorum)
+            .field("vote_window", &self.vote_window)
+            .finish()
+    }
 }
 
 impl RedisSyncBuilder {
