@@ -281,25 +281,8 @@ impl Drop for FetchGuard {
     }
 }
 
-/// Key hashes are already uniform (foldhash, per-process seed): the map uses them as is.
-#[derive(Clone, Copy, Default)]
-struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type SlotMap = HashMap<u64, Arc<Slot>, std::hash::BuildHasherDefault<PassThrough>>;
+/// Key hashes are already uniform: the map uses them as they are.
+type SlotMap = HashMap<u64, Arc<Slot>, std::hash::BuildHasherDefault<crate::memory::PassThrough>>;
 
 /// One limit's leases: the global slot, or slots by key hash bounded by a key count.
 #[derive(Debug)]

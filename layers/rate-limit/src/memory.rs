@@ -25,9 +25,10 @@ const SHARDS: usize = 32;
 /// The default bound on keys per limit in memory.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// Passes an already-hashed `u64` through.
-#[derive(Default)]
-struct PassThrough(u64);
+/// Passes an already-hashed `u64` through (keys are foldhash hashes with a per-process seed,
+/// so they are uniform already).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PassThrough(u64);
 
 impl Hasher for PassThrough {
     fn finish(&self) -> u64 {
