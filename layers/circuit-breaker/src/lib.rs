@@ -63,7 +63,7 @@
 //! |---|---|
 //! | `http` | [`http::HttpClassifier`], [`RejectWithResponse`]: 503 + `Retry-After` / gRPC `UNAVAILABLE` responses |
 //! | `grpc` | `From<CircuitOpen> for tonic::Status` |
-//! | `redis` | [`shared::RedisSync`]: OPEN shared across instances |
+//! | `redis` | [`shared::RedisSync`]: OPEN shared across instances (Redis or Redis Cluster) |
 //! | `metrics` | metrics through the `metrics` crate |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
