@@ -4,13 +4,35 @@
 //!   unlimited, so every iteration takes the admit path).
 //! - `rate_limit_keyed_1k`: 1,000 keys cycled, admit path.
 //! - `rate_limit_deny`: one bucket that is always empty (the read-only deny path).
+//! - `rate_limit_tower_call`: one request through the layer to a no-op inner service: our
+//!   `HttpRateLimitLayer` beside tower_governor's `GovernorLayer`, both with a global key and
+//!   both adding their rate-limit header fields to every response (ours: the IETF
+//!   `RateLimit-Policy` / `RateLimit`; tower_governor's `use_headers`: `x-ratelimit-limit` /
+//!   `x-ratelimit-remaining`).
+//! - `rate_limit_redis`: 64 decisions in flight against a throwaway `redis-server`, throughput
+//!   in decisions per second: `omega_exact` checks three limits (global, per user, per
+//!   endpoint) in one script call; `omega_lease` the same three limits in lease mode;
+//!   `lua_baseline` a plain single-limit GCRA script through redis-rs `EVALSHA`.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
 use governor::{Quota as GQuota, RateLimiter as GLimiter};
+use http::{Request, Response};
+use omega_core::Backend;
+use omega_core::redis::RedisConfig;
+use omega_rate_limit::http::HttpRateLimitLayer;
+use omega_rate_limit::{KeyExtractor, Lease};
 use omega_rate_limit::{Limit, Quota, RateLimiter};
+use tower::{Layer, Service, service_fn};
 
 const KEYS: u64 = 1_000;
 
@@ -82,5 +104,178 @@ impl omega_rate_limit::KeyExtractor<String> for KeyRef {
     }
 }
 
-criterion_group!(benches, direct, deny, keyed);
+fn tower_call(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate_limit_tower_call");
+    let noop =
+        service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+    let limiter = RateLimiter::<Request<()>>::builder()
+        .limit(Limit::global("global", Quota::per_second(1_000_000_000)))
+        .build()
+        .unwrap();
+    let mut omega = HttpRateLimitLayer::new(limiter).layer(noop);
+    g.bench_function("omega", |b| {
+        b.iter(|| {
+            let response = omega
+                .call(Request::new(()))
+                .now_or_never()
+                .unwrap()
+                .unwrap();
+            black_box(response)
+        })
+    });
+    let config = Arc::new(
+        tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+            .use_headers()
+            .finish()
+            .unwrap(),
+    );
+    let mut governor = tower_governor::GovernorLayer::new(config).layer(noop);
+    g.bench_function("tower_governor", |b| {
+        b.iter(|| {
+            let response = governor
+                .call(Request::new(()))
+                .now_or_never()
+                .unwrap()
+                .unwrap();
+            black_box(response)
+        })
+    });
+    g.finish();
+}
+
+/// A request with a user and an endpoint, keyed without allocating.
+struct ApiCall {
+    user: String,
+    endpoint: &'static str,
+}
+
+struct User;
+impl KeyExtractor<ApiCall> for User {
+    fn key<'a>(&self, req: &'a ApiCall) -> Option<Cow<'a, str>> {
+        Some(Cow::Borrowed(&req.user))
+    }
+}
+
+struct Endpoint;
+impl KeyExtractor<ApiCall> for Endpoint {
+    fn key<'a>(&self, req: &'a ApiCall) -> Option<Cow<'a, str>> {
+        Some(Cow::Borrowed(req.endpoint))
+    }
+}
+
+/// The three limits of a typical API, generous enough that every decision admits.
+fn three_limits(backend: Backend, lease: Option<Lease>) -> RateLimiter<ApiCall> {
+    let quota = Quota::per_second(1_000_000_000).with_burst(1_000_000);
+    let with_lease = |l: Limit<ApiCall>| match lease {
+        Some(lease) => l.lease(lease),
+        None => l,
+    };
+    RateLimiter::builder()
+        .limit(with_lease(Limit::global("global", quota)))
+        .limit(with_lease(Limit::keyed("per_user", quota, User)))
+        .limit(with_lease(Limit::keyed("per_endpoint", quota, Endpoint)))
+        .backend(backend)
+        .build()
+        .unwrap()
+}
+
+/// A plain single-limit GCRA script, as services write by hand.
+const LUA_GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > interval * burst then return 0 end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return 1
+"#;
+
+const IN_FLIGHT: usize = 64;
+
+fn redis(c: &mut Criterion) {
+    let server = omega_testkit::RedisServer::start();
+    // One thread drives the decisions, the batching task and the Redis connection, as a
+    // single-threaded service would; the same for every id.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let calls: Vec<ApiCall> = (0..1_000)
+        .map(|i| ApiCall {
+            user: format!("user-{i}"),
+            endpoint: ["GET /a", "GET /b", "POST /c"][i % 3],
+        })
+        .collect();
+    let connect = || {
+        rt.block_on(Backend::redis(
+            RedisConfig::url(server.url()).op_timeout(Duration::from_secs(1)),
+        ))
+        .unwrap()
+    };
+    let exact = three_limits(connect(), None);
+    let lease = three_limits(
+        connect(),
+        Some(Lease::new(4096).max_hold(Duration::from_secs(60))),
+    );
+
+    let mut g = c.benchmark_group("rate_limit_redis");
+    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    let mut next = 0usize;
+    for (id, limiter) in [("omega_exact", &exact), ("omega_lease", &lease)] {
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                let start = next;
+                next = next.wrapping_add(IN_FLIGHT);
+                rt.block_on(async {
+                    let batch = (0..IN_FLIGHT).map(|i| {
+                        let call = &calls[(start + i) % calls.len()];
+                        async move { limiter.check(call).await.is_allowed() }
+                    });
+                    let admitted = futures_util::future::join_all(batch).await;
+                    assert!(admitted.into_iter().all(|a| a), "Redis decided every call");
+                })
+            })
+        });
+    }
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let conn = rt
+        .block_on(client.get_multiplexed_async_connection())
+        .unwrap();
+    let script = redis::Script::new(LUA_GCRA);
+    g.bench_function("lua_baseline", |b| {
+        b.iter(|| {
+            let start = next;
+            next = next.wrapping_add(IN_FLIGHT);
+            rt.block_on(async {
+                let batch = (0..IN_FLIGHT).map(|i| {
+                    let mut conn = conn.clone();
+                    let key = format!("lua:{}", calls[(start + i) % calls.len()].user);
+                    let script = &script;
+                    async move {
+                        let ok: i64 = script
+                            .key(key)
+                            .arg(1)
+                            .arg(1_000_000)
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        ok == 1
+                    }
+                });
+                let admitted = futures_util::future::join_all(batch).await;
+                assert!(admitted.into_iter().all(|a| a));
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, direct, deny, keyed, tower_call, redis);
 criterion_main!(benches);
