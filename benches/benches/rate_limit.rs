@@ -1,5 +1,8 @@
 //! The in-memory rate limiter beside governor, in one run.
 //!
+//! The in-memory groups time the lean check of each library: our `RateLimiter::admit`
+//! (verdict only, as `RateLimitLayer` uses it) and governor's `check` / `check_key`.
+//!
 //! - `rate_limit_direct`: one global bucket, a check that admits (the quota is effectively
 //!   unlimited, so every iteration takes the admit path).
 //! - `rate_limit_keyed_1k`: 1,000 keys cycled, admit path.
@@ -43,7 +46,7 @@ fn direct(c: &mut Criterion) {
         .build()
         .unwrap();
     g.bench_function("omega", |b| {
-        b.iter(|| black_box(omega.check_local(black_box(&())).is_allowed()))
+        b.iter(|| black_box(omega.admit(black_box(&())).is_ok()))
     });
     let gov = GLimiter::direct(GQuota::per_second(NonZeroU32::new(1_000_000_000).unwrap()));
     g.bench_function("governor", |b| b.iter(|| black_box(gov.check().is_ok())));
@@ -58,7 +61,7 @@ fn deny(c: &mut Criterion) {
         .unwrap();
     let _ = omega.check_local(&());
     g.bench_function("omega", |b| {
-        b.iter(|| black_box(omega.check_local(black_box(&())).is_allowed()))
+        b.iter(|| black_box(omega.admit(black_box(&())).is_ok()))
     });
     let gov = GLimiter::direct(GQuota::per_hour(NonZeroU32::new(1).unwrap()));
     let _ = gov.check();
@@ -81,7 +84,7 @@ fn keyed(c: &mut Criterion) {
     g.bench_function("omega", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            black_box(omega.check_local(&keys[i]).is_allowed())
+            black_box(omega.admit(&keys[i]).is_ok())
         })
     });
     let gov = GLimiter::keyed(GQuota::per_second(NonZeroU32::new(1_000_000_000).unwrap()));

@@ -62,7 +62,7 @@ pub use error::{ConfigError, RateLimited};
 #[cfg(feature = "redis")]
 pub use lease::{DEFAULT_MAX_HOLD, Lease};
 pub use limit::{KeyExtractor, Limit, OnBackendFailure};
-pub use limiter::{Binding, Decision, MAX_LIMITS, RateLimiter, RateLimiterBuilder};
+pub use limiter::{Binding, Decision, Denied, MAX_LIMITS, RateLimiter, RateLimiterBuilder};
 pub use memory::DEFAULT_MAX_KEYS;
 pub use quota::{Quota, QuotaError};
 pub use service::{BoxError, RateLimit, RateLimitLayer, ResponseFuture};

@@ -230,15 +230,29 @@ pub struct Decision<'a> {
     degraded: bool,
 }
 
+/// Why [`RateLimiter::admit`] (or a [`Decision`]) denied a request, borrowed from the limiter:
+/// making one allocates nothing and touches no reference count.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Denied<'a> {
+pub struct Denied<'a> {
     limit: &'a Arc<str>,
     retry_after: Duration,
     burst: u32,
 }
 
 impl Denied<'_> {
-    fn to_error(&self) -> RateLimited {
+    /// The limit that denied the request.
+    pub fn limit(&self) -> &str {
+        self.limit
+    }
+
+    /// How long until the same request would be admitted ([`Duration::MAX`]: never, its cost
+    /// is above the burst).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// The owned error, for returning from a service.
+    pub fn to_error(&self) -> RateLimited {
         RateLimited {
             limit: self.limit.clone(),
             retry_after: self.retry_after,
@@ -516,6 +530,54 @@ impl<Req: 'static> RateLimiter<Req> {
         match &*self.inner.limits {
             [only] => Self::check_one(only, req, now, cost),
             _ => self.check_many(req, now, cost),
+        }
+    }
+
+    /// The lean check, in memory: admits the request (taking its cells) or says which limit
+    /// denied it, without the figures for the `RateLimit` headers. Same buckets and rules as
+    /// [`RateLimiter::check_local`]; use it when only the verdict matters.
+    ///
+    /// ```
+    /// use omega_rate_limit::{Limit, Quota, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::<()>::builder()
+    ///     .limit(Limit::global("global", Quota::per_minute(1)))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(limiter.admit(&()).is_ok());
+    /// assert_eq!(limiter.admit(&()).unwrap_err().limit(), "global");
+    /// ```
+    #[inline]
+    pub fn admit(&self, req: &Req) -> Result<(), Denied<'_>> {
+        let now = self.inner.clock.now();
+        let cost = self.cost(req);
+        let [l] = &*self.inner.limits else {
+            return match self.check_many(req, now, cost).denied {
+                None => Ok(()),
+                Some(d) => Err(d),
+            };
+        };
+        let Some(key) = l.local_key(req) else {
+            return Ok(());
+        };
+        let g = l.hot.load();
+        match l.local.step(key, &g, now, cost) {
+            Step::Allow { .. } => {
+                l.metrics.allowed();
+                Ok(())
+            }
+            Step::Deny { .. } if l.shadow => {
+                l.metrics.shadow_denied();
+                Ok(())
+            }
+            Step::Deny { retry_after: r } => {
+                l.metrics.denied();
+                Err(Denied {
+                    limit: &l.name,
+                    retry_after: retry_after(&g, cost, r),
+                    burst: g.burst,
+                })
+            }
         }
     }
 

@@ -127,7 +127,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let decided = if self.limiter.is_local() {
-            Some(self.limiter.check_local(&req).into_result().map(drop))
+            Some(self.limiter.admit(&req).map_err(|d| d.to_error()))
         } else {
             self.leased_locally(&req)
         };

@@ -239,3 +239,32 @@ async fn clones_of_the_service_share_one_limit() {
     }
     assert_eq!(admitted, 3);
 }
+
+#[test]
+fn admit_gives_the_same_verdicts_as_check_local() {
+    let build = |clock: Clock| {
+        RateLimiter::<u32>::builder()
+            .limit(Limit::keyed(
+                "per_key",
+                Quota::per_second(10).with_burst(3),
+                |k: &u32| Some(k.to_string()),
+            ))
+            .clock(clock)
+            .build()
+            .unwrap()
+    };
+    let (clock_a, clock_b) = (Clock::manual(), Clock::manual());
+    let (a, b) = (build(clock_a.clone()), build(clock_b.clone()));
+    for step in 0u32..400 {
+        let key = step % 3;
+        let by_admit = a.admit(&key);
+        let by_check = b.check_local(&key);
+        assert_eq!(by_admit.is_ok(), by_check.is_allowed(), "step {step}");
+        if let Err(d) = by_admit {
+            assert_eq!(Some(d.to_error()), by_check.denied());
+        }
+        let dt = std::time::Duration::from_millis(u64::from(step * 7919 % 97));
+        clock_a.advance(dt);
+        clock_b.advance(dt);
+    }
+}
