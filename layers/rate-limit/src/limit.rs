@@ -49,10 +49,12 @@ impl Default for OnBackendFailure {
     }
 }
 
-/// GCRA parameters readable with two relaxed loads. A decision racing a quota change may
-/// mix the old interval with the new burst once; both are valid quotas.
+/// GCRA parameters readable with three relaxed loads. A decision racing a quota change may
+/// mix old and new values once; each mix is a valid quota no looser than the larger of the
+/// two in burst and rate.
 pub(crate) struct HotGcra {
     interval: std::sync::atomic::AtomicU64,
+    capacity: std::sync::atomic::AtomicU64,
     burst: std::sync::atomic::AtomicU32,
 }
 
@@ -60,30 +62,29 @@ impl HotGcra {
     pub(crate) fn new(g: Gcra) -> Self {
         HotGcra {
             interval: g.interval.into(),
+            capacity: g.capacity.into(),
             burst: g.burst.into(),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn load(&self) -> Gcra {
         use std::sync::atomic::Ordering::Relaxed;
-        let interval = self.interval.load(Relaxed);
-        let burst = self.burst.load(Relaxed);
         Gcra {
-            interval,
-            capacity: interval.saturating_mul(u64::from(burst)),
-            burst,
+            interval: self.interval.load(Relaxed),
+            capacity: self.capacity.load(Relaxed),
+            burst: self.burst.load(Relaxed),
         }
     }
 
     pub(crate) fn store(&self, g: Gcra) {
         use std::sync::atomic::Ordering::Relaxed;
         self.interval.store(g.interval, Relaxed);
+        self.capacity.store(g.capacity, Relaxed);
         self.burst.store(g.burst, Relaxed);
     }
 }
 
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct Params {
     pub(crate) quota: Quota,
     pub(crate) gcra: Gcra,

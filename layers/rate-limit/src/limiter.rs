@@ -547,7 +547,7 @@ impl<Req: 'static> RateLimiter<Req> {
     /// assert!(limiter.admit(&()).is_ok());
     /// assert_eq!(limiter.admit(&()).unwrap_err().limit(), "global");
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn admit(&self, req: &Req) -> Result<(), Denied<'_>> {
         let now = self.inner.clock.now();
         let cost = self.cost(req);

@@ -72,7 +72,7 @@ impl LocalBuckets {
     }
 
     /// One GCRA step on the bucket of `key` (`None`: the global bucket).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn step(&self, key: Option<u64>, g: &Gcra, now: Nanos, cost: u32) -> Step {
         match key {
             None => step_cell(&self.global, g, now, cost),
@@ -137,7 +137,7 @@ impl LocalBuckets {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn step_cell(cell: &AtomicU64, g: &Gcra, now: Nanos, cost: u32) -> Step {
     let mut tat = cell.load(Ordering::Acquire);
     loop {
