@@ -216,7 +216,7 @@ pub(crate) struct LimitState<Req> {
 impl<Req: 'static> LimitState<Req> {
     /// The in-memory bucket of `req` under this limit: `None` when the limit does not apply,
     /// `Some(None)` for the global bucket, `Some(Some(hash))` for a key.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn local_key(&self, req: &Req) -> Option<Option<u64>> {
         match &self.key {
             None => Some(None),

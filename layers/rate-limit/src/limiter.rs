@@ -235,7 +235,9 @@ pub struct Decision<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denied<'a> {
     limit: &'a Arc<str>,
-    retry_after: Duration,
+    /// Nanoseconds until admitted; `u64::MAX` for never (kept raw: the deny path makes no
+    /// `Duration` unless asked).
+    retry_nanos: u64,
     burst: u32,
 }
 
@@ -248,14 +250,18 @@ impl Denied<'_> {
     /// How long until the same request would be admitted ([`Duration::MAX`]: never, its cost
     /// is above the burst).
     pub fn retry_after(&self) -> Duration {
-        self.retry_after
+        if self.retry_nanos == u64::MAX {
+            Duration::MAX
+        } else {
+            Duration::from_nanos(self.retry_nanos)
+        }
     }
 
     /// The owned error, for returning from a service.
     pub fn to_error(&self) -> RateLimited {
         RateLimited {
             limit: self.limit.clone(),
-            retry_after: self.retry_after,
+            retry_after: self.retry_after(),
             quota_burst: self.burst,
         }
     }
@@ -420,11 +426,11 @@ impl<'a> Tally<'a> {
         if self
             .denied
             .as_ref()
-            .is_none_or(|d| retry_after > d.retry_after)
+            .is_none_or(|d| retry_after > d.retry_after())
         {
             self.denied = Some(Denied {
                 limit: name,
-                retry_after,
+                retry_nanos: omega_core::clock::duration_nanos(retry_after),
                 burst: g.burst,
             });
             // The headers report the limit the denial names.
@@ -574,7 +580,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 l.metrics.denied();
                 Err(Denied {
                     limit: &l.name,
-                    retry_after: retry_after(&g, cost, r),
+                    retry_nanos: if cost > g.burst { u64::MAX } else { r },
                     burst: g.burst,
                 })
             }
