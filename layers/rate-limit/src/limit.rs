@@ -85,6 +85,7 @@ impl HotGcra {
     }
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct Params {
     pub(crate) quota: Quota,
     pub(crate) gcra: Gcra,
