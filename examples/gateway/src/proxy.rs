@@ -68,13 +68,53 @@ pub fn status(code: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// Sends requests to one node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProxyNode {
     client: Client,
     upstream: Arc<str>,
     node: Arc<str>,
     authority: Option<http::uri::Authority>,
     host_value: Option<HeaderValue>,
+    metrics: NodeMetrics,
+}
+
+impl std::fmt::Debug for ProxyNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyNode")
+            .field("upstream", &self.upstream)
+            .field("node", &self.node)
+            .field("authority", &self.authority)
+            .finish()
+    }
+}
+
+/// A node's metrics, registered once so that recording costs an atomic operation:
+/// `omega_gateway_node_requests_total`, `omega_gateway_node_errors_total` (label `kind`:
+/// `unreachable`, `timeout`) and `omega_gateway_node_seconds`, each labelled `upstream`
+/// and `node`.
+#[derive(Clone)]
+struct NodeMetrics {
+    requests: metrics::Counter,
+    unreachable: metrics::Counter,
+    timeouts: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl NodeMetrics {
+    fn new(upstream: &str, node: &str) -> Self {
+        let labels = [("upstream", upstream.to_owned()), ("node", node.to_owned())];
+        let errors = |kind: &'static str| {
+            let mut l = labels.to_vec();
+            l.push(("kind", kind.to_owned()));
+            metrics::counter!("omega_gateway_node_errors_total", &l)
+        };
+        NodeMetrics {
+            requests: metrics::counter!("omega_gateway_node_requests_total", &labels),
+            unreachable: errors("unreachable"),
+            timeouts: errors("timeout"),
+            seconds: metrics::histogram!("omega_gateway_node_seconds", &labels),
+        }
+    }
 }
 
 impl ProxyNode {
@@ -88,6 +128,7 @@ impl ProxyNode {
             .as_ref()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         ProxyNode {
+            metrics: NodeMetrics::new(&upstream, &node),
             client,
             upstream,
             node,
@@ -175,15 +216,20 @@ impl ProxyNode {
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
 
-        let response = match tokio::time::timeout(timeout, self.client.request(upstream_req)).await
-        {
+        self.metrics.requests.increment(1);
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(timeout, self.client.request(upstream_req)).await;
+        self.metrics.seconds.record(started.elapsed().as_secs_f64());
+        let response = match result {
             Err(_) => {
+                self.metrics.timeouts.increment(1);
                 return status(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!("node {} did not answer within {timeout:?}", self.node),
                 );
             }
             Ok(Err(e)) => {
+                self.metrics.unreachable.increment(1);
                 return status(
                     StatusCode::BAD_GATEWAY,
                     &format!(

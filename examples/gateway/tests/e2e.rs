@@ -313,6 +313,19 @@ async fn keys_stay_on_their_node_and_a_failing_node_fails_over() {
         .unwrap();
     assert_eq!(json(&r)["node"], "a");
     assert_eq!(handle.owner("pool", &on_c).as_deref(), Some("c"));
+    // The metrics name the node: four requests reached c, none since its circuit opened.
+    let metrics =
+        String::from_utf8(get(gw.admin_addr, "/metrics", &[]).await.unwrap().body).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"omega_gateway_node_requests_total{upstream="pool",node="c"} 4"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("omega_gateway_request_seconds"),
+        "{metrics}"
+    );
     gw.shutdown().await;
 }
 
