@@ -78,7 +78,7 @@ impl Clock {
     }
 
     /// The current reading.
-    #[inline]
+    #[inline(always)]
     pub fn now(&self) -> Nanos {
         match &self.kind {
             Kind::Tokio(origin) => duration_nanos(origin.elapsed()),
