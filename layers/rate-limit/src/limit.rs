@@ -56,14 +56,17 @@ pub(crate) struct HotGcra {
     interval: std::sync::atomic::AtomicU64,
     capacity: std::sync::atomic::AtomicU64,
     burst: std::sync::atomic::AtomicU32,
+    /// The limit's shadow flag, beside the parameters so a denial reads one cache line.
+    pub(crate) shadow: bool,
 }
 
 impl HotGcra {
-    pub(crate) fn new(g: Gcra) -> Self {
+    pub(crate) fn new(g: Gcra, shadow: bool) -> Self {
         HotGcra {
             interval: g.interval.into(),
             capacity: g.capacity.into(),
             burst: g.burst.into(),
+            shadow,
         }
     }
 

@@ -197,7 +197,7 @@ impl<Req> RateLimiterBuilder<Req> {
                     .filter(|_| remote)
                     .map(|lease| crate::lease::Leases::new(lease, max_keys)),
                 params: ArcSwap::from_pointee(Params::new(l.quota, l.on_failure)),
-                hot: HotGcra::new(l.quota.gcra()),
+                hot: HotGcra::new(l.quota.gcra(), l.shadow),
                 key: l.key,
                 shadow: l.shadow,
                 on_failure: l.on_failure,
@@ -572,7 +572,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 l.metrics.allowed();
                 Ok(())
             }
-            Step::Deny { .. } if l.shadow => {
+            Step::Deny { .. } if l.hot.shadow => {
                 l.metrics.shadow_denied();
                 Ok(())
             }
