@@ -559,15 +559,13 @@ impl CircuitBreaker {
                     if x < share {
                         return Ok(ticket(WINDOW));
                     }
-                    return Err(self.reject(State::Closed, Some(Duration::from_nanos(until - now))));
+                    return Err(self.reject(State::Closed, until - now));
                 }
                 State::Open => {
                     let now = inner.clock.now();
                     let until = inner.open_until.load(Ordering::Acquire);
                     if now < until {
-                        return Err(
-                            self.reject(State::Open, Some(Duration::from_nanos(until - now)))
-                        );
+                        return Err(self.reject(State::Open, until - now));
                     }
                     self.wait_elapsed(epoch);
                 }
@@ -583,7 +581,7 @@ impl CircuitBreaker {
                                 break; // a transition is under way: look again
                             }
                             if p.left == 0 {
-                                return Err(self.reject(State::HalfOpen, None));
+                                return Err(self.reject(State::HalfOpen, crate::error::NO_RETRY));
                             }
                             p.left -= 1;
                             match inner.probes.compare_exchange_weak(
@@ -600,13 +598,15 @@ impl CircuitBreaker {
                 }
                 State::Disabled => return Ok(ticket(UNTRACKED)),
                 State::MetricsOnly => return Ok(ticket(WINDOW)),
-                State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
+                State::ForcedOpen => {
+                    return Err(self.reject(State::ForcedOpen, crate::error::NO_RETRY));
+                }
             }
             w = inner.word.load(Ordering::Acquire);
         }
     }
 
-    fn reject(&self, state: State, retry_after: Option<Duration>) -> CircuitOpen {
+    fn reject(&self, state: State, retry_nanos: u64) -> CircuitOpen {
         let inner = &*self.inner;
         inner.rejected.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
@@ -617,7 +617,7 @@ impl CircuitBreaker {
         CircuitOpen {
             breaker: inner.short_name.clone(),
             state,
-            retry_after,
+            retry_nanos,
         }
     }
 

@@ -23,8 +23,13 @@ use crate::State;
 pub struct CircuitOpen {
     pub(crate) breaker: Name,
     pub(crate) state: State,
-    pub(crate) retry_after: Option<Duration>,
+    /// Nanoseconds until the next probe; `NO_RETRY` when unknown. Kept raw: a rejection makes
+    /// no `Duration` unless asked.
+    pub(crate) retry_nanos: u64,
 }
+
+/// `CircuitOpen::retry_nanos` when the time to the next probe is not known.
+pub(crate) const NO_RETRY: u64 = u64::MAX;
 
 impl CircuitOpen {
     /// The name of the breaker that rejected the call.
@@ -40,14 +45,14 @@ impl CircuitOpen {
     /// The time until the breaker lets the next probe through, when known (OPEN). `None` in
     /// FORCED_OPEN, or in HALF_OPEN while every probe is out.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        (self.retry_nanos != NO_RETRY).then(|| Duration::from_nanos(self.retry_nanos))
     }
 }
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "circuit {:?} is {}", self.breaker.as_str(), self.state)?;
-        if let Some(after) = self.retry_after {
+        if let Some(after) = self.retry_after() {
             write!(f, "; next probe in {after:?}")?;
         }
         Ok(())
