@@ -127,9 +127,12 @@ type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
 pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     pub(crate) info: Arc<RouteInfo>,
-    pub(crate) upstream: Arc<Upstream>,
     pub(crate) limiter: Option<RateLimiter<Request<Body>>>,
     pub(crate) service: HttpService,
+    /// `omega_gateway_requests_total` and `omega_gateway_request_seconds` of this route,
+    /// registered once so that a request records without allocating labels.
+    requests: metrics::Counter,
+    seconds: metrics::Histogram,
 }
 
 /// The routes and pools in use; replaced as a whole on reload.
@@ -312,7 +315,7 @@ fn config_error_at(path: &str, message: impl Into<String>) -> GatewayError {
 impl Route {
     fn build(
         config: &RouteConfig,
-        upstream: Arc<Upstream>,
+        upstream: &Upstream,
         limiter: Option<RateLimiter<Request<Body>>>,
     ) -> Route {
         let info = Arc::new(RouteInfo {
@@ -325,10 +328,15 @@ impl Route {
             Some(l) => HttpService::new(HttpRateLimitLayer::new(l.clone()).layer(pool)),
             None => HttpService::new(pool),
         };
+        let labels = [
+            ("route", config.prefix.clone()),
+            ("upstream", upstream.name.clone()),
+        ];
         Route {
+            requests: metrics::counter!("omega_gateway_requests_total", &labels),
+            seconds: metrics::histogram!("omega_gateway_request_seconds", &labels),
             config: config.clone(),
             info,
-            upstream,
             limiter,
             service,
         }
@@ -585,7 +593,7 @@ async fn build_table(
     let client_ip = config.client_ip();
     let mut routes = Vec::new();
     for (i, rc) in config.routes.iter().enumerate() {
-        let upstream = upstreams[&rc.upstream].clone();
+        let upstream = &upstreams[&rc.upstream];
         let reusable = current.and_then(|t| {
             t.routes.iter().find(|r| {
                 r.config.prefix == rc.prefix
@@ -637,13 +645,8 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Response<Body> {
         .oneshot(req)
         .await
         .unwrap_or_else(|never| match never {});
-    let labels = [
-        ("route", route.config.prefix.clone()),
-        ("upstream", route.upstream.name.clone()),
-    ];
-    metrics::counter!("omega_gateway_requests_total", &labels).increment(1);
-    metrics::histogram!("omega_gateway_request_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    route.requests.increment(1);
+    route.seconds.record(started.elapsed().as_secs_f64());
     response
 }
 

@@ -67,9 +67,14 @@ pub fn status(code: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
-/// Sends requests to one node.
+/// Sends requests to one node. Clones share one allocation, so the per-request clone is a
+/// single reference count.
 #[derive(Clone)]
 pub struct ProxyNode {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
     client: Client,
     upstream: Arc<str>,
     node: Arc<str>,
@@ -81,9 +86,9 @@ pub struct ProxyNode {
 impl std::fmt::Debug for ProxyNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyNode")
-            .field("upstream", &self.upstream)
-            .field("node", &self.node)
-            .field("authority", &self.authority)
+            .field("upstream", &self.inner.upstream)
+            .field("node", &self.inner.node)
+            .field("authority", &self.inner.authority)
             .finish()
     }
 }
@@ -92,7 +97,6 @@ impl std::fmt::Debug for ProxyNode {
 /// `omega_gateway_node_requests_total`, `omega_gateway_node_errors_total` (label `kind`:
 /// `unreachable`, `timeout`) and `omega_gateway_node_seconds`, each labelled `upstream`
 /// and `node`.
-#[derive(Clone)]
 struct NodeMetrics {
     requests: metrics::Counter,
     unreachable: metrics::Counter,
@@ -128,12 +132,14 @@ impl ProxyNode {
             .as_ref()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         ProxyNode {
-            metrics: NodeMetrics::new(&upstream, &node),
-            client,
-            upstream,
-            node,
-            authority,
-            host_value,
+            inner: Arc::new(NodeInner {
+                metrics: NodeMetrics::new(&upstream, &node),
+                client,
+                upstream,
+                node,
+                authority,
+                host_value,
+            }),
         }
     }
 }
@@ -148,13 +154,13 @@ impl tower::Service<Request<Body>> for ProxyNode {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+        let node = self.inner.clone();
+        Box::pin(async move { Ok(node.forward(req).await) })
     }
 }
 
-impl ProxyNode {
-    async fn forward(self, req: Request<Body>) -> Response<Body> {
+impl NodeInner {
+    async fn forward(&self, req: Request<Body>) -> Response<Body> {
         let Some(authority) = self.authority.clone() else {
             return status(StatusCode::BAD_GATEWAY, "the node's URL has no host");
         };

@@ -124,6 +124,16 @@ async fn status_for(addr: SocketAddr, user: &str) -> u16 {
         .status
 }
 
+/// A gateway on `config` (no file, no Redis), serving.
+async fn start(config: StackConfig) -> omega_gateway::Running {
+    Gateway::new(config, None, None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
 fn json(r: &RawResponse) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {r:?}"))
 }
@@ -131,12 +141,7 @@ fn json(r: &RawResponse) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_forwarded_faithfully() {
     let a = upstream("a", false).await;
-    let gw = Gateway::new(config(&[("a", a.addr)], serde_json::json!([])), None, None)
-        .await
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
     let user = [("x-user-id", "u1")];
 
     for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
@@ -219,12 +224,7 @@ async fn rate_limits_answer_429_with_their_headers() {
         { "name": "per_user", "key": { "header": "x-user-id" }, "rate": 3, "per": "1m" },
         { "name": "global", "key": "global", "rate": 1000, "per": "1s" }
     ]);
-    let gw = Gateway::new(config(&[("a", a.addr)], limits), None, None)
-        .await
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let gw = start(config(&[("a", a.addr)], limits)).await;
     let ada = [("x-user-id", "ada")];
     for left in (0..3).rev() {
         let r = get(gw.addr, "/api/x", &ada).await.unwrap();
@@ -385,12 +385,7 @@ async fn a_reload_changes_a_limit_while_serving_and_keeps_its_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_an_in_flight_request_finish() {
     let a = upstream("a", false).await;
-    let gw = Gateway::new(config(&[("a", a.addr)], serde_json::json!([])), None, None)
-        .await
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
     let addr = gw.addr;
     let admin = gw.admin_addr;
     let slow = tokio::spawn(async move { get(addr, "/api/slow", &[("x-user-id", "u")]).await });
