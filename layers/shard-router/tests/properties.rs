@@ -48,10 +48,29 @@ fn change(t: &Topology, op: &Op, fresh: usize) -> (Change, String) {
     }
 }
 
+/// The node's share of the total weight; 0 when every node is drained (weight 0), as then no
+/// node owns a key.
 fn weight_share(t: &Topology, id: &str) -> f64 {
     let total: u64 = t.nodes().iter().map(|n| u64::from(n.weight())).sum();
-    t.node(id)
-        .map_or(0.0, |n| f64::from(n.weight()) / total as f64)
+    match t.node(id) {
+        Some(n) if total > 0 => f64::from(n.weight()) / total as f64,
+        _ => 0.0,
+    }
+}
+
+/// Draining every node leaves a table that owns nothing: the last drained node's keys all
+/// leave it, and none lands on another node. (Found by the property below.)
+#[test]
+fn draining_every_node_moves_the_last_ones_keys_to_no_one() {
+    let t = Topology::new(Algorithm::Table { bits: 14 }, nodes(&[1, 1])).unwrap();
+    let one = t.with(Change::reweight("n000", 0)).unwrap();
+    let none = one.with(Change::reweight("n001", 0)).unwrap();
+    assert_eq!(none.owner(&7u64).map(|n| n.id().to_owned()), None);
+    assert_eq!(none.shares(), vec![0.0, 0.0]);
+    let moved = one.diff(&none);
+    assert!(moved.is_exact());
+    assert!(moved.only_involves("n001"), "{:?}", moved.flows());
+    assert!((moved.fraction() - 1.0).abs() < 1e-9, "{}", moved.fraction());
 }
 
 /// Each node's table share is within `slots` slots of its weight share.
