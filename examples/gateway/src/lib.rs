@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) draining: AtomicBool,
     pub(crate) metrics: PrometheusHandle,
+    /// `false` for [`Gateway::proxy_only`]: routes forward with no layer.
+    pub(crate) layers: bool,
 }
 
 /// The request key of a pool, as the configuration names it.
@@ -317,6 +319,7 @@ impl Route {
         config: &RouteConfig,
         upstream: &Upstream,
         limiter: Option<RateLimiter<Request<Body>>>,
+        shared: &Shared,
     ) -> Route {
         let info = Arc::new(RouteInfo {
             prefix: config.prefix.clone(),
@@ -325,6 +328,20 @@ impl Route {
         });
         let pool = ErrorsAsResponses(upstream.router.clone());
         let service = match &limiter {
+            _ if !shared.layers => {
+                let first = upstream.topology.load().nodes().first().cloned();
+                match first {
+                    Some(node) => HttpService::new(proxy::ProxyNode::new(
+                        shared.client.clone(),
+                        Arc::from(upstream.name.as_str()),
+                        node.id_arc().clone(),
+                        node.address(),
+                    )),
+                    None => HttpService::new(tower::service_fn(|_| async {
+                        Ok(proxy::status(StatusCode::SERVICE_UNAVAILABLE, "no upstream node"))
+                    })),
+                }
+            }
             Some(l) => HttpService::new(HttpRateLimitLayer::new(l.clone()).layer(pool)),
             None => HttpService::new(pool),
         };
@@ -421,9 +438,27 @@ impl Running {
 impl Gateway {
     /// Builds every route and pool of `config`. `redis` overrides the configuration's Redis.
     pub async fn new(
+        config: StackConfig,
+        config_path: Option<PathBuf>,
+        redis: Option<String>,
+    ) -> Result<Gateway, GatewayError> {
+        Gateway::build(config, config_path, redis, true).await
+    }
+
+    /// The same gateway with every layer left out: each route forwards straight to the first
+    /// node of its pool, with no rate limit, shard routing or circuit breaker. This is the
+    /// baseline of the load benchmark (`cargo bench -p omega-benches --bench gateway_load`),
+    /// which measures what the layers cost; it is not meant to serve.
+    pub async fn proxy_only(mut config: StackConfig) -> Result<Gateway, GatewayError> {
+        config.redis = None;
+        Gateway::build(config, None, None, false).await
+    }
+
+    async fn build(
         mut config: StackConfig,
         config_path: Option<PathBuf>,
         redis: Option<String>,
+        layers: bool,
     ) -> Result<Gateway, GatewayError> {
         if redis.is_some() {
             config.redis = redis;
@@ -467,6 +502,7 @@ impl Gateway {
             config_path,
             draining: AtomicBool::new(false),
             metrics,
+            layers,
         });
         let table = build_table(&shared, &config, None).await?;
         shared.table.store(Arc::new(table));
@@ -620,7 +656,7 @@ async fn build_table(
             }
             None => rc.rate_limiter(&shared.backend, &client_ip)?,
         };
-        routes.push(Route::build(rc, upstream, limiter));
+        routes.push(Route::build(rc, upstream, limiter, shared));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
     Ok(Table { routes, upstreams })

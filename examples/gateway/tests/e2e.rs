@@ -246,6 +246,29 @@ async fn rate_limits_answer_429_with_their_headers() {
     gw.shutdown().await;
 }
 
+/// The load benchmark's baseline: the same configuration with every layer left out forwards
+/// each request to the pool's first node, with no limit, routing or breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_only_forwards_to_the_first_node_without_layers() {
+    let (bad, good) = (upstream("bad", true).await, upstream("good", false).await);
+    let limits = serde_json::json!([{ "name": "global", "key": "global", "rate": 2, "per": "1m" }]);
+    let config = config(&[("bad", bad.addr), ("good", good.addr)], limits);
+    let gw = Gateway::proxy_only(config)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    // Far past the limit and past the breaker's minimum calls: every request reaches the
+    // first node and its 500 comes back as is (no 429, no 503, no failover).
+    for user in 0..20 {
+        assert_eq!(status_for(gw.addr, &format!("u{user}")).await, 500);
+    }
+    assert_eq!(bad.hits.load(Ordering::Relaxed), 20);
+    assert_eq!(good.hits.load(Ordering::Relaxed), 0);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_stay_on_their_node_and_a_failing_node_fails_over() {
     let good_a = upstream("a", false).await;
