@@ -338,7 +338,10 @@ impl Route {
                         node.address(),
                     )),
                     None => HttpService::new(tower::service_fn(|_| async {
-                        Ok(proxy::status(StatusCode::SERVICE_UNAVAILABLE, "no upstream node"))
+                        Ok(proxy::status(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no upstream node",
+                        ))
                     })),
                 }
             }

@@ -70,7 +70,11 @@ fn draining_every_node_moves_the_last_ones_keys_to_no_one() {
     let moved = one.diff(&none);
     assert!(moved.is_exact());
     assert!(moved.only_involves("n001"), "{:?}", moved.flows());
-    assert!((moved.fraction() - 1.0).abs() < 1e-9, "{}", moved.fraction());
+    assert!(
+        (moved.fraction() - 1.0).abs() < 1e-9,
+        "{}",
+        moved.fraction()
+    );
 }
 
 /// Each node's table share is within `slots` slots of its weight share.
