@@ -1,5 +1,5 @@
 //! Declarative configuration of a layer stack (feature `config`): what the gateway reads from
-//! its JSON file, usable by any service that wants the same layers without the gateway.
+//! its JSON or YAML file, usable by any service that wants the same layers without the gateway.
 //!
 //! A [`StackConfig`] names upstream pools (nodes, the request key that shards them, a circuit
 //! breaker per node) and routes (a path prefix, its pool, a timeout and its rate limits).
@@ -51,7 +51,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::circuit_breaker::{CircuitBreakerConfig, SlidingWindow};
 use crate::core::Backend;
 use crate::rate_limit::http::{ClientIp, Header};
-use crate::rate_limit::{Lease, Limit, Quota, RateLimiter};
+use crate::rate_limit::{Limit, Quota, RateLimiter};
 use crate::shard_router::{Algorithm, Node, Topology};
 
 /// A whole stack: upstream pools and the routes in front of them.
@@ -336,12 +336,55 @@ impl std::error::Error for ConfigError {}
 impl StackConfig {
     /// Parses and validates a JSON configuration.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
+        // serde_json's messages end with "at line L column C".
+        Self::parse(&mut serde_json::Deserializer::from_str(text))
+    }
+
+    /// Parses and validates a YAML configuration (feature `yaml`): the same fields, the same
+    /// shapes (`key: { header: x-user-id }`, as in JSON) and the same errors, each with its
+    /// field; a YAML syntax error gives its line and column.
+    ///
+    /// ```
+    /// use omega_penta::config::StackConfig;
+    ///
+    /// let config = StackConfig::from_yaml("
+    /// upstreams:
+    ///   api:
+    ///     nodes: [{ id: a, url: http://127.0.0.1:9001 }]
+    ///     key: { header: x-user-id }
+    /// routes:
+    ///   - prefix: /api
+    ///     upstream: api
+    ///     limits:
+    ///       - { name: global, key: global, rate: 1000, per: 1s }
+    /// ").unwrap();
+    /// assert_eq!(config.routes[0].limits[0].rate, 1000);
+    ///
+    /// let err = StackConfig::from_yaml("upstreams: {}\nroutes:\n  - prefix: /api\n    upstream: api\n    timeout: 5d\n")
+    ///     .unwrap_err();
+    /// assert!(err.to_string().starts_with("routes[0].timeout: unknown unit"), "{err}");
+    ///
+    /// let err = StackConfig::from_yaml("routes:\n  - prefix: /api\n   upstream: api\n").unwrap_err();
+    /// assert!(err.to_string().contains("line 3"), "{err}");
+    /// ```
+    #[cfg(feature = "yaml")]
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // YAML is read into a JSON value first: serde's YAML formats write enums with tags
+        // (`!header x-user-id`), and a configuration should have one shape whatever its syntax.
+        let value: serde_json::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::one("", e.to_string()))?;
+        Self::parse(value)
+    }
+
+    fn parse<'de, D>(de: D) -> Result<Self, ConfigError>
+    where
+        D: Deserializer<'de>,
+        D::Error: fmt::Display,
+    {
         let config: StackConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let path = if path == "." { String::new() } else { path };
-            // serde_json's message ends with "at line L column C".
             ConfigError::one(path, inner.to_string())
         })?;
         config.validate()?;
@@ -357,6 +400,12 @@ impl StackConfig {
         }
         if self.routes.is_empty() {
             issue("routes".into(), "at least one route is needed".into());
+        }
+        if self.redis.is_some() && !cfg!(feature = "redis") {
+            issue(
+                "redis".into(),
+                "shared state needs the `redis` feature".into(),
+            );
         }
         for (name, up) in &self.upstreams {
             let at = format!("upstreams.{name}");
@@ -452,6 +501,12 @@ impl StackConfig {
                 if limit.lease == Some(0) {
                     issue(format!("{at}.lease"), "must be at least 1".into());
                 }
+                if limit.lease.is_some() && !cfg!(feature = "redis") {
+                    issue(
+                        format!("{at}.lease"),
+                        "leases are taken from Redis: build with the `redis` feature".into(),
+                    );
+                }
                 if let LimitKey::Header(h) = &limit.key
                     && http::HeaderName::try_from(h.as_str()).is_err()
                 {
@@ -524,10 +579,13 @@ impl LimitConfig {
             }
         };
         let limit = limit.shadow(self.shadow);
-        match self.lease {
-            Some(batch) => limit.lease(Lease::new(batch)),
+        // Without the `redis` feature, `validate` refuses a lease.
+        #[cfg(feature = "redis")]
+        let limit = match self.lease {
+            Some(batch) => limit.lease(crate::rate_limit::Lease::new(batch)),
             None => limit,
-        }
+        };
+        limit
     }
 }
 
@@ -598,6 +656,24 @@ mod tests {
         assert!("5d".parse::<Dur>().unwrap_err().contains("unknown unit"));
     }
 
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn leases_and_redis_need_the_redis_feature() {
+        let mut v = base();
+        v["redis"] = "redis://127.0.0.1:6379".into();
+        v["routes"][0]["limits"][0]["lease"] = 10.into();
+        let e = error_of(v);
+        assert!(
+            e.contains("redis: shared state needs the `redis` feature"),
+            "{e}"
+        );
+        assert!(
+            e.contains("routes[0].limits[0].lease: leases are taken from Redis"),
+            "{e}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
     #[test]
     fn the_readme_configuration_is_valid() {
         let readme = include_str!("../README.md");
@@ -605,6 +681,40 @@ mod tests {
         let end = start + readme[start..].find("```").unwrap();
         let config = StackConfig::from_json(&readme[start..end]).unwrap();
         assert_eq!(config.routes[0].limits.len(), 4);
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn the_readme_yaml_configuration_equals_the_json_one() {
+        let readme = include_str!("../README.md");
+        let block = |fence: &str| {
+            let start = readme.find(fence).expect("README has the block") + fence.len();
+            let end = start + readme[start..].find("```").unwrap();
+            &readme[start..end]
+        };
+        let json = StackConfig::from_json(block("```json\n")).unwrap();
+        let yaml = StackConfig::from_yaml(block("```yaml\n")).unwrap();
+        assert_eq!(json, yaml);
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn yaml_errors_name_the_field_and_syntax_errors_the_line() {
+        let err = StackConfig::from_yaml(
+            "upstreams:\n  api:\n    nodes: [{ id: a, url: 'http://h:1' }]\n    key: { cookie: x }\nroutes: []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("upstreams.api.key: unknown variant `cookie`"),
+            "{err}"
+        );
+        let err = StackConfig::from_yaml("routes: [\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = StackConfig::from_yaml("").unwrap_err().to_string();
+        assert!(err.contains("invalid type: null"), "{err}");
     }
 
     fn base() -> serde_json::Value {

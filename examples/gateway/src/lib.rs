@@ -83,10 +83,18 @@ impl From<ConfigError> for GatewayError {
     }
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file: YAML when its name ends in `.yaml` or `.yml`,
+/// JSON otherwise.
 pub fn load_config(path: &std::path::Path) -> Result<StackConfig, GatewayError> {
     let text = std::fs::read_to_string(path).map_err(|e| GatewayError::Io(path.to_owned(), e))?;
-    Ok(StackConfig::from_json(&text)?)
+    let yaml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    Ok(if yaml {
+        StackConfig::from_yaml(&text)?
+    } else {
+        StackConfig::from_json(&text)?
+    })
 }
 
 /// The process-wide Prometheus recorder, installed on first use (before any layer registers

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! omega-gateway                                   # embedded demo: in-memory state, 3 demo nodes
-//! omega-gateway --config gateway.json [--redis redis://127.0.0.1:6379]
+//! omega-gateway --config gateway.json [--redis redis://127.0.0.1:6379]   (or gateway.yaml)
 //! omega-gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 [--admin ADDR] [--redis URL]
 //! ```
 //!
@@ -18,7 +18,7 @@ use omega_penta::config::StackConfig;
 
 const USAGE: &str = "usage:
   omega-gateway                                  embedded demo (in-memory state, demo upstream nodes)
-  omega-gateway --config FILE [--redis URL]      routes, pools and limits from a JSON file
+  omega-gateway --config FILE [--redis URL]      routes, pools and limits from a JSON or YAML file (.yaml, .yml)
   omega-gateway --listen ADDR --upstream URL [--admin ADDR] [--redis URL]
                                                  proxy everything to one upstream";
 

@@ -356,14 +356,16 @@ async fn keys_stay_on_their_node_and_a_failing_node_fails_over() {
 async fn a_reload_changes_a_limit_while_serving_and_keeps_its_state() {
     let a = upstream("a", false).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.json");
+    // A YAML file: the gateway reads it (and re-reads it on reload) by its extension.
+    let path = dir.path().join("gateway.yaml");
     let write = |burst: u32| {
         let mut c = config(
             &[("a", a.addr)],
             serde_json::json!([{ "name": "per_user", "key": { "header": "x-user-id" }, "rate": 2, "per": "1m", "burst": burst }]),
         );
         c.listen = "127.0.0.1:0".parse().unwrap();
-        std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+        let yaml = serde_yaml_ng::to_string(&serde_json::to_value(&c).unwrap()).unwrap();
+        std::fs::write(&path, yaml).unwrap();
         c
     };
     let initial = write(2);
@@ -553,8 +555,24 @@ fn invalid_configs_are_refused_before_anything_starts() {
             "unknown field `timeuot`",
         ),
     ];
-    for (i, (text, expected)) in cases.iter().enumerate() {
-        let path = dir.path().join(format!("bad{i}.json"));
+    // The same checks on YAML files.
+    let yaml_cases = [
+        ("routes:\n  - prefix: /\n   upstream: p\n", "line 3"),
+        (
+            "upstreams:\n  p:\n    nodes: [{ id: a, url: 'http://127.0.0.1:1' }]\nroutes:\n  - { prefix: /, upstream: p, limits: [{ name: x, key: global, rate: 0, per: 1s }] }\n",
+            "routes[0].limits[0].rate: must be at least 1",
+        ),
+        (
+            "upstreams:\n  p:\n    nodes: [{ id: a, url: 'http://127.0.0.1:1' }]\n    key: { cookie: s }\nroutes: []\n",
+            "upstreams.p.key: unknown variant `cookie`",
+        ),
+    ];
+    let files = cases
+        .iter()
+        .map(|&(t, e)| (t, e, "json"))
+        .chain(yaml_cases.iter().map(|&(t, e)| (t, e, "yaml")));
+    for (i, (text, expected, ext)) in files.enumerate() {
+        let path = dir.path().join(format!("bad{i}.{ext}"));
         std::fs::write(&path, text).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_omega-gateway"))
             .args(["--config", path.to_str().unwrap()])
