@@ -51,7 +51,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::circuit_breaker::{CircuitBreakerConfig, SlidingWindow};
 use crate::core::Backend;
 use crate::rate_limit::http::{ClientIp, Header};
-use crate::rate_limit::{Limit, Quota, RateLimiter};
+use crate::rate_limit::{KeyExtractor, Limit, Quota, RateLimiter};
 use crate::shard_router::{Algorithm, Node, Topology};
 
 /// A whole stack: upstream pools and the routes in front of them.
@@ -553,6 +553,16 @@ pub fn parse_base_url(url: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// Keys a route's limit by the request method, borrowed from the request (no allocation).
+#[derive(Clone, Copy, Debug)]
+struct Method;
+
+impl<B: 'static> KeyExtractor<http::Request<B>> for Method {
+    fn key<'a>(&self, req: &'a http::Request<B>) -> Option<std::borrow::Cow<'a, str>> {
+        Some(std::borrow::Cow::Borrowed(req.method().as_str()))
+    }
+}
+
 impl LimitConfig {
     /// The limit's quota.
     pub fn quota(&self) -> Result<Quota, String> {
@@ -563,20 +573,17 @@ impl LimitConfig {
         })
     }
 
-    /// The limit, for requests of route `prefix`.
-    pub fn limit<B: 'static>(&self, prefix: &str, client_ip: &ClientIp) -> Limit<http::Request<B>> {
+    /// The limit, for the requests of one route. An `endpoint` limit keys by method: with
+    /// the route's limiter (one per route, scoped by route in Redis) that is one bucket per
+    /// method and route.
+    pub fn limit<B: 'static>(&self, client_ip: &ClientIp) -> Limit<http::Request<B>> {
         let quota = self.quota().expect("validated");
         let name = self.name.clone();
         let limit = match &self.key {
             LimitKey::Global => Limit::global(name, quota),
             LimitKey::ClientIp => Limit::keyed(name, quota, client_ip.clone()),
             LimitKey::Header(h) => Limit::keyed(name, quota, Header::new(h)),
-            LimitKey::Endpoint => {
-                let prefix = prefix.to_owned();
-                Limit::keyed(name, quota, move |r: &http::Request<B>| {
-                    Some(format!("{} {prefix}", r.method()))
-                })
-            }
+            LimitKey::Endpoint => Limit::keyed(name, quota, Method),
         };
         let limit = limit.shadow(self.shadow);
         // Without the `redis` feature, `validate` refuses a lease.
@@ -599,9 +606,12 @@ impl RouteConfig {
         if self.limits.is_empty() {
             return Ok(None);
         }
-        let mut builder = RateLimiter::builder().backend(backend.clone());
+        // Each route keeps its own buckets, in Redis as in memory.
+        let mut builder = RateLimiter::builder()
+            .backend(backend.clone())
+            .scope(format!("route:{}", self.prefix));
         for l in &self.limits {
-            builder = builder.limit(l.limit(&self.prefix, client_ip));
+            builder = builder.limit(l.limit(client_ip));
         }
         builder
             .build()

@@ -269,6 +269,49 @@ async fn proxy_only_forwards_to_the_first_node_without_layers() {
     gw.shutdown().await;
 }
 
+/// Over one Redis, two routes with same-named limits keep their own buckets (as they do in
+/// memory), and an endpoint limit has one bucket per method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_keep_their_own_buckets_over_redis() {
+    let redis = omega_testkit::RedisServer::start();
+    let a = upstream("a", false).await;
+    let route = |prefix: &str| {
+        serde_json::json!({ "prefix": prefix, "upstream": "pool", "limits": [
+            { "name": "global", "key": "global", "rate": 2, "per": "1m" },
+            { "name": "per_endpoint", "key": "endpoint", "rate": 1, "per": "1m" },
+        ]})
+    };
+    let doc = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "redis": redis.url(),
+        "upstreams": { "pool": { "nodes": [{ "id": "a", "url": format!("http://{}", a.addr) }] } },
+        "routes": [route("/one"), route("/two")],
+    });
+    let gw = start(StackConfig::from_json(&doc.to_string()).unwrap()).await;
+    let status = |method: &'static str, path: &'static str| async move {
+        request(gw.addr, method, path, &[], b"")
+            .await
+            .unwrap()
+            .status
+    };
+    // One GET and one POST per route pass the endpoint limit; the route's global limit (2)
+    // then refuses a third request of either method.
+    for path in ["/one", "/two"] {
+        assert_eq!(status("GET", path).await, 200, "{path}");
+        assert_eq!(status("GET", path).await, 429, "{path}");
+        assert_eq!(status("POST", path).await, 200, "{path}");
+        let r = request(gw.addr, "PUT", path, &[], b"").await.unwrap();
+        assert_eq!(r.status, 429, "{path}");
+        assert!(
+            r.header("ratelimit").unwrap().starts_with("\"global\";r=0"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(a.hits.load(Ordering::Relaxed), 4);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_stay_on_their_node_and_a_failing_node_fails_over() {
     let good_a = upstream("a", false).await;

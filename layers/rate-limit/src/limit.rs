@@ -199,6 +199,10 @@ impl<Req> Limit<Req> {
 /// A limit inside a limiter: its quota can change while serving.
 pub(crate) struct LimitState<Req> {
     pub(crate) name: Arc<str>,
+    /// The start of this limit's Redis keys: `rl:{name}`, or `rl:{scope}:{name}` in a scoped
+    /// limiter.
+    #[cfg(feature = "redis")]
+    pub(crate) redis_name: String,
     /// The quota and the fallback parameters, read off the hot path.
     pub(crate) params: ArcSwap<Params>,
     /// The GCRA parameters of the hot path, as two atomics: no reference count to touch.

@@ -83,6 +83,7 @@ pub struct RateLimiterBuilder<Req> {
     clock: Clock,
     backend: Backend,
     max_keys: usize,
+    scope: Option<String>,
 }
 
 impl<Req> fmt::Debug for RateLimiterBuilder<Req> {
@@ -116,6 +117,17 @@ impl<Req> RateLimiterBuilder<Req> {
         self
     }
 
+    /// A scope for this limiter's Redis keys (`rl:{scope}:{limit}:{key}` instead of
+    /// `rl:{limit}:{key}`). Limiters over one Redis share the buckets of limits with the same
+    /// name, across processes as intended, but also across unrelated limiters of one process:
+    /// give each limiter that must keep its own buckets (one per route, say) its own scope.
+    /// Visible ASCII without braces; no effect in memory, where every limiter has its own
+    /// buckets.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
     /// The clock for in-memory buckets (default: [`Clock::fast`]; tests that pause tokio's
     /// clock pass [`Clock::system`], property tests [`Clock::manual`]). Redis uses its own.
     pub fn clock(mut self, clock: Clock) -> Self {
@@ -142,6 +154,16 @@ impl<Req> RateLimiterBuilder<Req> {
             return Err(ConfigError(format!(
                 "{} limits given; at most {MAX_LIMITS} apply to one request",
                 self.limits.len()
+            )));
+        }
+        if let Some(scope) = &self.scope
+            && (scope.is_empty()
+                || scope.contains(['{', '}'])
+                || !scope.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError(format!(
+                "invalid scope {scope:?}: use a non-empty name of visible ASCII characters, \
+                 without spaces or braces"
             )));
         }
         for (i, l) in self.limits.iter().enumerate() {
@@ -205,6 +227,11 @@ impl<Req> RateLimiterBuilder<Req> {
                 metrics: crate::metrics::LimitMetrics::new(&l.name),
                 #[cfg(feature = "http")]
                 policy_header: ArcSwap::from_pointee(None),
+                #[cfg(feature = "redis")]
+                redis_name: match &self.scope {
+                    Some(scope) => format!("rl:{scope}:{}", l.name),
+                    None => format!("rl:{}", l.name),
+                },
                 name: l.name,
             })
             .collect();
@@ -471,6 +498,7 @@ impl<Req: 'static> RateLimiter<Req> {
             clock: Clock::fast(),
             backend: Backend::memory(),
             max_keys: DEFAULT_MAX_KEYS,
+            scope: None,
         }
     }
 
@@ -830,8 +858,8 @@ impl<Req: 'static> RateLimiter<Req> {
             };
             let local_key = key.as_deref().map(|k| l.local.hash(k));
             let redis_key = || match key.as_deref() {
-                None => ks.tagged(&format!("rl:{}", l.name), &[]),
-                Some(k) => ks.tagged(&format!("rl:{}:{}", l.name, k), &[]),
+                None => ks.tagged(&l.redis_name, &[]),
+                Some(k) => ks.tagged(&format!("{}:{k}", l.redis_name), &[]),
             };
             if let Some(l_leases) = &l.leases {
                 // The key string is built only the first time this process sees the key.

@@ -124,6 +124,51 @@ async fn a_denial_by_one_limit_takes_nothing_from_the_others() {
     assert!(ttl > 0 && ttl <= 60_001, "PTTL = {ttl}");
 }
 
+/// Limiters over one Redis share the buckets of same-named limits, unless their scopes differ
+/// (the gateway gives each route its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_keep_same_named_limits_of_two_limiters_apart() {
+    let server = RedisServer::start();
+    let b = backend(server.url()).await;
+    let limiter = |scope: Option<&str>| {
+        let mut builder = RateLimiter::<Req>::builder()
+            .limit(Limit::global("global", Quota::per_minute(3)))
+            .backend(b.clone());
+        if let Some(scope) = scope {
+            builder = builder.scope(scope);
+        }
+        builder.build().unwrap()
+    };
+    let (users, orders) = (limiter(Some("/users")), limiter(Some("/orders")));
+    for _ in 0..3 {
+        assert!(users.check(&req("a")).await.is_allowed());
+    }
+    assert!(!users.check(&req("a")).await.is_allowed());
+    // Another scope: its own three cells, in its own key.
+    for _ in 0..3 {
+        assert!(orders.check(&req("a")).await.is_allowed());
+    }
+    assert!(!orders.check(&req("a")).await.is_allowed());
+    let ttl: i64 = server
+        .cli(&["PTTL", "omega:{rl:/orders:global}"])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "PTTL = {ttl}");
+    // Without a scope, two limiters are one bucket.
+    let (x, y) = (limiter(None), limiter(None));
+    for _ in 0..3 {
+        assert!(x.check(&req("a")).await.is_allowed());
+    }
+    assert!(!y.check(&req("a")).await.is_allowed());
+    // A scope with a brace would break the key's hash tag.
+    let err = RateLimiter::<Req>::builder()
+        .limit(Limit::global("g", Quota::per_minute(3)))
+        .scope("a{b")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid scope"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_layer_uses_redis_and_clones_share_it() {
     let server = RedisServer::start();
