@@ -8,7 +8,8 @@
 //! - [`RedisCluster`]: a local 3-node Redis Cluster (no replicas);
 //! - [`FaultProxy`]: a TCP proxy that adds latency, swallows bytes or resets connections;
 //! - [`PgDatabase`]: a fresh PostgreSQL database, dropped again when the value is dropped;
-//! - [`http`]: a minimal HTTP/1.1 client that shows a response exactly as it was sent.
+//! - [`http`]: a minimal HTTP/1.1 client that shows a response exactly as it was sent;
+//! - [`alloc`]: a counting global allocator, to show that a hot path allocates nothing.
 //!
 //! Every child process is killed when its handle is dropped (also when a test panics) and, on
 //! Linux, when the test process dies.
@@ -33,6 +34,7 @@
 //! # }
 //! ```
 
+pub mod alloc;
 mod cluster;
 pub mod http;
 mod pg;
