@@ -1,6 +1,8 @@
 //! A tonic gRPC service behind the layers, built without `protoc`: the messages are plain
 //! UTF-8 strings through a small codec, and the service is written by hand. A rate-limited
-//! call ends with `RESOURCE_EXHAUSTED`, a call refused by an open circuit with `UNAVAILABLE`.
+//! call ends with `RESOURCE_EXHAUSTED`; streams that fail after their first messages (the
+//! status in the trailers) open the circuit, and a call refused by the open circuit ends with
+//! `UNAVAILABLE`.
 //!
 //! ```text
 //! cargo run --example tonic_grpc --features full
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use omega_penta::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow,
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow, State,
 };
 use omega_penta::rate_limit::http::{Header, HttpRateLimitLayer};
 use omega_penta::rate_limit::{Limit, Quota, RateLimiter};
@@ -59,7 +61,8 @@ impl Decoder for Utf8Codec {
     }
 }
 
-/// `demo.Greeter/SayHello`: greets the name it is sent; the name "fail" fails.
+/// `demo.Greeter/SayHello`: greets the name it is sent. `demo.Greeter/Countdown`: streams two
+/// messages, then fails with `UNAVAILABLE` (in the trailers, after the messages).
 #[derive(Clone, Debug, Default)]
 struct Greeter;
 
@@ -73,12 +76,28 @@ impl tonic::server::UnaryService<String> for SayHello {
     type Response = String;
     type Future = std::future::Ready<Result<Response<String>, Status>>;
     fn call(&mut self, request: Request<String>) -> Self::Future {
-        let name = request.into_inner();
-        std::future::ready(if name == "fail" {
-            Err(Status::internal("the greeter broke"))
-        } else {
-            Ok(Response::new(format!("hello, {name}")))
-        })
+        std::future::ready(Ok(Response::new(format!(
+            "hello, {}",
+            request.into_inner()
+        ))))
+    }
+}
+
+struct Countdown;
+
+type Messages = Pin<Box<dyn tokio_stream::Stream<Item = Result<String, Status>> + Send>>;
+
+impl tonic::server::ServerStreamingService<String> for Countdown {
+    type Response = String;
+    type ResponseStream = Messages;
+    type Future = std::future::Ready<Result<Response<Messages>, Status>>;
+    fn call(&mut self, _request: Request<String>) -> Self::Future {
+        let messages: Messages = Box::pin(tokio_stream::iter([
+            Ok("2".to_owned()),
+            Ok("1".to_owned()),
+            Err(Status::unavailable("the backend went away mid-stream")),
+        ]));
+        std::future::ready(Ok(Response::new(messages)))
     }
 }
 
@@ -93,11 +112,11 @@ impl tower::Service<http::Request<Body>> for Greeter {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         Box::pin(async move {
-            if req.uri().path() == "/demo.Greeter/SayHello" {
-                let mut grpc = tonic::server::Grpc::new(Utf8Codec);
-                Ok(grpc.unary(SayHello, req).await)
-            } else {
-                Ok(Status::unimplemented("no such method").into_http())
+            let mut grpc = tonic::server::Grpc::new(Utf8Codec);
+            match req.uri().path() {
+                "/demo.Greeter/SayHello" => Ok(grpc.unary(SayHello, req).await),
+                "/demo.Greeter/Countdown" => Ok(grpc.server_streaming(Countdown, req).await),
+                _ => Ok(Status::unimplemented("no such method").into_http()),
             }
         })
     }
@@ -123,6 +142,31 @@ async fn say_hello(
         .map(Response::into_inner)
 }
 
+/// Calls `Countdown` and reads the stream to its end: the messages, then the status.
+async fn countdown(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    user: &str,
+) -> (Vec<String>, Status) {
+    client.ready().await.expect("the channel is up");
+    let mut request = Request::new(String::new());
+    request
+        .metadata_mut()
+        .insert("x-user", user.parse().expect("ASCII"));
+    let path = http::uri::PathAndQuery::from_static("/demo.Greeter/Countdown");
+    let mut stream = match client.server_streaming(request, path, Utf8Codec).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), status),
+    };
+    let mut messages = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => messages.push(m),
+            Ok(None) => return (messages, Status::ok("")),
+            Err(status) => return (messages, status),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3 calls per minute per user (the `x-user` metadata entry is an HTTP header).
@@ -136,14 +180,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let breaker = CircuitBreaker::with_config(
         "greeter",
         CircuitBreakerConfig::default()
-            .sliding_window(SlidingWindow::ConsecutiveFailures(2))
+            .sliding_window(SlidingWindow::CountBased(4))
+            .minimum_calls(4)
+            .failure_rate_threshold(50.0)
             .wait_duration(Duration::from_secs(30)),
     )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tonic::transport::Server::builder()
         .layer(HttpRateLimitLayer::new(limiter))
-        .layer(CircuitBreakerLayer::new(breaker.clone()).http())
+        // `grpc()` reads each call's status where gRPC sends it: in the trailers after the
+        // reply (OK here), or in the headers of a trailers-only error.
+        .layer(CircuitBreakerLayer::new(breaker.clone()).grpc())
         .add_service(Greeter)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     tokio::spawn(server);
@@ -162,23 +210,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    // Each stream sends two messages, then UNAVAILABLE in its trailers: the breaker reads it
+    // there. With the three OK calls above, the second failed stream makes 2 failures in 4
+    // calls (50%): the circuit opens, and the third stream is refused before it starts.
     for i in 1..=3 {
-        let status = say_hello(&mut client, &format!("user{i}"), "fail")
-            .await
-            .unwrap_err();
+        let (messages, status) = countdown(&mut client, &format!("user{i}")).await;
         println!(
-            "failing call {i}: {:?}: {}",
+            "stream {i}: {messages:?}, then {:?}: {}",
             status.code(),
             status.message()
         );
-        if i == 3 {
-            assert_eq!(
-                status.code(),
-                Code::Unavailable,
-                "the open circuit refuses the call"
-            );
+        assert_eq!(status.code(), Code::Unavailable);
+        if i < 3 {
+            assert_eq!(messages, ["2", "1"]);
+        } else {
+            assert!(messages.is_empty(), "the open circuit refuses the call");
+            assert!(status.message().contains("OPEN"), "{}", status.message());
         }
     }
+    assert_eq!(breaker.state(), State::Open);
     println!("breaker: {:?}", breaker.state());
     Ok(())
 }

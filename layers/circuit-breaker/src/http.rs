@@ -12,8 +12,11 @@ use crate::error::CircuitOpen;
 /// error of the service (a timeout, a refused connection, ...) is a failure; anything else is a
 /// success.
 ///
-/// gRPC statuses sent in trailers after a body are not seen (that would need wrapping the
-/// body); servers send errors before any message as trailers-only responses, which are seen.
+/// gRPC statuses sent in trailers after a body are not seen by the head alone: servers send
+/// errors before any message as trailers-only responses, which are seen, but a status after
+/// messages (a failed stream, or the OK of every successful call) is in the trailers. For gRPC
+/// services use [`CircuitBreakerLayer::grpc`](crate::CircuitBreakerLayer::grpc), which reads
+/// them.
 ///
 /// ```
 /// use omega_circuit_breaker::http::HttpClassifier;
@@ -89,6 +92,11 @@ impl HttpClassifier {
         self
     }
 
+    /// Whether the gRPC status `code` counts as a failure.
+    pub(crate) fn is_grpc_failure(&self, code: u32) -> bool {
+        code < 32 && self.grpc_failure & (1 << code) != 0
+    }
+
     /// How a response with `status` and `headers` counts.
     pub fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
         let code = status.as_u16();
@@ -102,8 +110,7 @@ impl HttpClassifier {
             .get(GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
-            && grpc < 32
-            && self.grpc_failure & (1 << grpc) != 0
+            && self.is_grpc_failure(grpc)
         {
             return Outcome::Failure;
         }

@@ -74,6 +74,8 @@ mod config;
 mod error;
 mod event;
 #[cfg(feature = "http")]
+mod grpc_body;
+#[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -91,6 +93,10 @@ pub use classify::{Classify, ClassifyFn, ErrorsAreFailures, Outcome};
 pub use config::{CircuitBreakerConfig, MAX_WINDOW_CALLS, MAX_WINDOW_SECONDS, SlidingWindow};
 pub use error::{CallError, CircuitOpen, ConfigError};
 pub use event::{Cause, Event, EventKind};
+#[cfg(feature = "http")]
+pub use grpc_body::{
+    GrpcBody, GrpcCircuitBreakerLayer, GrpcCircuitBreakerService, GrpcResponseFuture,
+};
 pub use omega_core::Clock;
 pub use registry::{BreakerRegistry, BreakerRegistryBuilder, DEFAULT_MAX_BREAKERS};
 #[cfg(feature = "http")]

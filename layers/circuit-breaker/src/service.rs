@@ -223,6 +223,20 @@ impl<P, C, R> CircuitBreakerLayer<P, C, R> {
     }
 }
 
+impl<P, C, R> CircuitBreakerLayer<P, C, R> {
+    /// gRPC services: like [`http`](Self::http), and the status a call sends in its
+    /// trailers (after its messages) is classified too, when the trailers arrive. The
+    /// response body is wrapped in a [`GrpcBody`](crate::GrpcBody) that does it; see
+    /// [`GrpcCircuitBreakerLayer`](crate::GrpcCircuitBreakerLayer).
+    #[cfg(feature = "http")]
+    pub fn grpc(self) -> crate::GrpcCircuitBreakerLayer<P> {
+        crate::GrpcCircuitBreakerLayer {
+            selector: self.selector,
+            classify: crate::http::HttpClassifier::default(),
+        }
+    }
+}
+
 impl<S, P: Clone, C: Clone, R: Clone> Layer<S> for CircuitBreakerLayer<P, C, R> {
     type Service = CircuitBreakerService<S, P, C, R>;
 
