@@ -20,6 +20,12 @@
 //! refund mode on the slots that already took, so a denial gives back what the other limits
 //! took. Between the two calls another request may briefly see those cells as taken: a
 //! cluster can deny a little more than a single server, never admit more.
+//!
+//! When a cluster node is down (or the cluster refuses commands while it is incomplete), the
+//! decisions whose keys live there fail within the operation timeout and each limit follows
+//! its failure policy; redis-rs reconnects to the node when it is back, and decisions go to
+//! the cluster again by themselves (`tests/redis.rs` kills a node of a 3-node cluster). A node
+//! that restarts without persistence comes back empty: its keys start with full buckets.
 
 use std::time::Duration;
 

@@ -368,3 +368,78 @@ async fn redis_decisions_report_the_binding_limit_and_shadow_denials() {
     assert_eq!((b.limit, b.remaining), ("per_user", 0));
     assert!(b.reset_after > Duration::from_secs(19) && b.reset_after <= Duration::from_secs(20));
 }
+
+/// A cluster node dies under a keyed limit: the keys it held fall back to their failure
+/// policy, every decision still returns within the operation timeout, and once the node is
+/// back the cluster decides again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_node_falls_back_and_the_cluster_decides_again_after() {
+    let mut cluster = RedisCluster::start();
+    let b = Backend::redis(
+        RedisConfig::cluster(cluster.urls())
+            .op_timeout(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let limiter = RateLimiter::<Req>::builder()
+        .limit(
+            Limit::keyed("per_user", Quota::per_minute(3), |r: &Req| {
+                Some(r.user.clone())
+            })
+            .on_backend_failure(OnBackendFailure::Local { share: 1.0 }),
+        )
+        .backend(b.clone())
+        .build()
+        .unwrap();
+    // One decision per user, from Redis; then find the node that holds each user's key.
+    let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        let d = limiter.check(&req(u)).await;
+        assert!(d.is_allowed() && !d.is_degraded(), "{u}");
+    }
+    let node_of = |u: &str| {
+        let key = b.keyspace().tagged(&format!("rl:per_user:{u}"), &[]);
+        (0..3)
+            .find(|&n| cluster.nodes()[n].cli(&["EXISTS", &key]) == "1")
+            .expect("the key is on some node")
+    };
+    let victim = node_of("user0");
+    let on_victim: Vec<&String> = users.iter().filter(|u| node_of(u) == victim).collect();
+
+    cluster.nodes_mut()[victim].kill();
+    for u in &on_victim {
+        let mut admitted = 0;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let d = limiter.check(&req(u)).await;
+            // Bounded by the operation timeout (200 ms): a generous margin, no tight timing.
+            assert!(started.elapsed() < Duration::from_secs(2), "{u}");
+            assert!(d.is_degraded(), "{u}: its node is down");
+            admitted += u32::from(d.is_allowed());
+        }
+        // The local fallback enforces the whole quota (3 per minute) on its own.
+        assert_eq!(admitted, 3, "{u}");
+    }
+
+    cluster.nodes_mut()[victim].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for u in &on_victim {
+        loop {
+            let d = limiter.check(&req(u)).await;
+            if !d.is_degraded() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{u}: decisions never went back to the cluster"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The node came back empty; the decision that left fallback wrote the key there again.
+    let key = b
+        .keyspace()
+        .tagged(&format!("rl:per_user:{}", on_victim[0]), &[]);
+    assert_eq!(cluster.nodes()[victim].cli(&["EXISTS", &key]), "1");
+}
