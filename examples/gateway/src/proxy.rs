@@ -201,7 +201,13 @@ impl NodeInner {
             Err(_) => return status(StatusCode::BAD_REQUEST, "invalid request path"),
         };
 
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 clients send the host as the `:authority` pseudo-header, in the URI.
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         remove_hop_by_hop(&mut parts.headers);
         if let Some(host) = &self.host_value {
             parts.headers.insert(header::HOST, host.clone());

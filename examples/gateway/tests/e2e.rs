@@ -246,6 +246,47 @@ async fn rate_limits_answer_429_with_their_headers() {
     gw.shutdown().await;
 }
 
+/// Clients may speak HTTP/2 (prior knowledge, `h2c`): the request is forwarded to the
+/// upstream over HTTP/1.1 with the same method, headers and body, and the `:authority` as the
+/// forwarded host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served() {
+    use http_body_util::BodyExt;
+
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = bytes_of(7, 100_000);
+    let req = http::Request::post(format!(
+        "http://gateway.test:{}/api/echo?x=1",
+        gw.addr.port()
+    ))
+    .header("x-user-id", "ada")
+    .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+    .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()["x-upstream-node"], "a");
+    let echo: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/api/echo");
+    assert_eq!(echo["len"], body.len());
+    assert_eq!(echo["sum"], checksum(&body));
+    let host = format!("gateway.test:{}", gw.addr.port());
+    assert_eq!(echo["headers"]["x-forwarded-host"], host.as_str());
+    assert_eq!(echo["headers"]["host"], a.addr.to_string().as_str());
+    gw.shutdown().await;
+}
+
 /// The load benchmark's baseline: the same configuration with every layer left out forwards
 /// each request to the pool's first node, with no limit, routing or breaker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
