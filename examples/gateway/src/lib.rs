@@ -458,7 +458,7 @@ impl Gateway {
 
     /// The same gateway with every layer left out: each route forwards straight to the first
     /// node of its pool, with no rate limit, shard routing or circuit breaker. This is the
-    /// baseline of the load benchmark (`cargo bench -p omega-benches --bench gateway_load`),
+    /// baseline of the load benchmark (`cargo bench -p omega-gateway-load`),
     /// which measures what the layers cost; it is not meant to serve.
     pub async fn proxy_only(mut config: StackConfig) -> Result<Gateway, GatewayError> {
         config.redis = None;
