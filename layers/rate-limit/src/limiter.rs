@@ -559,11 +559,10 @@ impl<Req: 'static> RateLimiter<Req> {
     /// allocates.
     #[inline]
     pub fn check_local(&self, req: &Req) -> Decision<'_> {
-        let now = self.inner.clock.now();
         let cost = self.cost(req);
         match &*self.inner.limits {
-            [only] => Self::check_one(only, req, now, cost),
-            _ => self.check_many(req, now, cost),
+            [only] => Self::check_one(only, req, &self.inner.clock, cost),
+            _ => self.check_many(req, self.inner.clock.now(), cost),
         }
     }
 
@@ -583,9 +582,9 @@ impl<Req: 'static> RateLimiter<Req> {
     /// ```
     #[inline(always)]
     pub fn admit(&self, req: &Req) -> Result<(), Denied<'_>> {
-        let now = self.inner.clock.now();
         let cost = self.cost(req);
         let [l] = &*self.inner.limits else {
+            let now = self.inner.clock.now();
             return match self.check_many(req, now, cost).denied {
                 None => Ok(()),
                 Some(d) => Err(d),
@@ -595,6 +594,9 @@ impl<Req: 'static> RateLimiter<Req> {
             return Ok(());
         };
         let g = l.hot.load();
+        // The clock last: everything that does not depend on the time is ready when it
+        // returns (a clock read is the slowest step, and on some VMs it serialises).
+        let now = self.inner.clock.now();
         match l.local.step(key, &g, now, cost) {
             Step::Allow { .. } => {
                 l.metrics.allowed();
@@ -617,11 +619,13 @@ impl<Req: 'static> RateLimiter<Req> {
 
     /// One limit: no refunds to track, and a decision built in place.
     #[inline]
-    fn check_one<'a>(l: &'a LimitState<Req>, req: &Req, now: Nanos, cost: u32) -> Decision<'a> {
+    fn check_one<'a>(l: &'a LimitState<Req>, req: &Req, clock: &Clock, cost: u32) -> Decision<'a> {
         let Some(key) = l.local_key(req) else {
             return Tally::new().finish(false);
         };
         let g = l.hot.load();
+        // The clock last, as in `admit`.
+        let now = clock.now();
         match l.local.step(key, &g, now, cost) {
             Step::Allow { tat } => {
                 l.metrics.allowed();

@@ -184,7 +184,13 @@ impl Gcra {
     #[inline]
     pub(crate) fn step(&self, tat: Nanos, now: Nanos, cost: u32) -> Step {
         let base = tat.max(now);
-        let new_tat = base.saturating_add(self.interval.saturating_mul(u64::from(cost)));
+        // One cell is the common case: no multiplication on the path after the clock read.
+        let increment = if cost == 1 {
+            self.interval
+        } else {
+            self.interval.saturating_mul(u64::from(cost))
+        };
+        let new_tat = base.saturating_add(increment);
         let ahead = new_tat - now;
         if ahead <= self.capacity {
             Step::Allow { tat: new_tat }
