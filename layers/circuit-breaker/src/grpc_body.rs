@@ -31,7 +31,7 @@ use tower_service::Service;
 use crate::breaker::OwnedPermit;
 use crate::classify::Outcome;
 use crate::http::{HttpClassifier, rejection_response};
-use crate::service::Selector;
+use crate::service::{Selector, acquire};
 
 /// A circuit breaker for gRPC services that reads the status from the trailers; made by
 /// [`CircuitBreakerLayer::grpc`](crate::CircuitBreakerLayer::grpc).
@@ -87,18 +87,15 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let permit = match self.selector.select(&req) {
-            None => None,
-            Some(breaker) => match breaker.try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(open) => {
-                    return GrpcResponseFuture {
-                        state: State::Rejected {
-                            response: Some(rejection_response(req.headers(), &open)),
-                        },
-                    };
-                }
-            },
+        let permit = match acquire(&self.selector, &req) {
+            Ok(permit) => permit,
+            Err(open) => {
+                return GrpcResponseFuture {
+                    state: State::Rejected {
+                        response: Some(rejection_response(req.headers(), &open)),
+                    },
+                };
+            }
         };
         GrpcResponseFuture {
             state: State::Running {

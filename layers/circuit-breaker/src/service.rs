@@ -70,6 +70,19 @@ where
     }
 }
 
+/// A permit for `req` from the breaker `selector` chooses (`None`: no breaker guards it), or
+/// the open circuit that refuses it.
+#[inline]
+pub(crate) fn acquire<Req, P: Selector<Req>>(
+    selector: &P,
+    req: &Req,
+) -> Result<Option<OwnedPermit>, CircuitOpen> {
+    match selector.select(req) {
+        None => Ok(None),
+        Some(breaker) => breaker.try_acquire_owned().map(Some),
+    }
+}
+
 /// The error type of a [`CircuitBreakerService`] whose inner service fails with `E`.
 pub trait MapErr<E> {
     /// The service's error type.
@@ -308,19 +321,16 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let permit = match self.selector.select(&req) {
-            None => None,
-            Some(breaker) => match breaker.try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(open) => {
-                    return ResponseFuture {
-                        kind: Kind::Ready {
-                            result: Some(self.reject.reject(&req, open)),
-                        },
-                        _map: PhantomData,
-                    };
-                }
-            },
+        let permit = match acquire(&self.selector, &req) {
+            Ok(permit) => permit,
+            Err(open) => {
+                return ResponseFuture {
+                    kind: Kind::Ready {
+                        result: Some(self.reject.reject(&req, open)),
+                    },
+                    _map: PhantomData,
+                };
+            }
         };
         ResponseFuture {
             kind: Kind::Running {

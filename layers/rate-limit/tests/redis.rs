@@ -33,6 +33,18 @@ async fn backend(url: String) -> Backend {
     .unwrap()
 }
 
+/// Checks as `user` until a decision comes from Redis again (not from a failure policy);
+/// fails the test at `deadline`.
+async fn until_redis_decides(limiter: &RateLimiter<Req>, user: &str, deadline: Instant) {
+    while limiter.check(&req(user)).await.is_degraded() {
+        assert!(
+            Instant::now() < deadline,
+            "{user}: decisions never went back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn two_limits(backend: Backend, user_quota: Quota, global_quota: Quota) -> RateLimiter<Req> {
     RateLimiter::builder()
         .limit(Limit::global("global", global_quota))
@@ -237,18 +249,7 @@ async fn failure_policies_hold_while_redis_is_down_and_redis_decides_again_after
     );
 
     server.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let d = local.check(&req("x")).await;
-        if !d.is_degraded() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "decisions never went back to Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_redis_decides(&local, "x", Instant::now() + Duration::from_secs(15)).await;
     // Redis restarted empty: the full quota is there again (one was just used).
     for _ in 0..4 {
         assert!(local.check(&req("x")).await.is_allowed());
@@ -425,17 +426,7 @@ async fn a_killed_cluster_node_falls_back_and_the_cluster_decides_again_after() 
     cluster.nodes_mut()[victim].restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     for u in &on_victim {
-        loop {
-            let d = limiter.check(&req(u)).await;
-            if !d.is_degraded() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{u}: decisions never went back to the cluster"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_redis_decides(&limiter, u, deadline).await;
     }
     // The node came back empty; the decision that left fallback wrote the key there again.
     let key = b
