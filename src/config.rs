@@ -452,6 +452,19 @@ impl StackConfig {
                     format!("{at}.prefix"),
                     format!("{:?} must start with /", route.prefix),
                 );
+            } else if route.prefix.contains(['{', '}'])
+                || !route.prefix.bytes().all(|b| b.is_ascii_graphic())
+            {
+                // As a request path has it (percent-encoded); it also scopes the route's
+                // rate-limit keys in Redis.
+                issue(
+                    format!("{at}.prefix"),
+                    format!(
+                        "{:?}: write the path as sent, percent-encoded (visible ASCII, no \
+                         spaces or braces)",
+                        route.prefix
+                    ),
+                );
             }
             if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
                 issue(
@@ -744,6 +757,14 @@ mod tests {
     #[test]
     fn each_mistake_names_its_field() {
         assert!(StackConfig::from_json(&base().to_string()).is_ok());
+
+        let mut v = base();
+        v["routes"][0]["prefix"] = "/café".into();
+        let e = error_of(v);
+        assert!(
+            e.starts_with("routes[0].prefix: \"/café\": write the path as sent"),
+            "{e}"
+        );
 
         let mut v = base();
         v["routes"][0]["limits"][0]["rate"] = 0.into();

@@ -335,26 +335,12 @@ impl Route {
             timeout: config.timeout.0,
         });
         let pool = ErrorsAsResponses(upstream.router.clone());
-        let service = match &limiter {
-            _ if !shared.layers => {
-                let first = upstream.topology.load().nodes().first().cloned();
-                match first {
-                    Some(node) => HttpService::new(proxy::ProxyNode::new(
-                        shared.client.clone(),
-                        Arc::from(upstream.name.as_str()),
-                        node.id_arc().clone(),
-                        node.address(),
-                    )),
-                    None => HttpService::new(tower::service_fn(|_| async {
-                        Ok(proxy::status(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no upstream node",
-                        ))
-                    })),
-                }
-            }
-            Some(l) => HttpService::new(HttpRateLimitLayer::new(l.clone()).layer(pool)),
-            None => HttpService::new(pool),
+        let service = if !shared.layers {
+            Self::first_node_only(upstream, shared)
+        } else if let Some(l) = &limiter {
+            HttpService::new(HttpRateLimitLayer::new(l.clone()).layer(pool))
+        } else {
+            HttpService::new(pool)
         };
         let labels = [
             ("route", config.prefix.clone()),
@@ -367,6 +353,26 @@ impl Route {
             info,
             limiter,
             service,
+        }
+    }
+}
+
+impl Route {
+    /// [`Gateway::proxy_only`]'s pipeline: the proxy to the pool's first node, no layer.
+    fn first_node_only(upstream: &Upstream, shared: &Shared) -> HttpService {
+        match upstream.topology.load().nodes().first() {
+            Some(node) => HttpService::new(proxy::ProxyNode::new(
+                shared.client.clone(),
+                Arc::from(upstream.name.as_str()),
+                node.id_arc().clone(),
+                node.address(),
+            )),
+            None => HttpService::new(tower::service_fn(|_| async {
+                Ok(proxy::status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no upstream node",
+                ))
+            })),
         }
     }
 }

@@ -96,6 +96,12 @@ impl<Req> fmt::Debug for RateLimiterBuilder<Req> {
     }
 }
 
+/// A limit name or a scope: non-empty visible ASCII without braces, so that it reads the same
+/// in a Redis key and in a `RateLimit` header field.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['{', '}']) && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
 impl<Req> RateLimiterBuilder<Req> {
     /// Adds a limit. Every limit that applies to a request must admit it.
     pub fn limit(mut self, limit: Limit<Req>) -> Self {
@@ -157,9 +163,7 @@ impl<Req> RateLimiterBuilder<Req> {
             )));
         }
         if let Some(scope) = &self.scope
-            && (scope.is_empty()
-                || scope.contains(['{', '}'])
-                || !scope.bytes().all(|b| b.is_ascii_graphic()))
+            && !is_plain_name(scope)
         {
             return Err(ConfigError(format!(
                 "invalid scope {scope:?}: use a non-empty name of visible ASCII characters, \
@@ -167,10 +171,7 @@ impl<Req> RateLimiterBuilder<Req> {
             )));
         }
         for (i, l) in self.limits.iter().enumerate() {
-            if l.name.is_empty()
-                || l.name.contains(['{', '}'])
-                || !l.name.bytes().all(|b| b.is_ascii_graphic())
-            {
+            if !is_plain_name(&l.name) {
                 return Err(ConfigError(format!(
                     "limit #{} has an invalid name {:?}: use a non-empty name of visible ASCII \
                      characters, without spaces or braces",
