@@ -724,6 +724,12 @@ async fn serve(
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut stop_proxy = stop_tx.subscribe();
     let mut stop_admin = stop_tx.subscribe();
+    // A proxy writes each part of a response as it arrives: with Nagle's algorithm on, a part
+    // written while the previous one is unacknowledged waits for the client's delayed ACK
+    // (40 ms on Linux) on every keep-alive request whose response comes in several writes.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let proxy = tokio::spawn(async move {
         let _ = axum::serve(
             listener,

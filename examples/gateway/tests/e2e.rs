@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::serve::ListenerExt;
 use http::{Response, StatusCode};
 use omega_gateway::Gateway;
 use omega_penta::config::StackConfig;
-use omega_testkit::http::{RawResponse, get, request};
+use omega_testkit::http::{Connection, RawResponse, get, request};
 
 /// A test upstream: echoes what it received, streams bodies both ways, answers any status,
 /// and can be slow or fail on demand.
@@ -32,6 +33,10 @@ async fn upstream(id: &'static str, failing: bool) -> Upstream {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Like nginx or any tuned upstream, it writes each part as soon as it has it.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Upstream { addr, hits }
 }
@@ -51,6 +56,21 @@ async fn serve_test_request(id: &str, failing: bool, req: Request) -> Response<B
     if path == "/api/slow" {
         tokio::time::sleep(Duration::from_millis(800)).await;
         return Response::new(Body::from("slow done"));
+    }
+    if path == "/api/two-parts" {
+        // A streamed body whose second part comes 5 ms after the first (server-sent events,
+        // a chunked report): each part must reach the client as soon as it is written.
+        let parts = futures_util::stream::unfold(0u8, |i| async move {
+            match i {
+                0 => Some((Ok::<_, std::io::Error>(b"first ".to_vec()), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Some((Ok(b"second".to_vec()), 2))
+                }
+                _ => None,
+            }
+        });
+        return Response::new(Body::from_stream(parts));
     }
     if let Some(size) = path.strip_prefix("/api/download/") {
         // A streamed body of `size` bytes, in 64 KiB chunks.
@@ -214,6 +234,38 @@ async fn requests_are_forwarded_faithfully() {
         assert_eq!(r.status, code);
     }
     assert_eq!(get(gw.addr, "/elsewhere", &user).await.unwrap().status, 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_responses_are_not_held_back_by_nagle() {
+    // A client on one keep-alive connection, requests one after another: every part of a
+    // response must leave the gateway when it arrives. With Nagle's algorithm on the client
+    // socket, the second part waits for the client's delayed ACK of the first: 40 ms on Linux.
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let mut conn = Connection::open(gw.addr).await.unwrap();
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let r = conn
+            .get("/api/two-parts", &[("x-user-id", "u1")])
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+        assert_eq!((r.status, &r.body[..]), (200, &b"first second"[..]));
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    println!(
+        "two-part responses over one connection: median {median:?}, max {:?} (upstream pause 5 ms)",
+        took[took.len() - 1]
+    );
+    // The upstream's own pause is 5 ms; the delayed-ACK stall adds about 40 ms to each.
+    assert!(
+        median < Duration::from_millis(30),
+        "median {median:?}: {took:?}"
+    );
     gw.shutdown().await;
 }
 
