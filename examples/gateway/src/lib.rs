@@ -97,6 +97,11 @@ pub fn load_config(path: &std::path::Path) -> Result<StackConfig, GatewayError> 
     })
 }
 
+/// How often the Prometheus recorder folds recorded latencies into its summaries. Until it
+/// does, every sample is kept: without upkeep, memory grows with every request until the next
+/// scrape of `/metrics`.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder, installed on first use (before any layer registers
 /// its metrics).
 pub fn prometheus() -> PrometheusHandle {
@@ -721,6 +726,15 @@ async fn serve(
         async move { handle(shared, req).await }
     });
     let admin_app = admin::router(shared.clone());
+    let upkeep = shared.metrics.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut stop_proxy = stop_tx.subscribe();
     let mut stop_admin = stop_tx.subscribe();
@@ -756,4 +770,5 @@ async fn serve(
         abort_proxy.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    upkeep.abort();
 }
