@@ -11,12 +11,11 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> omega_penta::core::Result<()> {
-//! use omega_penta::core::{Backend, Keyspace};
+//! use omega_penta::core::Backend;
 //!
-//! // One process: in-memory state, no server needed.
-//! let backend = Backend::memory();
-//! let key = Keyspace::default().tagged("tenant:acme", &["requests"]);
-//! assert_eq!(backend.incr_by(&key, 1, None).await?, 1);
+//! // One process: in-memory state, no server needed; a URL shares the state through Redis.
+//! let backend = Backend::connect(None).await?;
+//! assert!(backend.health().is_up());
 //! # Ok(()) }
 //! ```
 //!

@@ -40,6 +40,24 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// A short snake-case name, as metrics label it (`timeout`, `unavailable`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::BadUrl => "bad_url",
+            ErrorKind::Config => "config",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Disconnected => "disconnected",
+            ErrorKind::Server => "server",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Cluster => "cluster",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Codec => "codec",
+            ErrorKind::Io => "io",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             ErrorKind::BadUrl => "bad URL",

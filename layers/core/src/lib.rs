@@ -1,26 +1,39 @@
 //! # omega-core
 //!
-//! The state every Omega Penta layer shares, and the pieces all of them need:
+//! The vocabulary every Omega Penta layer shares, and the state they keep together:
 //!
-//! - [`Backend`]: in-memory ([`MemoryBackend`]) or Redis ([`redis::RedisBackend`], standalone or
-//!   Cluster, behind the `redis` feature), chosen at run time;
-//! - bounded Redis operations: every operation has a timeout, a dead Redis fails fast, one
-//!   supervisor per backend reconnects with jittered backoff, and [`Health`] says up or down,
-//!   since when and why;
+//! - [`reject`]: one way to refuse a request. Layers describe refusals with typed errors
+//!   ([`reject::Refusal`]); an [`reject::OnRejection`] strategy, the same on every layer,
+//!   keeps them as errors ([`reject::KeepError`], the default) or answers them
+//!   ([`reject::Respond`]: 429 / 503 with `Retry-After`, gRPC status codes).
+//! - [`key`]: one way to say where a request's key comes from ([`key::KeySource`]: closures,
+//!   and the built-ins `Header`, `Query`, `PathSegment`, `Path`, `ClientIp`, `Endpoint`,
+//!   `Global`), what a missing key means ([`key::MissingKey`]), and one rule for names.
+//! - [`Backend`]: in memory, or Redis ([`redis::RedisBackend`], standalone or Cluster, from one
+//!   URL: `redis://`, `rediss://`, `redis+cluster://`), chosen at run time. Every Redis
+//!   operation has a timeout, a dead Redis fails fast, one supervisor per backend reconnects
+//!   with jittered backoff, [`Health`] says up or down, since when and why, and
+//!   [`redis::RedisBackend::subscribe`] keeps a pub/sub subscription (sharded on a cluster)
+//!   across reconnects, telling its consumer what it may have missed.
 //! - [`Keyspace`]: a prefix for every key, and Redis Cluster hash tags for keys that one script
-//!   touches together ([`hash_slot`] computes a key's slot);
-//! - [`redis::Script`]: Lua scripts run by SHA and reloaded after `SCRIPT FLUSH` or a failover;
-//! - [`Clock`]: cheap time readings that tests control (`tokio::time::pause` or a manual clock);
-//! - [`codec`]: JSON and compact binary codecs for stored values (feature `codec`);
-//! - one [`Error`] type whose messages name the server, the operation and the kind of failure.
+//!   touches together ([`hash_slot`] computes a key's slot); [`redis::Script`]: Lua scripts run
+//!   by SHA and reloaded after `SCRIPT FLUSH` or a failover.
+//! - [`config`] (feature `serde`): what every layer's configuration section shares: durations,
+//!   key sources, errors naming their field.
+//! - [`Clock`]: cheap time readings that tests control; [`codec`]: JSON and compact binary
+//!   codecs for stored values (feature `codec`); one [`Error`] type whose messages name the
+//!   server, the operation and the kind of failure.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> omega_core::Result<()> {
+//! use omega_core::key::{Global, KeySource};
 //! use omega_core::{Backend, Keyspace};
 //!
-//! let backend = Backend::memory(); // or Backend::redis(RedisConfig::url("redis://...")).await?
+//! let backend = Backend::connect(None).await?; // or Some("redis+cluster://h1:7000,h2:7001")
 //! let key = Keyspace::new("shop")?.tagged("user:7", &["visits"]);
-//! assert_eq!(backend.incr_by(&key, 1, None).await?, 1);
+//! assert_eq!(key, "shop:{user:7}:visits");
+//! assert!(Global.key(&()).is_some());
+//! # let _ = backend;
 //! # Ok(()) }
 //! ```
 //!
@@ -30,8 +43,11 @@
 //! |---|---|
 //! | `redis` | [`redis::RedisBackend`]: Redis and Redis Cluster through redis-rs |
 //! | `tls` | `rediss://` URLs |
+//! | `http` | [`reject::Respond`], the HTTP key sources ([`key::http`]), [`http`] helpers |
+//! | `axum` | `Endpoint` and `ClientIp` read axum's `MatchedPath` and `ConnectInfo` |
+//! | `serde` | [`config`]: durations, key sources and field-named errors for configuration files |
+//! | `metrics` | backend health, operation latency and errors through the `metrics` crate |
 //! | `codec` | [`codec::JsonCodec`] and [`codec::BinaryCodec`] |
-//! | `http` | [`http`]: shared helpers for HTTP and gRPC rejections |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -39,19 +55,21 @@ mod backend;
 pub mod clock;
 #[cfg(feature = "codec")]
 pub mod codec;
+#[cfg(feature = "serde")]
+pub mod config;
 mod error;
 mod health;
 #[cfg(feature = "http")]
 pub mod http;
-mod keys;
-mod memory;
+pub mod key;
+mod keyspace;
 pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod reject;
 
 pub use backend::Backend;
 pub use clock::{Clock, Nanos};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{Health, HealthStatus};
-pub use keys::{DEFAULT_PREFIX, Keyspace, hash_slot};
-pub use memory::MemoryBackend;
+pub use keyspace::{DEFAULT_PREFIX, Keyspace, hash_slot};

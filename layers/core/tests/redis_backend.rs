@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use omega_core::redis::{RedisBackend, RedisConfig, Script};
+use omega_core::redis::{RedisBackend, RedisConfig, Script, Subscription, SubscriptionEvent};
 use omega_core::{Backend, ErrorKind, HealthStatus, Keyspace, hash_slot};
 use omega_testkit::{FaultProxy, RedisCluster, RedisServer};
 
@@ -34,41 +34,32 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_value_operations_match_the_memory_backend() {
+async fn commands_answer_and_failures_are_typed() {
     let server = RedisServer::start();
-    let redis = Backend::redis(config(server.url())).await.unwrap();
-    for backend in [Backend::memory(), redis] {
-        let name = backend.health().target;
-        backend.set("k", b"v1", None).await.unwrap();
-        assert_eq!(
-            backend.get("k").await.unwrap().as_deref(),
-            Some(&b"v1"[..]),
-            "{name}"
-        );
-        assert!(!backend.set_nx("k", b"v2", None).await.unwrap(), "{name}");
-        assert!(
-            backend
-                .set_nx("fresh", b"x", Some(Duration::from_secs(30)))
-                .await
-                .unwrap()
-        );
-        assert_eq!(
-            backend
-                .incr_by("n", 5, Some(Duration::from_secs(30)))
-                .await
-                .unwrap(),
-            5
-        );
-        assert_eq!(backend.incr_by("n", -2, None).await.unwrap(), 3);
-        assert!(backend.del("k").await.unwrap(), "{name}");
-        assert_eq!(backend.get("k").await.unwrap(), None, "{name}");
-        let e = backend.incr_by("fresh", 1, None).await.unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Server, "{name}: {e}");
-        assert!(backend.health().is_up(), "{name}");
-    }
-    // incr_by gave the counter an expiry on Redis too.
-    let ttl: i64 = server.cli(&["PTTL", "n"]).parse().unwrap();
-    assert!(ttl > 0 && ttl <= 30_000, "PTTL n = {ttl}");
+    let backend = Backend::redis(config(server.url())).await.unwrap();
+    let redis = backend.as_redis().unwrap();
+    let _: () = redis
+        .query(redis::cmd("SET").arg("k").arg("v1").arg("PX").arg(30_000))
+        .await
+        .unwrap();
+    let v: Option<Vec<u8>> = redis.query(redis::cmd("GET").arg("k")).await.unwrap();
+    assert_eq!(v.as_deref(), Some(&b"v1"[..]));
+    let n: i64 = redis
+        .pipeline(redis::pipe().atomic().incr("n", 5).ignore().incr("n", -2))
+        .await
+        .map(|(n,): (i64,)| n)
+        .unwrap();
+    assert_eq!(n, 3);
+    let e = redis
+        .query::<i64>(redis::cmd("INCR").arg("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Server, "{e}");
+    assert!(e.to_string().contains("INCR"), "{e}");
+    assert!(backend.health().is_up());
+    let ttl: i64 = server.cli(&["PTTL", "k"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 30_000, "PTTL k = {ttl}");
+    assert!(Backend::memory().health().is_up());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,10 +270,17 @@ async fn hash_tagged_scripts_run_on_a_three_node_cluster() {
         let to = backend.keyspace().tagged(&tag, &["savings"]);
         assert_eq!(hash_slot(from.as_bytes()), hash_slot(to.as_bytes()));
         slots.insert(hash_slot(from.as_bytes()));
-        backend.set(&from, b"100", None).await.unwrap();
+        let _: () = redis_backend
+            .query(redis::cmd("SET").arg(&from).arg(100))
+            .await
+            .unwrap();
         let call = script.call().key(&from).key(&to).arg(30);
         assert_eq!(redis_backend.eval::<i64>(&call).await.unwrap(), 1);
-        assert_eq!(backend.get(&to).await.unwrap().as_deref(), Some(&b"30"[..]));
+        let to_value: Option<i64> = redis_backend
+            .query(redis::cmd("GET").arg(&to))
+            .await
+            .unwrap();
+        assert_eq!(to_value, Some(30));
     }
     assert!(slots.len() > 1, "the tags spread over several slots");
 
@@ -344,4 +342,120 @@ async fn bad_urls_and_unreachable_hosts_give_clear_errors() {
         lazy.query::<String>(&redis::cmd("PING")).await.ok()
     })
     .await;
+}
+
+/// Waits (at most 15 s) for the next event of `sub` that `want` accepts, skipping others.
+async fn next_matching(
+    sub: &mut Subscription,
+    what: &str,
+    want: impl Fn(&SubscriptionEvent) -> bool,
+) -> SubscriptionEvent {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(e)) if want(&e) => return e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the subscription ended while waiting for {what}"),
+            Err(_) => panic!("gave up waiting for {what}"),
+        }
+    }
+}
+
+/// Publishes `payload` until `sub` receives it (a publish right after `Subscribed` on another
+/// connection may race the subscription's registration on a cluster node).
+async fn deliver(backend: &RedisBackend, sub: &mut Subscription, payload: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let _ = backend.publish(sub.channel(), payload).await;
+        if let Ok(Some(SubscriptionEvent::Message(m))) =
+            tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+            && m == payload
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{payload:?} never arrived");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_a_restart_and_a_pause_and_says_what_it_missed() {
+    let mut server = RedisServer::start();
+    let backend = RedisBackend::connect(config(server.url())).await.unwrap();
+    let mut sub = backend.subscribe("omega:{t}:events");
+    next_matching(&mut sub, "subscribed", |e| {
+        *e == SubscriptionEvent::Subscribed
+    })
+    .await;
+    assert_eq!(
+        backend.publish("omega:{t}:events", b"one").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        next_matching(&mut sub, "a message", |_| true).await,
+        SubscriptionEvent::Message(b"one".to_vec())
+    );
+
+    // Killed: the consumer hears that it lost the subscription, then that it is back.
+    server.kill();
+    next_matching(&mut sub, "lost after a kill", |e| {
+        *e == SubscriptionEvent::Lost
+    })
+    .await;
+    server.restart();
+    next_matching(&mut sub, "back after a restart", |e| {
+        *e == SubscriptionEvent::Subscribed
+    })
+    .await;
+    deliver(&backend, &mut sub, b"two").await;
+
+    // Paused: the connection stays open but answers nothing; the keepalive notices.
+    server.pause();
+    let paused = Instant::now();
+    next_matching(&mut sub, "lost while paused", |e| {
+        *e == SubscriptionEvent::Lost
+    })
+    .await;
+    println!("a paused server was noticed after {:?}", paused.elapsed());
+    server.resume();
+    next_matching(&mut sub, "back after a pause", |e| {
+        *e == SubscriptionEvent::Subscribed
+    })
+    .await;
+    deliver(&backend, &mut sub, b"three").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_subscription_follows_its_node_on_a_cluster() {
+    let mut cluster = RedisCluster::start();
+    let backend = RedisBackend::connect(
+        RedisConfig::cluster(cluster.urls())
+            .op_timeout(Duration::from_millis(500))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let channel = "omega:{breakers}:open";
+    let mut sub = backend.subscribe(channel);
+    next_matching(&mut sub, "subscribed", |e| {
+        *e == SubscriptionEvent::Subscribed
+    })
+    .await;
+    deliver(&backend, &mut sub, b"one").await;
+
+    // The node that owns the channel's slot answers a read of that name; the others redirect.
+    let owner = (0..cluster.nodes().len())
+        .find(|&i| !cluster.nodes()[i].cli(&["GET", channel]).contains("MOVED"))
+        .expect("one node owns the channel's slot");
+    cluster.nodes_mut()[owner].kill();
+    next_matching(&mut sub, "lost with its node", |e| {
+        *e == SubscriptionEvent::Lost
+    })
+    .await;
+    cluster.nodes_mut()[owner].restart();
+    next_matching(&mut sub, "back with its node", |e| {
+        *e == SubscriptionEvent::Subscribed
+    })
+    .await;
+    deliver(&backend, &mut sub, b"two").await;
 }

@@ -196,7 +196,7 @@ impl<Req> RateLimiterBuilder<Req> {
             }
         }
         let store = match self.backend {
-            Backend::Memory(_) => Store::Memory,
+            Backend::Memory => Store::Memory,
             #[cfg(feature = "redis")]
             Backend::Redis(r) => Store::Redis(crate::redis_store::RedisStore::new(r)),
             #[allow(unreachable_patterns)]

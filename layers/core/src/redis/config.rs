@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::Keyspace;
+use crate::keyspace::Keyspace;
 
 /// Where a [`super::RedisBackend`] connects, and its time bounds.
 ///
@@ -50,6 +50,75 @@ impl RedisConfig {
         S: Into<String>,
     {
         Self::with_target(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
+    }
+
+    /// Parses the one URL form every part of the project accepts:
+    ///
+    /// - `redis://[user[:password]@]host[:port][/db]` (or `rediss://` with the `tls` feature):
+    ///   one server;
+    /// - `redis+cluster://[user[:password]@]host:port[,host:port...]` (or
+    ///   `rediss+cluster://`): a Redis Cluster reached through these seed nodes, with the same
+    ///   credentials for each.
+    ///
+    /// ```
+    /// use omega_core::redis::RedisConfig;
+    ///
+    /// let one = RedisConfig::parse("redis://:secret@10.0.0.5:6379/0").unwrap();
+    /// assert!(!one.is_cluster());
+    /// let cluster = RedisConfig::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7001").unwrap();
+    /// assert_eq!(cluster.seeds(), ["redis://10.0.0.1:7000", "redis://10.0.0.2:7001"]);
+    /// assert!(RedisConfig::parse("http://10.0.0.5").is_err());
+    /// ```
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| ("redis", rest))
+            .or_else(|| url.strip_prefix("rediss+cluster://").map(|r| ("rediss", r)));
+        let cfg = match cluster {
+            None => RedisConfig::url(url),
+            Some((scheme, rest)) => {
+                let (authority, tail) = match rest.find(['/', '?']) {
+                    Some(i) => rest.split_at(i),
+                    None => (rest, ""),
+                };
+                let (userinfo, hosts) = match authority.rsplit_once('@') {
+                    Some((u, h)) => (format!("{u}@"), h),
+                    None => (String::new(), authority),
+                };
+                let seeds: Vec<String> = hosts
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
+                    .collect();
+                if seeds.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::BadUrl,
+                        format!(
+                            "{}: no seed node; write redis+cluster://host:port,host:port",
+                            redact(url)
+                        ),
+                    ));
+                }
+                RedisConfig::cluster(seeds)
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `true` for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The server URL, or the cluster's seed URLs.
+    pub fn seeds(&self) -> &[String] {
+        match &self.target {
+            Target::Url(url) => std::slice::from_ref(url),
+            Target::Cluster(seeds) => seeds,
+        }
     }
 
     fn with_target(target: Target) -> Self {
@@ -158,7 +227,7 @@ pub(crate) fn check_url(url: &str) -> Result<()> {
         Some(other) => Err(Error::new(
             ErrorKind::BadUrl,
             format!(
-                "{}: unknown scheme {other:?}; expected redis:// or rediss://",
+                "{}: unknown scheme {other:?}; expected redis://, rediss:// or redis+cluster://",
                 redact(url)
             ),
         )),
@@ -211,6 +280,24 @@ mod tests {
             let e = check_url("rediss://h:1").unwrap_err();
             assert!(e.to_string().contains("`tls` feature"), "{e}");
         }
+    }
+
+    #[test]
+    fn one_url_names_a_server_or_a_cluster() {
+        let c = RedisConfig::parse("redis+cluster://u:pw@h1:7000, h2:7001/").unwrap();
+        assert!(c.is_cluster());
+        assert_eq!(
+            c.seeds(),
+            ["redis://u:pw@h1:7000/", "redis://u:pw@h2:7001/"]
+        );
+        let c = RedisConfig::parse("redis://h:6379/2").unwrap();
+        assert_eq!(c.seeds(), ["redis://h:6379/2"]);
+        let e = RedisConfig::parse("redis+cluster://").unwrap_err();
+        assert!(e.to_string().contains("no seed node"), "{e}");
+        let e = RedisConfig::parse("redis+cluster://:secret@").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = RedisConfig::parse("memcached://h").unwrap_err();
+        assert!(e.to_string().contains("redis+cluster://"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! script answered with `NOSCRIPT`, which did not run.
 
 mod config;
+mod pubsub;
 mod script;
 
 use std::borrow::Cow;
@@ -30,15 +31,19 @@ use arc_swap::ArcSwapOption;
 use rand::Rng;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisError, RedisFuture, ServerErrorKind, Value};
+use redis::{RedisError, RedisFuture, ServerErrorKind};
 use tokio::sync::Notify;
 
 pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_OP_TIMEOUT, RedisConfig};
+pub use pubsub::{Subscription, SubscriptionEvent};
+/// redis-rs's command builders and value types, for [`RedisBackend::query`] and
+/// [`RedisBackend::pipeline`].
+pub use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value, cmd, pipe};
 pub use script::{Script, ScriptCall};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthStatus};
-use crate::keys::Keyspace;
+use crate::keyspace::Keyspace;
 use config::{Target, redact};
 
 /// A handle on Redis or Redis Cluster, shared by clones.
@@ -58,6 +63,43 @@ struct Shared {
     consecutive_timeouts: AtomicU32,
     connect_attempts: AtomicU64,
     wake: Arc<Notify>,
+    #[cfg(feature = "metrics")]
+    metrics: OpMetrics,
+}
+
+/// What kind of operation a Redis call is, for the latency metric's `op` label.
+#[derive(Clone, Copy)]
+enum Op {
+    Command = 0,
+    Pipeline = 1,
+    Script = 2,
+}
+
+/// The backend's metrics, registered once per backend (feature `metrics`):
+/// [`crate::metrics::BACKEND_UP`], [`crate::metrics::BACKEND_OP_SECONDS`] per kind of operation,
+/// and [`crate::metrics::BACKEND_ERRORS`] (registered when an error first happens).
+#[cfg(feature = "metrics")]
+struct OpMetrics {
+    up: metrics::Gauge,
+    seconds: [metrics::Histogram; 3],
+}
+
+#[cfg(feature = "metrics")]
+impl OpMetrics {
+    fn new(target: &str) -> Self {
+        let seconds = |op: &'static str| metrics::histogram!(crate::metrics::BACKEND_OP_SECONDS, "target" => target.to_owned(), "op" => op);
+        OpMetrics {
+            up: metrics::gauge!(crate::metrics::BACKEND_UP, "target" => target.to_owned()),
+            seconds: [seconds("command"), seconds("pipeline"), seconds("script")],
+        }
+    }
+}
+
+impl Op {
+    #[cfg(feature = "metrics")]
+    fn label(self) -> &'static str {
+        ["command", "pipeline", "script"][self as usize]
+    }
 }
 
 struct Live {
@@ -183,7 +225,7 @@ impl RedisBackend {
         };
         Ok(RedisBackend {
             shared: Arc::new(Shared {
-                target,
+                target: target.clone(),
                 connector,
                 cfg,
                 conn: ArcSwapOption::empty(),
@@ -197,6 +239,8 @@ impl RedisBackend {
                 consecutive_timeouts: AtomicU32::new(0),
                 connect_attempts: AtomicU64::new(0),
                 wake: Arc::new(Notify::new()),
+                #[cfg(feature = "metrics")]
+                metrics: OpMetrics::new(&target),
             }),
         })
     }
@@ -266,6 +310,7 @@ impl RedisBackend {
     /// ```
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         self.run(
+            Op::Command,
             || command_name(cmd),
             |mut conn| async move { cmd.query_async(&mut conn).await },
         )
@@ -276,6 +321,7 @@ impl RedisBackend {
     /// operation timeout.
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         self.run(
+            Op::Pipeline,
             || Cow::Borrowed("pipeline"),
             |mut conn| async move { pipe.query_async(&mut conn).await },
         )
@@ -286,6 +332,7 @@ impl RedisBackend {
     /// one operation timeout.
     pub async fn eval<T: FromRedisValue>(&self, call: &ScriptCall) -> Result<T> {
         self.run(
+            Op::Script,
             || Cow::Owned(format!("script {}", call.script().name())),
             |mut conn| async move {
                 match call.command(false).query_async(&mut conn).await {
@@ -317,7 +364,12 @@ impl RedisBackend {
         }
     }
 
-    async fn run<T, F, Fut>(&self, op: impl FnOnce() -> Cow<'static, str>, f: F) -> Result<T>
+    async fn run<T, F, Fut>(
+        &self,
+        class: Op,
+        op: impl FnOnce() -> Cow<'static, str>,
+        f: F,
+    ) -> Result<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -327,27 +379,47 @@ impl RedisBackend {
             let guard = shared.conn.load();
             match guard.as_deref() {
                 Some(live) => (live.conn.clone(), live.generation),
-                None => return Err(shared.unavailable().during(op())),
+                None => return Err(shared.failed(class, shared.unavailable().during(op()))),
             }
         };
-        match tokio::time::timeout(shared.cfg.op_timeout, f(conn)).await {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(shared.cfg.op_timeout, f(conn)).await;
+        #[cfg(feature = "metrics")]
+        shared.metrics.seconds[class as usize].record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Ok(value)) => {
                 shared.on_success();
                 Ok(value)
             }
-            Ok(Err(e)) => Err(shared.on_error(e, generation).during(op())),
+            Ok(Err(e)) => Err(shared.failed(class, shared.on_error(e, generation).during(op()))),
             Err(_elapsed) => {
                 let err = Error::timeout(shared.cfg.op_timeout)
                     .at(&shared.target)
                     .during(op());
                 shared.on_timeout(&err, generation);
-                Err(err)
+                Err(shared.failed(class, err))
             }
         }
     }
 }
 
 impl Shared {
+    /// Counts a failed operation (feature `metrics`) and hands its error back.
+    fn failed(&self, class: Op, err: Error) -> Error {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::metrics::BACKEND_ERRORS,
+            "target" => self.target.to_string(),
+            "op" => class.label(),
+            "kind" => err.kind().label()
+        )
+        .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = class;
+        err
+    }
+
     async fn open(&self) -> Result<Live> {
         self.connect_attempts.fetch_add(1, Ordering::Relaxed);
         let attempt = async {
@@ -452,6 +524,8 @@ impl Shared {
             h.since = SystemTime::now();
         }
         self.up.store(true, Ordering::Release);
+        #[cfg(feature = "metrics")]
+        self.metrics.up.set(1.0);
     }
 
     fn mark_down(&self, err: &Error) {
@@ -462,6 +536,8 @@ impl Shared {
         }
         h.last_error = Some(err.to_string());
         self.up.store(false, Ordering::Release);
+        #[cfg(feature = "metrics")]
+        self.metrics.up.set(0.0);
     }
 }
 
