@@ -20,7 +20,8 @@ use axum::routing::get;
 use omega_penta::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow,
 };
-use omega_penta::rate_limit::http::{ClientIp, Header, HttpRateLimitLayer};
+use omega_penta::core::key::http::{ClientIp, Header};
+use omega_penta::rate_limit::RateLimitLayer;
 use omega_penta::rate_limit::{Limit, Quota, RateLimiter};
 use tower::ServiceBuilder;
 
@@ -52,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .layer(
             ServiceBuilder::new()
-                .layer(HttpRateLimitLayer::new(limiter))
+                .layer(RateLimitLayer::new(limiter).respond())
                 // `http()`: 5xx responses count as failures; an open circuit answers 503.
                 .layer(CircuitBreakerLayer::new(breaker).http()),
         );

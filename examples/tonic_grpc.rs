@@ -18,7 +18,8 @@ use bytes::{Buf, BufMut};
 use omega_penta::circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow, State,
 };
-use omega_penta::rate_limit::http::{Header, HttpRateLimitLayer};
+use omega_penta::core::key::http::Header;
+use omega_penta::rate_limit::RateLimitLayer;
 use omega_penta::rate_limit::{Limit, Quota, RateLimiter};
 use tonic::body::Body;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -188,7 +189,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tonic::transport::Server::builder()
-        .layer(HttpRateLimitLayer::new(limiter))
+        .layer(RateLimitLayer::new(limiter).respond())
         // `grpc()` reads each call's status where gRPC sends it: in the trailers after the
         // reply (OK here), or in the headers of a trailers-only error.
         .layer(CircuitBreakerLayer::new(breaker.clone()).grpc())

@@ -8,10 +8,10 @@
 //! - `rate_limit_keyed_1k`: 1,000 keys cycled, admit path.
 //! - `rate_limit_deny`: one bucket that is always empty (the read-only deny path).
 //! - `rate_limit_tower_call`: one request through the layer to a no-op inner service: our
-//!   `HttpRateLimitLayer` beside tower_governor's `GovernorLayer`, both with a global key and
-//!   both adding their rate-limit header fields to every response (ours: the IETF
-//!   `RateLimit-Policy` / `RateLimit`; tower_governor's `use_headers`: `x-ratelimit-limit` /
-//!   `x-ratelimit-remaining`).
+//!   `RateLimitLayer` with `.respond()` beside tower_governor's `GovernorLayer`, both with a
+//!   global key and both adding their rate-limit header fields to every response (ours: the
+//!   IETF `RateLimit-Policy` / `RateLimit`; tower_governor's `use_headers`:
+//!   `x-ratelimit-limit` / `x-ratelimit-remaining`).
 //! - `rate_limit_redis`: 64 decisions in flight against a throwaway `redis-server`, throughput
 //!   in decisions per second: `omega_exact` checks three limits (global, per user, per
 //!   endpoint) in one script call; `omega_lease` the same three limits in lease mode;
@@ -20,7 +20,6 @@
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +30,9 @@ use futures_util::FutureExt;
 use governor::{Quota as GQuota, RateLimiter as GLimiter};
 use http::{Request, Response};
 use omega_core::Backend;
+use omega_core::key::{Key, KeySource};
 use omega_core::redis::RedisConfig;
-use omega_rate_limit::http::HttpRateLimitLayer;
-use omega_rate_limit::{KeyExtractor, Lease};
-use omega_rate_limit::{Limit, Quota, RateLimiter};
+use omega_rate_limit::{Lease, Limit, Quota, RateLimitLayer, RateLimiter};
 use tower::{Layer, Service, service_fn};
 
 const KEYS: u64 = 1_000;
@@ -98,12 +96,12 @@ fn keyed(c: &mut Criterion) {
     g.finish();
 }
 
-/// Borrows the request itself as its key (no allocation), as the built-in extractors do.
+/// Borrows the request itself as its key (no allocation), as the built-in key sources do.
 struct KeyRef;
 
-impl omega_rate_limit::KeyExtractor<String> for KeyRef {
-    fn key<'a>(&self, req: &'a String) -> Option<std::borrow::Cow<'a, str>> {
-        Some(std::borrow::Cow::Borrowed(req.as_str()))
+impl KeySource<String> for KeyRef {
+    fn key<'a>(&self, req: &'a String) -> Option<Key<'a>> {
+        Some(Key::from(req.as_str()))
     }
 }
 
@@ -115,7 +113,7 @@ fn tower_call(c: &mut Criterion) {
         .limit(Limit::global("global", Quota::per_second(1_000_000_000)))
         .build()
         .unwrap();
-    let mut omega = HttpRateLimitLayer::new(limiter).layer(noop);
+    let mut omega = RateLimitLayer::new(limiter).respond().layer(noop);
     g.bench_function("omega", |b| {
         b.iter(|| {
             let response = omega
@@ -156,16 +154,16 @@ struct ApiCall {
 }
 
 struct User;
-impl KeyExtractor<ApiCall> for User {
-    fn key<'a>(&self, req: &'a ApiCall) -> Option<Cow<'a, str>> {
-        Some(Cow::Borrowed(&req.user))
+impl KeySource<ApiCall> for User {
+    fn key<'a>(&self, req: &'a ApiCall) -> Option<Key<'a>> {
+        Some(Key::from(req.user.as_str()))
     }
 }
 
 struct Endpoint;
-impl KeyExtractor<ApiCall> for Endpoint {
-    fn key<'a>(&self, req: &'a ApiCall) -> Option<Cow<'a, str>> {
-        Some(Cow::Borrowed(req.endpoint))
+impl KeySource<ApiCall> for Endpoint {
+    fn key<'a>(&self, req: &'a ApiCall) -> Option<Key<'a>> {
+        Some(Key::from(req.endpoint))
     }
 }
 

@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use omega_gateway::Gateway;
-use omega_penta::config::StackConfig;
+use omega_gateway::GatewayConfig;
 
 /// Distinct values of the user header the load generator sends.
 const USERS: usize = 1_000;
@@ -125,7 +125,7 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-fn config(upstream: SocketAddr, layers: bool, redis: Option<&str>) -> StackConfig {
+fn config(upstream: SocketAddr, layers: bool, redis: Option<&str>) -> GatewayConfig {
     let url = format!("http://{upstream}");
     let lease = redis.map(|_| 512);
     let limits = if layers {
@@ -158,7 +158,7 @@ fn config(upstream: SocketAddr, layers: bool, redis: Option<&str>) -> StackConfi
     if let Some(url) = redis {
         doc["redis"] = url.into();
     }
-    StackConfig::from_json(&doc.to_string()).unwrap()
+    GatewayConfig::from_json(&doc.to_string()).unwrap()
 }
 
 /// One keep-alive connection sending requests until `end`; latencies of the requests that

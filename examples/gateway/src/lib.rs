@@ -1,11 +1,11 @@
 //! # omega-gateway
 //!
 //! An HTTP reverse proxy that puts the Omega Penta layers in front of upstream services, built
-//! from a [`StackConfig`]. Each request goes through one pipeline:
+//! from a [`GatewayConfig`]. Each request goes through one pipeline:
 //!
 //! 1. **route**: the longest matching path prefix;
-//! 2. **rate limits** of the route (`HttpRateLimitLayer`: 429 with `Retry-After` and the IETF
-//!    `RateLimit` fields);
+//! 2. **rate limits** of the route (`RateLimitLayer` answering with responses: 429 with
+//!    `Retry-After` and the IETF `RateLimit` fields);
 //! 3. **shard router** of the route's upstream pool: the node that owns the request's key, or
 //!    the next node of the key's preference list while a node's circuit is open;
 //! 4. **circuit breaker** of that node (5xx and transport failures count; an open circuit
@@ -17,8 +17,12 @@
 //! A new layer joins the pipeline as one more `tower::Layer` in [`Gateway`]'s route builder,
 //! configured by its own section of the route or upstream configuration.
 //!
-//! State is in memory, or shared through Redis (`redis` in the configuration): rate limits
-//! then hold across every gateway instance.
+//! Every layer refuses through omega-core's one rejection strategy, `Respond`, so refusals
+//! are responses and the pipeline's error type is `Infallible`.
+//!
+//! State is in memory, or shared through Redis or Redis Cluster (`redis` in the
+//! configuration): rate limits, open circuits and shard maps then hold across every gateway
+//! instance.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -33,19 +37,22 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use omega_penta::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer};
-use omega_penta::config::{ConfigError, KeySource, RouteConfig, StackConfig, UpstreamConfig};
+use omega_penta::config::{ConfigError, RouteConfig, UpstreamConfig};
 use omega_penta::core::Backend;
+use omega_penta::core::key::http::{AnyKey, ClientIp, PeerAddr, RouteTemplate};
 use omega_penta::core::redis::RedisConfig;
-use omega_penta::rate_limit::RateLimiter;
-use omega_penta::rate_limit::http::HttpRateLimitLayer;
-use omega_penta::shard_router::{self as shard, Node, ShardRouter, Topology, TopologyHandle};
+use omega_penta::core::reject::Respond;
+use omega_penta::rate_limit::{RateLimitLayer, RateLimiter};
+use omega_penta::shard_router::{self as shard, NoRetry, Node, ShardRouter, TopologyHandle};
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
 mod admin;
+pub mod config;
 pub mod demo;
 pub mod proxy;
 
+pub use config::GatewayConfig;
 pub use proxy::RouteInfo;
 
 /// A service that answers every request (errors already turned into responses).
@@ -85,16 +92,9 @@ impl From<ConfigError> for GatewayError {
 
 /// Reads and validates a configuration file: YAML when its name ends in `.yaml` or `.yml`,
 /// JSON otherwise.
-pub fn load_config(path: &std::path::Path) -> Result<StackConfig, GatewayError> {
+pub fn load_config(path: &std::path::Path) -> Result<GatewayConfig, GatewayError> {
     let text = std::fs::read_to_string(path).map_err(|e| GatewayError::Io(path.to_owned(), e))?;
-    let yaml = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
-    Ok(if yaml {
-        StackConfig::from_yaml(&text)?
-    } else {
-        StackConfig::from_json(&text)?
-    })
+    Ok(GatewayConfig::from_file_text(path, &text)?)
 }
 
 /// How often the Prometheus recorder folds recorded latencies into its summaries. Until it
@@ -122,9 +122,11 @@ pub fn prometheus() -> PrometheusHandle {
 pub(crate) struct Upstream {
     pub(crate) name: String,
     pub(crate) config: UpstreamConfig,
+    /// How client addresses were found when the router was built (a `client_ip` key).
+    pub(crate) client_ip: ClientIp,
     pub(crate) topology: TopologyHandle,
     pub(crate) breakers: BreakerRegistry<Arc<str>>,
-    pub(crate) router: ShardRouter<NodeService, PoolKey>,
+    pub(crate) router: ShardRouter<NodeService, AnyKey, NoRetry, Respond>,
     /// The topology shared through Redis, and its sync task (with `redis` configured).
     pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
 }
@@ -133,7 +135,7 @@ type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
     proxy::ProxyNode,
     omega_penta::circuit_breaker::Single,
     omega_penta::circuit_breaker::http::HttpClassifier,
-    omega_penta::circuit_breaker::RejectWithResponse,
+    Respond,
 >;
 
 /// A route, ready to serve.
@@ -142,6 +144,8 @@ pub(crate) struct Route {
     pub(crate) info: Arc<RouteInfo>,
     pub(crate) limiter: Option<RateLimiter<Request<Body>>>,
     pub(crate) service: HttpService,
+    /// The route's template for `endpoint` keys: its prefix.
+    template: RouteTemplate,
     /// `omega_gateway_requests_total` and `omega_gateway_request_seconds` of this route,
     /// registered once so that a request records without allocating labels.
     requests: metrics::Counter,
@@ -159,10 +163,9 @@ pub(crate) struct Shared {
     pub(crate) backend: Backend,
     /// Breaker OPEN transitions shared through Redis (with `redis` configured).
     pub(crate) breaker_sync: Option<omega_penta::circuit_breaker::shared::RedisSync>,
-    pub(crate) redis_url: Option<String>,
     pub(crate) client: proxy::Client,
     pub(crate) table: ArcSwap<Table>,
-    pub(crate) config: Mutex<StackConfig>,
+    pub(crate) config: Mutex<GatewayConfig>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) draining: AtomicBool,
     pub(crate) metrics: PrometheusHandle,
@@ -170,86 +173,55 @@ pub(crate) struct Shared {
     pub(crate) layers: bool,
 }
 
-/// The request key of a pool, as the configuration names it.
-#[derive(Clone, Debug)]
-pub(crate) enum PoolKey {
-    Header(shard::http::Header),
-    PathSegment(shard::http::PathSegment),
-    Query(shard::http::QueryParam),
-    Path,
-}
-
-impl shard::KeyExtractor<Request<Body>> for PoolKey {
-    fn key_hash(&self, req: &Request<Body>, topology: &Topology) -> Option<u64> {
-        match self {
-            PoolKey::Header(k) => k.key_hash(req, topology),
-            PoolKey::PathSegment(k) => k.key_hash(req, topology),
-            PoolKey::Query(k) => k.key_hash(req, topology),
-            PoolKey::Path => Some(topology.hash_bytes(req.uri().path().as_bytes())),
-        }
-    }
-}
-
-impl PoolKey {
-    fn of(source: &Option<KeySource>) -> Self {
-        match source {
-            Some(KeySource::Header(h)) => PoolKey::Header(shard::http::Header::new(h)),
-            Some(KeySource::PathSegment(n)) => PoolKey::PathSegment(shard::http::PathSegment(*n)),
-            Some(KeySource::Query(q)) => PoolKey::Query(shard::http::QueryParam::new(q.clone())),
-            None => PoolKey::Path,
-        }
-    }
-}
-
 impl Upstream {
     async fn build(
         name: &str,
         config: &UpstreamConfig,
         shared: &Shared,
+        client_ip: &ClientIp,
     ) -> Result<Self, GatewayError> {
         let client = &shared.client;
-        let breaker_config = config
+        let at = format!("upstreams.{name}");
+        let mut registry = config
             .breaker
-            .circuit_breaker()
-            .map_err(|e| config_error_at(&format!("upstreams.{name}.breaker"), e))?;
-        let mut registry = BreakerRegistry::builder();
+            .registry::<Arc<str>>()
+            .map_err(|e| nested(&format!("{at}.breaker"), e))?;
         if let Some(sync) = &shared.breaker_sync {
             registry = registry.shared(sync.clone());
         }
         let breakers = registry
-            .config(breaker_config)
             .name_prefix(format!("{name}/"))
             .max_breakers(10_000)
             .idle_timeout(Duration::from_secs(365 * 24 * 3600))
             .build()
-            .map_err(|e| config_error_at(&format!("upstreams.{name}.breaker"), e.to_string()))?;
-        let topology = TopologyHandle::new(config.topology()?);
+            .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))?;
+        let pool = config.pool();
+        let topology = TopologyHandle::new(pool.topology().map_err(|e| nested(&at, e))?);
         // With Redis, every gateway instance routes on one stored topology: the first one to
-        // start seeds it from its file, the others adopt it, and changes reach all of them.
-        let shared_topology = match (&shared.backend, &shared.redis_url) {
-            (Backend::Redis(redis), Some(url)) => {
+        // start seeds it from its file, the others adopt it, and changes reach all of them
+        // (Redis Cluster included).
+        let shared_topology = match shared.backend.as_redis() {
+            Some(redis) => {
                 let stored =
                     shard::redis::RedisTopology::new(redis.clone(), name, topology.clone())
-                        .map_err(|e| {
-                            config_error_at(&format!("upstreams.{name}"), e.to_string())
-                        })?;
+                        .map_err(|e| config_error_at(&at, e.to_string()))?;
                 stored
-                    .join(config.topology()?)
+                    .join(pool.topology().map_err(|e| nested(&at, e))?)
                     .await
                     .map_err(|e| GatewayError::Redis(format!("topology of {name}: {e}")))?;
-                let task = stored.spawn_sync(Duration::from_secs(1), Some(url.clone()));
+                let task = stored.spawn_sync(Duration::from_secs(1));
                 Some((stored, task))
             }
-            _ => None,
+            None => None,
         };
         let make_breakers = breakers.clone();
         let make_client = client.clone();
         let upstream_name: Arc<str> = Arc::from(name);
         let available = breakers.clone();
-        let router = ShardRouter::builder(topology.clone())
-            .key(PoolKey::of(&config.key))
-            .failover(config.failover)
+        let router = pool
+            .router(topology.clone(), client_ip)
             .is_available(move |node: &Node| available.is_call_permitted(node.id_arc()))
+            .respond()
             .build(move |node: &Node| {
                 let breaker = make_breakers.get_or_create(node.id_arc());
                 let target = proxy::ProxyNode::new(
@@ -263,6 +235,7 @@ impl Upstream {
         Ok(Upstream {
             name: name.to_owned(),
             config: config.clone(),
+            client_ip: client_ip.clone(),
             topology,
             breakers,
             router,
@@ -277,7 +250,7 @@ impl Upstream {
         let breaker = config
             .breaker
             .circuit_breaker()
-            .map_err(|e| config_error_at(&format!("{at}.breaker"), e))?;
+            .map_err(|e| nested(&format!("{at}.breaker"), e))?;
         self.breakers
             .reconfigure(breaker)
             .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))?;
@@ -315,7 +288,10 @@ impl Upstream {
 
     /// Changes the pool's nodes: through Redis when the topology is shared (every instance
     /// follows), else locally.
-    pub(crate) async fn apply(&self, changes: &[shard::Change]) -> Result<Arc<Topology>, String> {
+    pub(crate) async fn apply(
+        &self,
+        changes: &[shard::Change],
+    ) -> Result<Arc<shard::Topology>, String> {
         match &self.shared_topology {
             Some((stored, _)) => stored.apply(changes).await.map_err(|e| e.to_string()),
             None => self.topology.apply(changes).map_err(|e| e.to_string()),
@@ -325,6 +301,13 @@ impl Upstream {
 
 fn config_error_at(path: &str, message: impl Into<String>) -> GatewayError {
     GatewayError::Config(ConfigError::new(path, message))
+}
+
+/// A section's own errors, placed under `path`.
+fn nested(path: &str, error: ConfigError) -> GatewayError {
+    let mut issues = omega_penta::config::Issues::new();
+    issues.absorb(path, error);
+    GatewayError::Config(issues.into_result().expect_err("an error was absorbed"))
 }
 
 impl Route {
@@ -339,11 +322,11 @@ impl Route {
             strip_prefix: config.strip_prefix,
             timeout: config.timeout.0,
         });
-        let pool = ErrorsAsResponses(upstream.router.clone());
+        let pool = upstream.router.clone();
         let service = if !shared.layers {
             Self::first_node_only(upstream, shared)
         } else if let Some(l) = &limiter {
-            HttpService::new(HttpRateLimitLayer::new(l.clone()).layer(pool))
+            HttpService::new(RateLimitLayer::new(l.clone()).respond().layer(pool))
         } else {
             HttpService::new(pool)
         };
@@ -352,6 +335,7 @@ impl Route {
             ("upstream", upstream.name.clone()),
         ];
         Route {
+            template: RouteTemplate(Arc::from(config.prefix.as_str())),
             requests: metrics::counter!("omega_gateway_requests_total", &labels),
             seconds: metrics::histogram!("omega_gateway_request_seconds", &labels),
             config: config.clone(),
@@ -379,38 +363,6 @@ impl Route {
                 ))
             })),
         }
-    }
-}
-
-/// Turns the router's errors (no key, no node available) into responses: 400, 503.
-#[derive(Clone)]
-struct ErrorsAsResponses<S>(S);
-
-impl<S> tower::Service<Request<Body>> for ErrorsAsResponses<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = shard::BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx).map(|_| Ok(())) // the router is always ready
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let future = self.0.call(req);
-        Box::pin(async move {
-            Ok(future
-                .await
-                .unwrap_or_else(|e| shard::http::error_response::<Body>(&e)))
-        })
     }
 }
 
@@ -460,7 +412,7 @@ impl Running {
 impl Gateway {
     /// Builds every route and pool of `config`. `redis` overrides the configuration's Redis.
     pub async fn new(
-        config: StackConfig,
+        config: GatewayConfig,
         config_path: Option<PathBuf>,
         redis: Option<String>,
     ) -> Result<Gateway, GatewayError> {
@@ -471,50 +423,43 @@ impl Gateway {
     /// node of its pool, with no rate limit, shard routing or circuit breaker. This is the
     /// baseline of the load benchmark (`cargo bench -p omega-gateway-load`),
     /// which measures what the layers cost; it is not meant to serve.
-    pub async fn proxy_only(mut config: StackConfig) -> Result<Gateway, GatewayError> {
-        config.redis = None;
+    pub async fn proxy_only(mut config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.stack.redis = None;
         Gateway::build(config, None, None, false).await
     }
 
     async fn build(
-        mut config: StackConfig,
+        mut config: GatewayConfig,
         config_path: Option<PathBuf>,
         redis: Option<String>,
         layers: bool,
     ) -> Result<Gateway, GatewayError> {
         if redis.is_some() {
-            config.redis = redis;
+            config.stack.redis = redis;
         }
         let metrics = prometheus();
-        let backend = match &config.redis {
+        // One Redis handle (standalone or cluster, from one URL) for every layer.
+        let backend = match &config.stack.redis {
             None => Backend::memory(),
             Some(url) => {
-                let cfg = if let Some(seeds) = url.strip_prefix("redis+cluster://") {
-                    let seeds = seeds.split(',').map(|s| format!("redis://{s}"));
-                    RedisConfig::cluster(seeds)
-                } else {
-                    RedisConfig::url(url.clone())
-                };
+                let cfg =
+                    RedisConfig::parse(url).map_err(|e| config_error_at("redis", e.to_string()))?;
                 Backend::redis(cfg)
                     .await
                     .map_err(|e| GatewayError::Redis(e.to_string()))?
             }
         };
-        let breaker_sync = match &config.redis {
-            Some(url) if !url.starts_with("redis+cluster://") => Some(
-                omega_penta::circuit_breaker::shared::RedisSync::builder(url.clone())
+        let breaker_sync = match backend.as_redis() {
+            Some(redis) => Some(
+                omega_penta::circuit_breaker::shared::RedisSync::builder(redis.clone())
                     .build()
                     .map_err(|e| GatewayError::Redis(e.to_string()))?,
             ),
-            _ => None,
+            None => None,
         };
         let shared = Arc::new(Shared {
             backend,
             breaker_sync,
-            redis_url: config
-                .redis
-                .clone()
-                .filter(|u| !u.starts_with("redis+cluster://")),
             client: proxy::client(),
             table: ArcSwap::from_pointee(Table {
                 routes: Vec::new(),
@@ -532,7 +477,7 @@ impl Gateway {
     }
 
     /// The current configuration.
-    pub fn config(&self) -> StackConfig {
+    pub fn config(&self) -> GatewayConfig {
         self.shared
             .config
             .lock()
@@ -613,7 +558,7 @@ pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError>
         let old = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
         config.listen = old.listen;
         config.admin = old.admin;
-        config.redis = old.redis.clone();
+        config.stack.redis = old.stack.redis.clone();
     }
     let current = shared.table.load_full();
     let table = build_table(shared, &config, Some(&current)).await?;
@@ -632,23 +577,26 @@ pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError>
 /// their state carries over.
 async fn build_table(
     shared: &Arc<Shared>,
-    config: &StackConfig,
+    config: &GatewayConfig,
     current: Option<&Table>,
 ) -> Result<Table, GatewayError> {
+    let config = &config.stack;
+    let client_ip = config.client_ip();
     let mut upstreams = BTreeMap::new();
     for (name, up) in &config.upstreams {
         let pool = match current.and_then(|t| t.upstreams.get(name)) {
             Some(existing)
-                if existing.config.key == up.key && existing.config.failover == up.failover =>
+                if existing.config.key == up.key
+                    && existing.config.failover == up.failover
+                    && existing.client_ip == client_ip =>
             {
                 existing.reconcile(up).await?;
                 existing.clone()
             }
-            _ => Arc::new(Upstream::build(name, up, shared).await?),
+            _ => Arc::new(Upstream::build(name, up, shared, &client_ip).await?),
         };
         upstreams.insert(name.clone(), pool);
     }
-    let client_ip = config.client_ip();
     let mut routes = Vec::new();
     for (i, rc) in config.routes.iter().enumerate() {
         let upstream = &upstreams[&rc.upstream];
@@ -667,16 +615,18 @@ async fn build_table(
         let limiter = match reusable.and_then(|r| r.limiter.clone()) {
             Some(limiter) => {
                 for l in &rc.limits {
-                    let quota = l
-                        .quota()
-                        .map_err(|e| config_error_at(&format!("routes[{i}].limits"), e))?;
+                    let quota = l.quota().map_err(|e| {
+                        config_error_at(&format!("routes[{i}].limits"), e.to_string())
+                    })?;
                     limiter.set_quota(&l.name, quota).map_err(|e| {
                         config_error_at(&format!("routes[{i}].limits"), e.to_string())
                     })?;
                 }
                 Some(limiter)
             }
-            None => rc.rate_limiter(&shared.backend, &client_ip)?,
+            None => rc
+                .rate_limiter(&shared.backend, &client_ip)
+                .map_err(|e| nested(&format!("routes[{i}].limits"), e))?,
         };
         routes.push(Route::build(rc, upstream, limiter, shared));
     }
@@ -685,7 +635,7 @@ async fn build_table(
 }
 
 /// Answers one request: route, then the route's pipeline.
-async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Body>) -> Response<Body> {
     let table = shared.table.load_full();
     let path = req.uri().path();
     let Some(route) = table
@@ -695,7 +645,10 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Body>) -> Response<Body> {
     else {
         return proxy::status(StatusCode::NOT_FOUND, "no route for this path");
     };
-    req.extensions_mut().insert(route.info.clone());
+    let extensions = req.extensions_mut();
+    extensions.insert(route.info.clone());
+    extensions.insert(PeerAddr(peer));
+    extensions.insert(route.template.clone());
     let started = std::time::Instant::now();
     let response = route
         .service
@@ -721,10 +674,13 @@ async fn serve(
         .shutdown_grace
         .0;
     let proxy_shared = shared.clone();
-    let app = axum::Router::new().fallback(move |req: Request<Body>| {
-        let shared = proxy_shared.clone();
-        async move { handle(shared, req).await }
-    });
+    let app = axum::Router::new().fallback(
+        move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+              req: Request<Body>| {
+            let shared = proxy_shared.clone();
+            async move { handle(shared, peer, req).await }
+        },
+    );
     let admin_app = admin::router(shared.clone());
     let upkeep = shared.metrics.clone();
     let upkeep = tokio::spawn(async move {

@@ -13,8 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omega_gateway::{Gateway, GatewayError, demo, load_config};
-use omega_penta::config::StackConfig;
+use omega_gateway::{Gateway, GatewayConfig, GatewayError, demo, load_config};
 
 const USAGE: &str = "usage:
   omega-gateway                                  embedded demo (in-memory state, demo upstream nodes)
@@ -71,7 +70,7 @@ fn quick_config(
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     upstream: &str,
-) -> Result<StackConfig, GatewayError> {
+) -> Result<GatewayConfig, GatewayError> {
     let mut doc = serde_json::json!({
         "listen": listen.to_string(),
         "upstreams": { "default": { "nodes": [{ "id": "upstream", "url": upstream }] } },
@@ -80,11 +79,11 @@ fn quick_config(
     if let Some(admin) = admin {
         doc["admin"] = admin.to_string().into();
     }
-    Ok(StackConfig::from_json(&doc.to_string())?)
+    Ok(GatewayConfig::from_json(&doc.to_string())?)
 }
 
 /// The embedded default: three demo nodes behind per-user and global limits.
-async fn demo_config() -> Result<(StackConfig, Vec<demo::DemoNode>), GatewayError> {
+async fn demo_config() -> Result<(GatewayConfig, Vec<demo::DemoNode>), GatewayError> {
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         nodes.push(
@@ -113,7 +112,7 @@ async fn demo_config() -> Result<(StackConfig, Vec<demo::DemoNode>), GatewayErro
             ]
         }]
     });
-    Ok((StackConfig::from_json(&doc.to_string())?, nodes))
+    Ok((GatewayConfig::from_json(&doc.to_string())?, nodes))
 }
 
 fn print_demo(gateway: &Gateway, addr: SocketAddr, admin: SocketAddr, nodes: &[demo::DemoNode]) {

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -170,8 +169,8 @@ impl NodeInner {
             .map_or(Duration::from_secs(30), |r| r.timeout);
         let peer = req
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
+            .get::<omega_penta::core::key::http::PeerAddr>()
+            .map(|p| p.0);
         let (mut parts, body) = req.into_parts();
 
         // The upstream path: the route prefix removed when configured.

@@ -1,34 +1,30 @@
-//! The breaker: admission, recording, transitions.
+//! The breaker's state machine: the state word, transitions, timers and events.
 //!
 //! One atomic word holds the state, an epoch that every transition bumps, and two flags. The
 //! CLOSED path is one load to admit and, when the window is clean (full of successes), one
 //! load to record a success: no lock, no allocation, no clock (unless slow-call detection is
-//! on). Everything else — failures, transitions, OPEN, HALF_OPEN — takes slower paths; only
-//! transitions take a lock, never held across an `.await`.
+//! on); that path is in [`crate::admission`]. Transitions take a lock, never held across an
+//! `.await`. What a transition means beyond this process (sharing an OPEN through Redis) is
+//! told to a hook the breaker owns ([`TransitionHook`], feature `redis`); this module knows
+//! nothing of who listens.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use omega_core::Clock;
-use omega_core::Nanos;
 use omega_core::clock::duration_nanos;
-use pin_project_lite::pin_project;
+use omega_core::{Clock, Nanos};
 use tokio::sync::broadcast;
 
-use crate::classify::{Classify, ErrorsAreFailures, Outcome};
-use crate::config::{CircuitBreakerConfig, SlidingWindow};
-use crate::error::{CallError, CircuitOpen, ConfigError, Name};
+use crate::error::{ConfigError, Name};
 use crate::event::{Cause, Event, EventKind};
-use crate::state::{self, CLEAN, Probes, RAMP, STATE_MASK, State};
-use crate::window::{Counts, Window};
+use crate::settings::CircuitBreakerConfig;
+use crate::state::{self, CLEAN, Probes, State};
+use crate::window::Window;
 
-const NOT_TIMED: Nanos = u64::MAX;
-const NEVER: Nanos = u64::MAX;
+/// A deadline that never comes.
+pub(crate) const NEVER: Nanos = u64::MAX;
 
 /// A circuit breaker. Clones share one breaker: the clone is the handle for manual transitions,
 /// reconfiguration, health and events.
@@ -51,30 +47,30 @@ pub struct CircuitBreaker {
 
 pub(crate) struct Inner {
     pub(crate) name: Arc<str>,
-    short_name: Name,
-    word: AtomicU64,
-    probes: AtomicU64,
-    slow_nanos: AtomicU64,
-    open_until: AtomicU64,
-    half_open_until: AtomicU64,
-    ramp_from: AtomicU64,
-    ramp_until: AtomicU64,
-    ramp_seq: AtomicU64,
-    rejected: AtomicU64,
-    window: ArcSwap<Window>,
-    config: ArcSwap<CircuitBreakerConfig>,
+    pub(crate) short_name: Name,
+    pub(crate) word: AtomicU64,
+    pub(crate) probes: AtomicU64,
+    pub(crate) slow_nanos: AtomicU64,
+    pub(crate) open_until: AtomicU64,
+    pub(crate) half_open_until: AtomicU64,
+    pub(crate) ramp_from: AtomicU64,
+    pub(crate) ramp_until: AtomicU64,
+    pub(crate) ramp_seq: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) window: ArcSwap<Window>,
+    pub(crate) config: ArcSwap<CircuitBreakerConfig>,
     pub(crate) clock: Clock,
     lock: Mutex<Transitions>,
     events: broadcast::Sender<Event>,
-    listening: AtomicBool,
+    pub(crate) listening: AtomicBool,
     runtime: Option<tokio::runtime::Handle>,
     #[cfg(feature = "metrics")]
-    metrics: crate::metrics::Metrics,
+    pub(crate) metrics: crate::metrics::Metrics,
     #[cfg(feature = "redis")]
-    pub(crate) shared: std::sync::OnceLock<crate::shared::Link>,
+    hook: std::sync::OnceLock<Box<dyn TransitionHook>>,
 }
 
-struct Transitions {
+pub(crate) struct Transitions {
     opened_in_a_row: u32,
 }
 
@@ -87,47 +83,23 @@ impl std::fmt::Debug for CircuitBreaker {
     }
 }
 
-/// Builds a [`CircuitBreaker`] with a name, a configuration and optionally a clock.
-#[derive(Debug)]
-pub struct CircuitBreakerBuilder {
-    name: Arc<str>,
-    config: CircuitBreakerConfig,
-    clock: Option<Clock>,
-    event_capacity: usize,
-}
-
-impl CircuitBreakerBuilder {
-    /// The configuration (default: [`CircuitBreakerConfig::default`]).
-    pub fn config(mut self, config: CircuitBreakerConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// The clock (default: [`Clock::fast`]). Tests that pause tokio's clock pass
-    /// [`Clock::system`].
-    pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// How many events a slow subscriber may lag behind before it loses some (default 256).
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity.max(1);
-        self
-    }
-
-    /// Builds the breaker, in CLOSED.
-    pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
-        self.config.validate()?;
-        let (events, _) = broadcast::channel(self.event_capacity);
-        let slow = self.config.slow_call_duration.map_or(0, duration_nanos);
-        let window = Window::new(self.config.window);
-        Ok(CircuitBreaker {
+impl CircuitBreaker {
+    /// A breaker in CLOSED, from a validated configuration.
+    pub(crate) fn from_parts(
+        name: Arc<str>,
+        config: CircuitBreakerConfig,
+        clock: Clock,
+        event_capacity: usize,
+    ) -> CircuitBreaker {
+        let (events, _) = broadcast::channel(event_capacity);
+        let slow = config.slow_call_duration.map_or(0, duration_nanos);
+        let window = Window::new(config.window);
+        CircuitBreaker {
             inner: Arc::new(Inner {
                 #[cfg(feature = "metrics")]
-                metrics: crate::metrics::Metrics::new(&self.name),
-                short_name: Name::new(&self.name),
-                name: self.name,
+                metrics: crate::metrics::Metrics::new(&name),
+                short_name: Name::new(&name),
+                name,
                 word: AtomicU64::new(state::pack(0, State::Closed, 0)),
                 probes: AtomicU64::new(0),
                 slow_nanos: AtomicU64::new(slow),
@@ -138,102 +110,15 @@ impl CircuitBreakerBuilder {
                 ramp_seq: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 window: ArcSwap::from_pointee(window),
-                config: ArcSwap::from_pointee(self.config),
-                clock: self.clock.unwrap_or_else(Clock::fast),
+                config: ArcSwap::from_pointee(config),
+                clock,
                 lock: Mutex::new(Transitions { opened_in_a_row: 0 }),
                 events,
                 listening: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 #[cfg(feature = "redis")]
-                shared: std::sync::OnceLock::new(),
+                hook: std::sync::OnceLock::new(),
             }),
-        })
-    }
-}
-
-/// A snapshot of a breaker's health.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthSnapshot {
-    /// The breaker's name.
-    pub name: Arc<str>,
-    /// The current state.
-    pub state: State,
-    /// The failure rate in percent over the window (over the probes in HALF_OPEN); `None`
-    /// while fewer calls than the minimum were recorded.
-    pub failure_rate: Option<f32>,
-    /// The slow-call rate in percent, like `failure_rate`.
-    pub slow_call_rate: Option<f32>,
-    /// Calls in the window (completed probes in HALF_OPEN).
-    pub calls: u64,
-    /// Failed calls in the window.
-    pub failed_calls: u64,
-    /// Slow calls in the window.
-    pub slow_calls: u64,
-    /// Calls rejected since the breaker was created.
-    pub rejected_calls: u64,
-    /// Probe permits left (HALF_OPEN only).
-    pub probes_left: Option<u32>,
-    /// Time until the next transition the breaker makes by itself: the end of the OPEN wait,
-    /// of the HALF_OPEN maximum wait, or of the ramp-up after closing.
-    pub next_transition_in: Option<Duration>,
-}
-
-// What a permit carries: the epoch it was admitted in and its kind, packed in one word (a
-// byte-sized enum next to a word-sized load costs a store-forwarding stall on the hot path),
-// and the start time when slow calls are measured.
-const UNTRACKED: u64 = 0;
-const WINDOW: u64 = 1;
-const PROBE: u64 = 2;
-
-#[derive(Clone, Copy, Debug)]
-struct Ticket {
-    tag: u64,
-    start: Nanos,
-}
-
-impl Ticket {
-    #[inline]
-    fn new(epoch: u32, kind: u64, start: Nanos) -> Ticket {
-        Ticket {
-            tag: (u64::from(epoch) << 2) | kind,
-            start,
-        }
-    }
-
-    #[inline]
-    fn epoch(&self) -> u32 {
-        (self.tag >> 2) as u32
-    }
-
-    #[inline]
-    fn kind(&self) -> u64 {
-        self.tag & 3
-    }
-}
-
-impl CircuitBreaker {
-    /// A breaker named `name` with the default configuration.
-    pub fn new(name: impl Into<Arc<str>>) -> CircuitBreaker {
-        Self::builder(name)
-            .build()
-            .expect("the default configuration is valid")
-    }
-
-    /// A breaker named `name` with `config`.
-    pub fn with_config(
-        name: impl Into<Arc<str>>,
-        config: CircuitBreakerConfig,
-    ) -> Result<CircuitBreaker, ConfigError> {
-        Self::builder(name).config(config).build()
-    }
-
-    /// Starts a builder.
-    pub fn builder(name: impl Into<Arc<str>>) -> CircuitBreakerBuilder {
-        CircuitBreakerBuilder {
-            name: name.into(),
-            config: CircuitBreakerConfig::default(),
-            clock: None,
-            event_capacity: 256,
         }
     }
 
@@ -265,149 +150,8 @@ impl CircuitBreaker {
         }
     }
 
-    fn current_state(&self) -> State {
+    pub(crate) fn current_state(&self) -> State {
         State::from_bits(self.inner.word.load(Ordering::Acquire))
-    }
-
-    /// Whether a call made now would be admitted, without taking a permit: CLOSED (unless
-    /// ramping up), DISABLED and METRICS_ONLY admit; HALF_OPEN admits while probe permits are
-    /// left. A cheap check for routers that skip nodes whose circuit is open.
-    pub fn is_call_permitted(&self) -> bool {
-        let w = self.inner.word.load(Ordering::Acquire);
-        if w & (STATE_MASK | RAMP) == 0 {
-            return true;
-        }
-        self.check_deadlines(w);
-        let w = self.inner.word.load(Ordering::Acquire);
-        match State::from_bits(w) {
-            State::Closed | State::Disabled | State::MetricsOnly => true,
-            State::Open | State::ForcedOpen => false,
-            State::HalfOpen => {
-                let p = Probes::unpack(self.inner.probes.load(Ordering::Acquire));
-                p.same_epoch(state::epoch(w)) && p.left > 0
-            }
-        }
-    }
-
-    /// Takes a permit for one call, or says why not. Record the outcome on the permit; a permit
-    /// dropped without an outcome counts as a cancelled call (a HALF_OPEN probe gives its
-    /// permit back).
-    ///
-    /// ```
-    /// use omega_circuit_breaker::CircuitBreaker;
-    ///
-    /// let breaker = CircuitBreaker::new("db");
-    /// match breaker.try_acquire() {
-    ///     Ok(permit) => permit.success(),
-    ///     Err(open) => eprintln!("{open}"),
-    /// }
-    /// ```
-    #[inline]
-    pub fn try_acquire(&self) -> Result<Permit<'_>, CircuitOpen> {
-        let ticket = self.admit()?;
-        Ok(Permit {
-            breaker: self,
-            ticket,
-        })
-    }
-
-    /// Like [`try_acquire`](Self::try_acquire), with a permit that owns a handle on the breaker
-    /// (for futures that must be `'static`).
-    #[inline]
-    pub fn try_acquire_owned(&self) -> Result<OwnedPermit, CircuitOpen> {
-        let ticket = self.admit()?;
-        Ok(OwnedPermit {
-            breaker: self.clone(),
-            ticket,
-        })
-    }
-
-    /// Runs `fut` if the circuit admits it, and records its outcome (`Err` is a failure).
-    pub fn call<F, T, E>(&self, fut: F) -> Call<'_, F, ErrorsAreFailures>
-    where
-        F: Future<Output = Result<T, E>>,
-    {
-        self.call_with(fut, ErrorsAreFailures)
-    }
-
-    /// Runs `fut` if the circuit admits it, and records its outcome as `classify` says.
-    pub fn call_with<F, C, T, E>(&self, fut: F, classify: C) -> Call<'_, F, C>
-    where
-        F: Future<Output = Result<T, E>>,
-        C: Classify<T, E>,
-    {
-        let (permit, rejected) = match self.try_acquire() {
-            Ok(p) => (Some(p), None),
-            Err(open) => (None, Some(open)),
-        };
-        Call {
-            fut,
-            permit,
-            rejected,
-            classify,
-        }
-    }
-
-    /// Runs the synchronous `f` if the circuit admits it, and records its outcome.
-    #[inline]
-    pub fn call_sync<T, E>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, CallError<E>> {
-        let permit = self.try_acquire().map_err(CallError::Rejected)?;
-        let result = f();
-        permit.record(if result.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        });
-        result.map_err(CallError::Inner)
-    }
-
-    /// A snapshot of the breaker's health.
-    pub fn health(&self) -> HealthSnapshot {
-        let state = self.state();
-        let inner = &*self.inner;
-        let cfg = inner.config.load();
-        let now = inner.clock.now();
-        let (counts, probes_left, min) = if state == State::HalfOpen {
-            let p = Probes::unpack(inner.probes.load(Ordering::Acquire));
-            let c = Counts {
-                calls: u64::from(p.done),
-                failed: u64::from(p.failed),
-                slow: u64::from(p.slow),
-            };
-            (c, Some(p.left), 1)
-        } else {
-            let c = inner.window.load().counts(|| now);
-            (c, None, cfg.min_calls())
-        };
-        let rate = |n: u64| {
-            (counts.calls >= min && counts.calls > 0)
-                .then(|| (n as f64 * 100.0 / counts.calls as f64) as f32)
-        };
-        let until = |t: Nanos| (t != NEVER).then(|| Duration::from_nanos(t.saturating_sub(now)));
-        let next_transition_in = match state {
-            State::Open => until(inner.open_until.load(Ordering::Acquire)),
-            State::HalfOpen => until(inner.half_open_until.load(Ordering::Acquire)),
-            State::Closed if inner.word.load(Ordering::Acquire) & RAMP != 0 => {
-                until(inner.ramp_until.load(Ordering::Acquire))
-            }
-            _ => None,
-        };
-        HealthSnapshot {
-            name: inner.name.clone(),
-            state,
-            failure_rate: rate(counts.failed),
-            slow_call_rate: if cfg.slow_call_duration.is_some() {
-                rate(counts.slow)
-            } else {
-                None
-            },
-            calls: counts.calls,
-            failed_calls: counts.failed,
-            slow_calls: counts.slow,
-            rejected_calls: inner.rejected.load(Ordering::Relaxed),
-            probes_left,
-            next_transition_in,
-        }
     }
 
     /// A stream of this breaker's events (transitions, rejections, reconfigurations). Rejection
@@ -497,131 +241,15 @@ impl CircuitBreaker {
         }
     }
 
-    /// `true` while the breaker is still in the state that transition `epoch` entered.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn in_epoch(&self, epoch: u32) -> bool {
-        state::epoch(self.inner.word.load(Ordering::Acquire)) == epoch
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Transitions> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Transitions> {
         self.inner
             .lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    // ---- admission ----
-
-    #[inline]
-    fn admit(&self) -> Result<Ticket, CircuitOpen> {
-        let w = self.inner.word.load(Ordering::Acquire);
-        if w & (STATE_MASK | RAMP) == 0 {
-            return Ok(Ticket::new(state::epoch(w), WINDOW, self.start()));
-        }
-        self.admit_slow(w)
-    }
-
-    #[inline]
-    fn start(&self) -> Nanos {
-        if self.inner.slow_nanos.load(Ordering::Relaxed) != 0 {
-            self.inner.clock.now()
-        } else {
-            NOT_TIMED
-        }
-    }
-
-    #[cold]
-    fn admit_slow(&self, mut w: u64) -> Result<Ticket, CircuitOpen> {
-        let inner = &*self.inner;
-        loop {
-            let epoch = state::epoch(w);
-            let ticket = |kind| Ticket::new(epoch, kind, self.start());
-            match State::from_bits(w) {
-                State::Closed => {
-                    let now = inner.clock.now();
-                    let until = inner.ramp_until.load(Ordering::Acquire);
-                    if now >= until {
-                        let _ = inner.word.compare_exchange(
-                            w,
-                            w & !RAMP,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        );
-                        return Ok(ticket(WINDOW));
-                    }
-                    let from = inner.ramp_from.load(Ordering::Acquire);
-                    let share = 0.1
-                        + 0.9 * (now.saturating_sub(from)) as f64
-                            / (until.saturating_sub(from)).max(1) as f64;
-                    let n = inner.ramp_seq.fetch_add(1, Ordering::Relaxed);
-                    // A low-discrepancy sequence spreads the admitted calls evenly.
-                    let x = (n as f64 * 0.618_033_988_749_894_9).fract();
-                    if x < share {
-                        return Ok(ticket(WINDOW));
-                    }
-                    return Err(self.reject(State::Closed, until - now));
-                }
-                State::Open => {
-                    let now = inner.clock.now();
-                    let until = inner.open_until.load(Ordering::Acquire);
-                    if now < until {
-                        return Err(self.reject(State::Open, until - now));
-                    }
-                    self.wait_elapsed(epoch);
-                }
-                State::HalfOpen => {
-                    let hu = inner.half_open_until.load(Ordering::Acquire);
-                    if hu != NEVER && inner.clock.now() >= hu {
-                        self.half_open_timeout(epoch);
-                    } else {
-                        let mut cur = inner.probes.load(Ordering::Acquire);
-                        loop {
-                            let mut p = Probes::unpack(cur);
-                            if !p.same_epoch(epoch) {
-                                break; // a transition is under way: look again
-                            }
-                            if p.left == 0 {
-                                return Err(self.reject(State::HalfOpen, crate::error::NO_RETRY));
-                            }
-                            p.left -= 1;
-                            match inner.probes.compare_exchange_weak(
-                                cur,
-                                p.pack(),
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            ) {
-                                Ok(_) => return Ok(ticket(PROBE)),
-                                Err(actual) => cur = actual,
-                            }
-                        }
-                    }
-                }
-                State::Disabled => return Ok(ticket(UNTRACKED)),
-                State::MetricsOnly => return Ok(ticket(WINDOW)),
-                State::ForcedOpen => {
-                    return Err(self.reject(State::ForcedOpen, crate::error::NO_RETRY));
-                }
-            }
-            w = inner.word.load(Ordering::Acquire);
-        }
-    }
-
-    fn reject(&self, state: State, retry_nanos: u64) -> CircuitOpen {
-        let inner = &*self.inner;
-        inner.rejected.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        inner.metrics.rejected.increment(1);
-        if inner.listening.load(Ordering::Relaxed) {
-            self.emit(EventKind::Rejected { state });
-        }
-        CircuitOpen {
-            breaker: inner.short_name.clone(),
-            state,
-            retry_nanos,
-        }
-    }
-
-    fn check_deadlines(&self, w: u64) {
+    /// Makes the time-driven transition that is due for the word `w`, if any.
+    pub(crate) fn check_deadlines(&self, w: u64) {
         let inner = &*self.inner;
         match State::from_bits(w) {
             State::Open if inner.clock.now() >= inner.open_until.load(Ordering::Acquire) => {
@@ -637,183 +265,10 @@ impl CircuitBreaker {
         }
     }
 
-    // ---- recording ----
-
-    #[inline]
-    fn complete(&self, t: Ticket, outcome: Outcome) {
-        // The CLOSED fast path: an untimed success into a clean window of the same epoch
-        // changes nothing.
-        if outcome == Outcome::Success && t.start == NOT_TIMED && t.kind() == WINDOW {
-            let w = self.inner.word.load(Ordering::Acquire);
-            if w & CLEAN != 0 && state::epoch(w) == t.epoch() {
-                return;
-            }
-        }
-        self.complete_slow(t, outcome);
-    }
-
-    #[inline(never)]
-    fn complete_slow(&self, t: Ticket, outcome: Outcome) {
-        match t.kind() {
-            WINDOW => {
-                if outcome == Outcome::Ignored {
-                    return;
-                }
-                let failed = outcome == Outcome::Failure;
-                let slow = self.is_slow(t.start);
-                let w = self.inner.word.load(Ordering::Acquire);
-                if state::epoch(w) != t.epoch() || (!failed && !slow && w & CLEAN != 0) {
-                    return;
-                }
-                self.record_window(w, failed, slow);
-            }
-            PROBE => self.record_probe(t, outcome),
-            _ => {}
-        }
-    }
-
-    #[inline]
-    fn is_slow(&self, start: Nanos) -> bool {
-        if start == NOT_TIMED {
-            return false;
-        }
-        let limit = self.inner.slow_nanos.load(Ordering::Relaxed);
-        limit != 0 && self.inner.clock.now().saturating_sub(start) >= limit
-    }
-
-    #[cold]
-    fn record_window(&self, w: u64, failed: bool, slow: bool) {
-        let inner = &*self.inner;
-        let window = inner.window.load();
-        let bad = failed || slow;
-        #[cfg(feature = "metrics")]
-        inner.metrics.outcome(failed, slow);
-        let counts = match &**window {
-            Window::Count(cw) => cw.record(failed, slow),
-            Window::Time(tw) => tw.record(inner.clock.now(), failed, slow),
-            Window::Consecutive(c) => {
-                let run = c.record(bad);
-                if bad {
-                    inner.word.fetch_and(!CLEAN, Ordering::AcqRel);
-                    if run >= c.threshold && State::from_bits(w) == State::Closed {
-                        self.trip(state::epoch(w), Cause::ConsecutiveFailures);
-                    }
-                } else {
-                    self.set_clean(w, &window);
-                }
-                return;
-            }
-        };
-        if bad {
-            inner.word.fetch_and(!CLEAN, Ordering::AcqRel);
-        } else if window.is_clean() {
-            self.set_clean(w, &window);
-        }
-        if (counts.failed > 0 || counts.slow > 0) && State::from_bits(w) == State::Closed {
-            let cfg = inner.config.load();
-            if counts.calls >= cfg.min_calls()
-                && let Some(cause) = cfg.exceeded(counts.calls, counts.failed, counts.slow)
-            {
-                self.trip(state::epoch(w), cause);
-            }
-        }
-    }
-
-    /// Sets CLEAN on the word of the epoch we saw, then checks that the window is still clean
-    /// (a failure recorded meanwhile clears the flag after recording, so one of the two sees
-    /// the other).
-    fn set_clean(&self, w: u64, window: &Window) {
-        let word = &self.inner.word;
-        let seen = w & !CLEAN;
-        if word
-            .compare_exchange(seen, seen | CLEAN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            && !window.is_clean()
-        {
-            word.fetch_and(!CLEAN, Ordering::AcqRel);
-        }
-    }
-
-    fn record_probe(&self, t: Ticket, outcome: Outcome) {
-        let inner = &*self.inner;
-        let failed = outcome == Outcome::Failure;
-        let slow = outcome != Outcome::Ignored && self.is_slow(t.start);
-        let mut cur = inner.probes.load(Ordering::Acquire);
-        let p = loop {
-            let mut p = Probes::unpack(cur);
-            if !p.same_epoch(t.epoch()) {
-                return; // a stale result: the breaker has moved on
-            }
-            if outcome == Outcome::Ignored {
-                p.left += 1;
-            } else {
-                p.done += 1;
-                p.failed += u32::from(failed);
-                p.slow += u32::from(slow);
-            }
-            match inner.probes.compare_exchange_weak(
-                cur,
-                p.pack(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break p,
-                Err(actual) => cur = actual,
-            }
-        };
-        if outcome == Outcome::Ignored {
-            return;
-        }
-        #[cfg(feature = "metrics")]
-        inner.metrics.outcome(failed, slow);
-        let cfg = inner.config.load();
-        let n = cfg.permitted_calls_in_half_open;
-        let opens = match cfg.window {
-            SlidingWindow::ConsecutiveFailures(_) => p.failed + p.slow > 0,
-            _ => cfg
-                .exceeded(u64::from(n), u64::from(p.failed), u64::from(p.slow))
-                .is_some(),
-        };
-        let to = if opens {
-            (State::Open, Cause::ProbesFailed)
-        } else if p.done >= n {
-            (State::Closed, Cause::ProbesSucceeded)
-        } else {
-            return;
-        };
-        let mut g = self.lock();
-        let w = inner.word.load(Ordering::Acquire);
-        if state::epoch(w) == t.epoch() && State::from_bits(w) == State::HalfOpen {
-            self.transition_locked(&mut g, w, to.0, to.1, None);
-        }
-    }
-
-    #[inline]
-    fn release(&self, t: Ticket) {
-        if t.kind() == PROBE {
-            self.release_probe(t);
-        }
-    }
-
-    fn release_probe(&self, t: Ticket) {
-        let probes = &self.inner.probes;
-        let mut cur = probes.load(Ordering::Acquire);
-        loop {
-            let mut p = Probes::unpack(cur);
-            if !p.same_epoch(t.epoch()) {
-                return;
-            }
-            p.left += 1;
-            match probes.compare_exchange_weak(cur, p.pack(), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
     // ---- transitions ----
 
-    fn trip(&self, epoch: u32, cause: Cause) {
+    /// CLOSED → OPEN for `cause`, if the breaker is still in the CLOSED of `epoch`.
+    pub(crate) fn trip(&self, epoch: u32, cause: Cause) {
         let mut g = self.lock();
         let w = self.inner.word.load(Ordering::Acquire);
         if state::epoch(w) == epoch && State::from_bits(w) == State::Closed {
@@ -821,7 +276,16 @@ impl CircuitBreaker {
         }
     }
 
-    fn wait_elapsed(&self, epoch: u32) {
+    /// HALF_OPEN → `to` for `cause`, if the breaker is still in the HALF_OPEN of `epoch`.
+    pub(crate) fn conclude_probes(&self, epoch: u32, to: State, cause: Cause) {
+        let mut g = self.lock();
+        let w = self.inner.word.load(Ordering::Acquire);
+        if state::epoch(w) == epoch && State::from_bits(w) == State::HalfOpen {
+            self.transition_locked(&mut g, w, to, cause, None);
+        }
+    }
+
+    pub(crate) fn wait_elapsed(&self, epoch: u32) {
         let mut g = self.lock();
         let w = self.inner.word.load(Ordering::Acquire);
         if state::epoch(w) == epoch
@@ -832,7 +296,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn half_open_timeout(&self, epoch: u32) {
+    pub(crate) fn half_open_timeout(&self, epoch: u32) {
         let mut g = self.lock();
         let w = self.inner.word.load(Ordering::Acquire);
         let hu = self.inner.half_open_until.load(Ordering::Acquire);
@@ -842,21 +306,6 @@ impl CircuitBreaker {
             && self.inner.clock.now() >= hu
         {
             self.transition_locked(&mut g, w, State::Open, Cause::HalfOpenTimeout, None);
-        }
-    }
-
-    /// Opens because another instance did; `wait` is what is left of its OPEN wait. Only a
-    /// CLOSED or HALF_OPEN breaker follows (manual states win).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn open_remote(&self, wait: Duration) -> bool {
-        let mut g = self.lock();
-        let w = self.inner.word.load(Ordering::Acquire);
-        match State::from_bits(w) {
-            State::Closed | State::HalfOpen if !wait.is_zero() => {
-                self.transition_locked(&mut g, w, State::Open, Cause::Remote, Some(wait));
-                true
-            }
-            _ => false,
         }
     }
 
@@ -916,7 +365,7 @@ impl CircuitBreaker {
                         inner
                             .ramp_until
                             .store(now.saturating_add(duration_nanos(ramp)), Ordering::Release);
-                        flags |= RAMP;
+                        flags |= state::RAMP;
                     }
                 }
             }
@@ -935,8 +384,16 @@ impl CircuitBreaker {
             self.arm(epoch, until);
         }
         #[cfg(feature = "redis")]
-        if let Some(link) = inner.shared.get() {
-            link.on_transition(self, epoch, to, cause, open_wait);
+        if let Some(hook) = inner.hook.get() {
+            hook.on_transition(
+                self,
+                &Transition {
+                    epoch,
+                    to,
+                    cause,
+                    open_wait,
+                },
+            );
         }
         let _ = open_wait;
     }
@@ -980,7 +437,7 @@ impl CircuitBreaker {
         });
     }
 
-    fn emit(&self, kind: EventKind) {
+    pub(crate) fn emit(&self, kind: EventKind) {
         let inner = &*self.inner;
         if !inner.listening.load(Ordering::Acquire) {
             return;
@@ -1006,106 +463,76 @@ fn jittered(wait: Duration, factor: f64) -> Duration {
     wait.mul_f64(1.0 + r)
 }
 
-/// Permission for one call. Record its outcome with [`record`](Self::record) (or
-/// [`success`](Self::success) / [`failure`](Self::failure)); dropping it unrecorded counts as
-/// a cancelled call: nothing is recorded, and a HALF_OPEN probe gives its permit back.
-#[derive(Debug)]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
-    ticket: Ticket,
+// ---- the transition hook (feature `redis`) ----
+
+/// A transition the breaker just made, as its [`TransitionHook`] sees it.
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Transition {
+    /// The epoch the transition entered: the breaker is still in that state while
+    /// [`CircuitBreaker::in_epoch`] says so.
+    pub(crate) epoch: u32,
+    pub(crate) to: State,
+    pub(crate) cause: Cause,
+    /// The OPEN wait, for a transition to OPEN (zero otherwise).
+    pub(crate) open_wait: Duration,
 }
 
-impl Permit<'_> {
-    /// Records the call's outcome. Outcomes of calls admitted before the breaker's last
-    /// transition are ignored.
-    #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        let t = self.ticket;
-        self.ticket.tag = UNTRACKED;
-        self.breaker.complete(t, outcome);
-    }
-
-    /// Records a success.
-    #[inline]
-    pub fn success(self) {
-        self.record(Outcome::Success)
-    }
-
-    /// Records a failure.
-    pub fn failure(self) {
-        self.record(Outcome::Failure)
-    }
+/// Told of every transition of the breaker it is set on, under the breaker's transition lock
+/// (so it must not block: it spawns what it has to do). With [`CircuitBreaker::open_remote`]
+/// it may open the breaker for others.
+#[cfg(feature = "redis")]
+pub(crate) trait TransitionHook: Send + Sync + 'static {
+    fn on_transition(&self, breaker: &CircuitBreaker, transition: &Transition);
 }
 
-impl Drop for Permit<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.breaker.release(self.ticket);
-    }
-}
+/// A handle on a breaker that does not keep it alive.
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+pub(crate) struct WeakBreaker(std::sync::Weak<Inner>);
 
-/// A [`Permit`] that owns a handle on its breaker.
-#[derive(Debug)]
-pub struct OwnedPermit {
-    breaker: CircuitBreaker,
-    ticket: Ticket,
-}
-
-impl OwnedPermit {
-    /// Records the call's outcome (see [`Permit::record`]).
-    pub fn record(mut self, outcome: Outcome) {
-        let t = self.ticket;
-        self.ticket.tag = UNTRACKED;
-        self.breaker.complete(t, outcome);
+#[cfg(feature = "redis")]
+impl WeakBreaker {
+    pub(crate) fn upgrade(&self) -> Option<CircuitBreaker> {
+        self.0.upgrade().map(|inner| CircuitBreaker { inner })
     }
 
-    /// The breaker.
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
-impl Drop for OwnedPermit {
-    fn drop(&mut self) {
-        self.breaker.release(self.ticket);
+#[cfg(feature = "redis")]
+impl CircuitBreaker {
+    /// Sets the breaker's hook; `false` if it already has one (a breaker has one at most).
+    pub(crate) fn set_hook(&self, hook: Box<dyn TransitionHook>) -> bool {
+        self.inner.hook.set(hook).is_ok()
     }
-}
 
-pin_project! {
-    /// The future of [`CircuitBreaker::call`].
-    pub struct Call<'a, F, C> {
-        #[pin]
-        fut: F,
-        permit: Option<Permit<'a>>,
-        rejected: Option<CircuitOpen>,
-        classify: C,
+    pub(crate) fn downgrade(&self) -> WeakBreaker {
+        WeakBreaker(Arc::downgrade(&self.inner))
     }
-}
 
-impl<F, C> std::fmt::Debug for Call<'_, F, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Call")
-            .field("admitted", &self.permit.is_some())
-            .finish()
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
-}
 
-impl<F, C, T, E> Future for Call<'_, F, C>
-where
-    F: Future<Output = Result<T, E>>,
-    C: Classify<T, E>,
-{
-    type Output = Result<T, CallError<E>>;
+    /// `true` while the breaker is still in the state that transition `epoch` entered.
+    pub(crate) fn in_epoch(&self, epoch: u32) -> bool {
+        state::epoch(self.inner.word.load(Ordering::Acquire)) == epoch
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(open) = this.rejected.take() {
-            return Poll::Ready(Err(CallError::Rejected(open)));
+    /// Opens because another instance did; `wait` is what is left of its OPEN wait. Only a
+    /// CLOSED or HALF_OPEN breaker follows (manual states win). `true` if it opened.
+    pub(crate) fn open_remote(&self, wait: Duration) -> bool {
+        let mut g = self.lock();
+        let w = self.inner.word.load(Ordering::Acquire);
+        match State::from_bits(w) {
+            State::Closed | State::HalfOpen if !wait.is_zero() => {
+                self.transition_locked(&mut g, w, State::Open, Cause::Remote, Some(wait));
+                true
+            }
+            _ => false,
         }
-        let result = std::task::ready!(this.fut.poll(cx));
-        if let Some(permit) = this.permit.take() {
-            permit.record(this.classify.classify(&result));
-        }
-        Poll::Ready(result.map_err(CallError::Inner))
     }
 }

@@ -1,327 +1,197 @@
-//! The configuration of a breaker: thresholds, window, durations. Changeable while serving
-//! through [`crate::CircuitBreaker::reconfigure`].
+//! The circuit breaker's section of a configuration file (feature `serde`).
+//!
+//! ```
+//! use omega_circuit_breaker::config::BreakerConfig;
+//! use omega_core::config::{Issues, from_json};
+//!
+//! let section: BreakerConfig = from_json(r#"{ "failure_rate": 50, "window": 20, "wait": "5s" }"#)?;
+//! let mut issues = Issues::new();
+//! section.validate(&mut issues);
+//! assert!(issues.is_empty());
+//! let config = section.circuit_breaker()?; // a CircuitBreakerConfig
+//! assert_eq!(config.get_wait_duration(), std::time::Duration::from_secs(5));
+//!
+//! let bad: BreakerConfig = from_json(r#"{ "failure_rate": 150, "probes": 0 }"#)?;
+//! let mut issues = Issues::new();
+//! bad.validate(&mut *issues.at("upstreams.api.breaker"));
+//! assert_eq!(
+//!     issues.into_result().unwrap_err().to_string(),
+//!     "upstreams.api.breaker.failure_rate: must be a percentage in (0, 100], got 150\n\
+//!      upstreams.api.breaker.probes: must be 1 to 1023, got 0"
+//! );
+//! # Ok::<(), omega_core::config::ConfigError>(())
+//! ```
 
+use std::fmt::Display;
+use std::hash::Hash;
 use std::time::Duration;
 
-use crate::error::ConfigError;
-use crate::state::MAX_PROBES;
+use omega_core::config::{ConfigError, Dur, Issues};
+use serde::{Deserialize, Serialize};
 
-/// The largest count-based window and the largest consecutive-failure threshold.
-pub const MAX_WINDOW_CALLS: u32 = 1 << 20;
-/// The largest time-based window, in seconds.
-pub const MAX_WINDOW_SECONDS: u32 = 3_600;
+use crate::breaker::CircuitBreaker;
+use crate::registry::{BreakerRegistry, BreakerRegistryBuilder};
+use crate::settings::{CircuitBreakerConfig, SlidingWindow, check};
 
-/// How a breaker in CLOSED decides that its dependency is failing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlidingWindow {
-    /// The outcomes of the last `n` calls. Lock-free; the success path reads no clock and, once
-    /// the window is full of successes, writes nothing.
-    CountBased(u32),
-    /// The outcomes of the calls of the last `n` seconds, in one-second buckets. Reads the
-    /// clock and takes a short uncontended lock per call.
-    TimeBased(u32),
-    /// Opens after `n` failures (or slow calls, when a slow-call duration is set) in a row; a
-    /// success resets the count. Rates and the minimum number of calls do not apply.
-    ConsecutiveFailures(u32),
+/// A circuit breaker's settings, as a configuration file writes them (resilience4j's names,
+/// shortened); every field has a default, and unknown fields are refused.
+///
+/// ```json
+/// { "failure_rate": 50, "window": 20, "minimum_calls": 10, "wait": "5s", "probes": 3,
+///   "slow_call_duration": "2s", "slow_call_rate": 100 }
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failure rate, in percent, at which the circuit opens (default 50).
+    pub failure_rate: f32,
+    /// Calls in the count-based sliding window (default 20).
+    pub window: u32,
+    /// Calls needed before the rates count (default 10).
+    pub minimum_calls: u32,
+    /// How long the circuit stays open before probing (default 5 s).
+    pub wait: Dur,
+    /// Probes in HALF_OPEN (default 3).
+    pub probes: u32,
+    /// A call slower than this counts as slow (default: none, slow calls are not measured).
+    pub slow_call_duration: Option<Dur>,
+    /// Slow-call rate, in percent, at which the circuit opens (default 100).
+    pub slow_call_rate: f32,
 }
 
-/// The configuration of a [`crate::CircuitBreaker`]. Defaults follow resilience4j, except that
-/// slow-call detection is off unless [`slow_call_duration`](Self::slow_call_duration) is set
-/// (it costs a clock reading at the start and the end of every call).
-///
-/// ```
-/// use std::time::Duration;
-/// use omega_circuit_breaker::{CircuitBreakerConfig, SlidingWindow};
-///
-/// let config = CircuitBreakerConfig::default()
-///     .sliding_window(SlidingWindow::CountBased(20))
-///     .minimum_calls(10)
-///     .failure_rate_threshold(50.0)
-///     .wait_duration(Duration::from_secs(5))
-///     .exponential_backoff(2.0, Duration::from_secs(60))
-///     .permitted_calls_in_half_open(3);
-/// assert!(config.validate().is_ok());
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct CircuitBreakerConfig {
-    pub(crate) failure_rate_threshold: f32,
-    pub(crate) slow_call_rate_threshold: f32,
-    pub(crate) slow_call_duration: Option<Duration>,
-    pub(crate) window: SlidingWindow,
-    pub(crate) minimum_calls: u32,
-    pub(crate) wait_duration: Duration,
-    pub(crate) backoff_multiplier: f64,
-    pub(crate) max_wait_duration: Duration,
-    pub(crate) jitter: f64,
-    pub(crate) permitted_calls_in_half_open: u32,
-    pub(crate) max_wait_in_half_open: Option<Duration>,
-    pub(crate) ramp_up: Option<Duration>,
-}
-
-impl Default for CircuitBreakerConfig {
+impl Default for BreakerConfig {
     fn default() -> Self {
-        CircuitBreakerConfig {
-            failure_rate_threshold: 50.0,
-            slow_call_rate_threshold: 100.0,
+        BreakerConfig {
+            failure_rate: 50.0,
+            window: 20,
+            minimum_calls: 10,
+            wait: Dur(Duration::from_secs(5)),
+            probes: 3,
             slow_call_duration: None,
-            window: SlidingWindow::CountBased(100),
-            minimum_calls: 100,
-            wait_duration: Duration::from_secs(60),
-            backoff_multiplier: 1.0,
-            max_wait_duration: Duration::from_secs(60),
-            jitter: 0.0,
-            permitted_calls_in_half_open: 10,
-            max_wait_in_half_open: None,
-            ramp_up: None,
+            slow_call_rate: 100.0,
         }
     }
 }
 
-impl CircuitBreakerConfig {
-    /// The default configuration (resilience4j's defaults, slow-call detection off).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The failure rate, in percent (0, 100], at or above which the circuit opens. Default 50.
-    pub fn failure_rate_threshold(mut self, percent: f32) -> Self {
-        self.failure_rate_threshold = percent;
-        self
-    }
-
-    /// The slow-call rate, in percent (0, 100], at or above which the circuit opens. Default
-    /// 100. Only used with a [`slow_call_duration`](Self::slow_call_duration).
-    pub fn slow_call_rate_threshold(mut self, percent: f32) -> Self {
-        self.slow_call_rate_threshold = percent;
-        self
-    }
-
-    /// Calls that take at least this long count as slow. Off by default: with it set, every
-    /// call reads the clock when it starts and when it ends.
-    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
-        self.slow_call_duration = Some(duration);
-        self
-    }
-
-    /// The sliding window. Default: the last 100 calls.
-    pub fn sliding_window(mut self, window: SlidingWindow) -> Self {
-        self.window = window;
-        self
-    }
-
-    /// Calls the window must hold before rates are evaluated. Default 100. For a count-based
-    /// window, a value above the window size means the window size.
-    pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.minimum_calls = calls;
-        self
-    }
-
-    /// How long the circuit stays OPEN before it lets probes through. Default 60 s.
-    pub fn wait_duration(mut self, wait: Duration) -> Self {
-        self.wait_duration = wait;
-        if self.backoff_multiplier <= 1.0 || self.max_wait_duration < wait {
-            self.max_wait_duration = wait;
+impl BreakerConfig {
+    /// Reports every mistake at its field's path, relative to the section (the caller
+    /// prefixes it with [`Issues::at`]).
+    pub fn validate(&self, issues: &mut Issues) {
+        issues.check("failure_rate", check::percent(self.failure_rate));
+        issues.check("window", check::window_calls(self.window));
+        issues.check("minimum_calls", check::at_least_one(self.minimum_calls));
+        issues.check("wait", check::above_zero(self.wait.0));
+        issues.check("probes", check::probes(self.probes));
+        if let Some(d) = self.slow_call_duration {
+            issues.check("slow_call_duration", check::above_zero(d.0));
         }
-        self
+        issues.check("slow_call_rate", check::percent(self.slow_call_rate));
     }
 
-    /// Repeated openings (without a CLOSED in between) wait `multiplier` times longer than
-    /// the previous one, up to `max`.
-    pub fn exponential_backoff(mut self, multiplier: f64, max: Duration) -> Self {
-        self.backoff_multiplier = multiplier;
-        self.max_wait_duration = max;
-        self
+    /// The breaker configuration: a count-based window of `window` calls, everything else
+    /// as resilience4j defaults it. Fails with every mistake of [`validate`](Self::validate).
+    pub fn circuit_breaker(&self) -> Result<CircuitBreakerConfig, ConfigError> {
+        let mut issues = Issues::new();
+        self.validate(&mut issues);
+        issues.into_result()?;
+        let mut c = CircuitBreakerConfig::default()
+            .failure_rate_threshold(self.failure_rate)
+            .sliding_window(SlidingWindow::CountBased(self.window))
+            .minimum_calls(self.minimum_calls)
+            .wait_duration(self.wait.0)
+            .permitted_calls_in_half_open(self.probes)
+            .slow_call_rate_threshold(self.slow_call_rate);
+        if let Some(d) = self.slow_call_duration {
+            c = c.slow_call_duration(d.0);
+        }
+        Ok(c)
     }
 
-    /// Randomizes each OPEN wait by up to ± `factor` of it (0 ≤ factor < 1), so that many
-    /// instances do not probe together. Default 0.
-    pub fn jitter(mut self, factor: f64) -> Self {
-        self.jitter = factor;
-        self
+    /// A breaker named `name` with this configuration.
+    pub fn breaker(&self, name: &str) -> Result<CircuitBreaker, ConfigError> {
+        let config = self.circuit_breaker()?;
+        CircuitBreaker::with_config(name, config).map_err(|e| ConfigError::new("", e.to_string()))
     }
 
-    /// The number of probe calls admitted in HALF_OPEN (1 to 1023). Default 10.
-    pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
-        self.permitted_calls_in_half_open = calls;
-        self
-    }
-
-    /// How long HALF_OPEN may wait for its probes before opening again. Default: forever.
-    pub fn max_wait_in_half_open(mut self, wait: Duration) -> Self {
-        self.max_wait_in_half_open = Some(wait);
-        self
-    }
-
-    /// After closing, admit traffic gradually: the admitted share grows linearly from 10 % to
-    /// 100 % over `duration`. Calls left out are rejected with [`crate::CircuitOpen`].
-    pub fn ramp_up(mut self, duration: Duration) -> Self {
-        self.ramp_up = Some(duration);
-        self
-    }
-
-    /// The failure-rate threshold in percent.
-    pub fn get_failure_rate_threshold(&self) -> f32 {
-        self.failure_rate_threshold
-    }
-
-    /// The sliding window.
-    pub fn get_sliding_window(&self) -> SlidingWindow {
-        self.window
-    }
-
-    /// The base OPEN wait.
-    pub fn get_wait_duration(&self) -> Duration {
-        self.wait_duration
-    }
-
-    /// The number of probes in HALF_OPEN.
-    pub fn get_permitted_calls_in_half_open(&self) -> u32 {
-        self.permitted_calls_in_half_open
-    }
-
-    /// Checks every value; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let pct = |name: &str, v: f32| {
-            if v.is_finite() && v > 0.0 && v <= 100.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::new(format!(
-                    "{name} must be a percentage in (0, 100], got {v}"
-                )))
-            }
-        };
-        pct("failure_rate_threshold", self.failure_rate_threshold)?;
-        pct("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
-        if self.slow_call_duration == Some(Duration::ZERO) {
-            return Err(ConfigError::new("slow_call_duration must be above zero"));
-        }
-        match self.window {
-            SlidingWindow::CountBased(n) | SlidingWindow::ConsecutiveFailures(n)
-                if n == 0 || n > MAX_WINDOW_CALLS =>
-            {
-                return Err(ConfigError::new(format!(
-                    "the sliding window must hold 1 to {MAX_WINDOW_CALLS} calls, got {n}"
-                )));
-            }
-            SlidingWindow::TimeBased(s) if s == 0 || s > MAX_WINDOW_SECONDS => {
-                return Err(ConfigError::new(format!(
-                    "a time-based window must span 1 to {MAX_WINDOW_SECONDS} seconds, got {s}"
-                )));
-            }
-            _ => {}
-        }
-        if self.minimum_calls == 0 {
-            return Err(ConfigError::new("minimum_calls must be at least 1"));
-        }
-        if self.wait_duration.is_zero() {
-            return Err(ConfigError::new("wait_duration must be above zero"));
-        }
-        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
-            return Err(ConfigError::new(format!(
-                "the backoff multiplier must be at least 1, got {}",
-                self.backoff_multiplier
-            )));
-        }
-        if self.max_wait_duration < self.wait_duration {
-            return Err(ConfigError::new(
-                "the maximum OPEN wait is shorter than the wait duration",
-            ));
-        }
-        if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
-            return Err(ConfigError::new(format!(
-                "jitter must be in [0, 1), got {}",
-                self.jitter
-            )));
-        }
-        if self.permitted_calls_in_half_open == 0 || self.permitted_calls_in_half_open > MAX_PROBES
-        {
-            return Err(ConfigError::new(format!(
-                "permitted_calls_in_half_open must be 1 to {MAX_PROBES}, got {}",
-                self.permitted_calls_in_half_open
-            )));
-        }
-        if self.max_wait_in_half_open == Some(Duration::ZERO) {
-            return Err(ConfigError::new("max_wait_in_half_open must be above zero"));
-        }
-        if self.ramp_up == Some(Duration::ZERO) {
-            return Err(ConfigError::new("ramp_up must be above zero"));
-        }
-        Ok(())
-    }
-
-    /// The OPEN wait after `opened_before` consecutive earlier openings, before jitter.
-    pub(crate) fn open_wait(&self, opened_before: u32) -> Duration {
-        if self.backoff_multiplier <= 1.0 || opened_before == 0 {
-            return self.wait_duration;
-        }
-        let factor = self
-            .backoff_multiplier
-            .powi(i32::try_from(opened_before).unwrap_or(i32::MAX));
-        let secs = self.wait_duration.as_secs_f64() * factor;
-        if !secs.is_finite() || secs >= self.max_wait_duration.as_secs_f64() {
-            self.max_wait_duration
-        } else {
-            Duration::from_secs_f64(secs)
-        }
-    }
-
-    /// The effective minimum number of calls.
-    pub(crate) fn min_calls(&self) -> u64 {
-        match self.window {
-            SlidingWindow::CountBased(n) => u64::from(self.minimum_calls.min(n)),
-            _ => u64::from(self.minimum_calls),
-        }
-    }
-
-    /// Whether `failed` / `slow` out of `calls` reach a threshold (rates in percent).
-    pub(crate) fn exceeded(&self, calls: u64, failed: u64, slow: u64) -> Option<crate::Cause> {
-        if calls == 0 {
-            return None;
-        }
-        let rate = |n: u64| n as f64 * 100.0 / calls as f64;
-        if failed > 0 && rate(failed) >= f64::from(self.failure_rate_threshold) {
-            return Some(crate::Cause::FailureRate);
-        }
-        if self.slow_call_duration.is_some()
-            && slow > 0
-            && rate(slow) >= f64::from(self.slow_call_rate_threshold)
-        {
-            return Some(crate::Cause::SlowCallRate);
-        }
-        None
+    /// A registry builder whose breakers have this configuration (add the name prefix, the
+    /// maximum size, idle eviction and sharing, then build).
+    pub fn registry<K>(&self) -> Result<BreakerRegistryBuilder<K>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Display + Send + Sync + 'static,
+    {
+        Ok(BreakerRegistry::builder().config(self.circuit_breaker()?))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use omega_core::config::from_json;
+
     use super::*;
 
     #[test]
-    fn bad_values_are_named() {
-        let bad = [
-            CircuitBreakerConfig::default().failure_rate_threshold(0.0),
-            CircuitBreakerConfig::default().failure_rate_threshold(101.0),
-            CircuitBreakerConfig::default().sliding_window(SlidingWindow::CountBased(0)),
-            CircuitBreakerConfig::default().sliding_window(SlidingWindow::TimeBased(0)),
-            CircuitBreakerConfig::default().minimum_calls(0),
-            CircuitBreakerConfig::default().wait_duration(Duration::ZERO),
-            CircuitBreakerConfig::default().jitter(1.0),
-            CircuitBreakerConfig::default().permitted_calls_in_half_open(0),
-            CircuitBreakerConfig::default().permitted_calls_in_half_open(5000),
-            CircuitBreakerConfig::default().exponential_backoff(0.5, Duration::from_secs(90)),
-        ];
-        for c in bad {
-            assert!(c.validate().is_err(), "{c:?}");
-        }
-        assert!(CircuitBreakerConfig::default().validate().is_ok());
+    fn the_documented_shape_reads_and_defaults_fill_in() {
+        let c: BreakerConfig = from_json(r#"{ "failure_rate": 25, "wait": "250ms" }"#).unwrap();
+        assert_eq!(c.failure_rate, 25.0);
+        assert_eq!(c.wait.0, Duration::from_millis(250));
+        assert_eq!(c.window, 20);
+        assert_eq!(c.probes, 3);
+        let e = from_json::<BreakerConfig>(r#"{ "failure_rat": 25 }"#).unwrap_err();
+        assert!(
+            e.to_string().starts_with("failure_rat: unknown field"),
+            "{e}"
+        );
+        let c: BreakerConfig = from_json("{}").unwrap();
+        assert_eq!(c, BreakerConfig::default());
+        let back: BreakerConfig = from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]
-    fn backoff_grows_and_caps() {
-        let c = CircuitBreakerConfig::default()
-            .wait_duration(Duration::from_secs(1))
-            .exponential_backoff(2.0, Duration::from_secs(5));
-        let waits: Vec<u64> = (0..5).map(|n| c.open_wait(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 5, 5]);
+    fn every_mistake_is_reported_at_its_field() {
+        let c = BreakerConfig {
+            failure_rate: 0.0,
+            window: 0,
+            minimum_calls: 0,
+            wait: Dur(Duration::ZERO),
+            probes: 5000,
+            slow_call_duration: Some(Dur(Duration::ZERO)),
+            slow_call_rate: 101.0,
+        };
+        let mut issues = Issues::new();
+        c.validate(&mut issues);
+        let e = issues.into_result().unwrap_err();
+        let fields: Vec<&str> = e.issues().iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "failure_rate",
+                "window",
+                "minimum_calls",
+                "wait",
+                "probes",
+                "slow_call_duration",
+                "slow_call_rate"
+            ]
+        );
+        assert_eq!(c.circuit_breaker().unwrap_err().issues().len(), 7);
+    }
+
+    #[test]
+    fn the_section_builds_the_breaker_it_describes() {
+        let c = BreakerConfig {
+            slow_call_duration: Some(Dur(Duration::from_secs(2))),
+            ..BreakerConfig::default()
+        };
+        let config = c.circuit_breaker().unwrap();
+        assert_eq!(config.get_sliding_window(), SlidingWindow::CountBased(20));
+        assert_eq!(config.get_permitted_calls_in_half_open(), 3);
+        assert_eq!(config.get_failure_rate_threshold(), 50.0);
+        assert_eq!(c.breaker("api/a").unwrap().name(), "api/a");
+        let registry = c.registry::<String>().unwrap().build().unwrap();
+        assert_eq!(
+            registry.get_or_create("x").config().get_wait_duration(),
+            Duration::from_secs(5)
+        );
     }
 }

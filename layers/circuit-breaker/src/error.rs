@@ -4,13 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::State;
+use omega_core::reject::{Refusal, grpc};
+
+use crate::state::State;
 
 /// A call was rejected because the circuit is open (or in HALF_OPEN with every probe taken,
 /// FORCED_OPEN, or ramping up after closing).
 ///
-/// Services built by [`crate::CircuitBreakerLayer`] return it boxed in a `BoxError`; downcast
-/// to read it:
+/// It is a [`Refusal`]: 503 Service Unavailable, gRPC `UNAVAILABLE`, and `Retry-After` the time
+/// to the next probe when it is known. Services built by [`crate::CircuitBreakerLayer`] return
+/// it boxed in a `BoxError` by default ([`omega_core::reject::KeepError`]); downcast to read it:
 ///
 /// ```
 /// use omega_circuit_breaker::CircuitOpen;
@@ -60,6 +63,20 @@ impl fmt::Display for CircuitOpen {
 }
 
 impl std::error::Error for CircuitOpen {}
+
+impl Refusal for CircuitOpen {
+    fn status(&self) -> u16 {
+        503
+    }
+
+    fn grpc_code(&self) -> u16 {
+        grpc::UNAVAILABLE
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        CircuitOpen::retry_after(self)
+    }
+}
 
 /// A breaker's name as a rejection carries it: short names are copied inline (an aligned
 /// 32-byte block), so a rejection touches no reference count; long ones share the breaker's

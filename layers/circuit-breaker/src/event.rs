@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::State;
+use crate::state::State;
 
 /// Why a breaker changed state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,10 +1,13 @@
-//! HTTP and gRPC: classification of responses and rejection responses (feature `http`).
+//! HTTP and gRPC: classification of responses (feature `http`).
+//!
+//! Refused requests are answered by the rejection strategy the layer is given
+//! ([`Respond`](omega_core::reject::Respond) with `.http()` or `.respond()`), the same way on
+//! every Omega Penta layer.
 
 use http::{HeaderMap, Response, StatusCode};
-use omega_core::http::{GRPC_STATUS, GRPC_UNAVAILABLE, grpc_rejection, is_grpc, rejection};
+use omega_core::http::GRPC_STATUS;
 
 use crate::classify::{Classify, Outcome};
-use crate::error::CircuitOpen;
 
 /// Classifies HTTP responses: a status in the failure set (default: every 5xx) is a failure, a
 /// `grpc-status` header (a trailers-only gRPC response) with a code in the gRPC failure set
@@ -127,16 +130,17 @@ impl<B, E> Classify<Response<B>, E> for HttpClassifier {
     }
 }
 
-/// The response to a request the circuit rejected: a trailers-only gRPC `UNAVAILABLE` when the
-/// request is a gRPC call, otherwise `503 Service Unavailable` with `Retry-After` when the time
-/// to the next probe is known.
-pub fn rejection_response<B: Default>(
-    request_headers: &HeaderMap,
-    open: &CircuitOpen,
-) -> Response<B> {
-    if is_grpc(request_headers) {
-        grpc_rejection(GRPC_UNAVAILABLE, &open.to_string())
-    } else {
-        rejection(StatusCode::SERVICE_UNAVAILABLE, open.retry_after())
+impl HttpClassifier {
+    /// How a gRPC call whose trailers are `trailers` counts: a failure when `grpc-status` is
+    /// missing or in the gRPC failure set, else a success.
+    pub fn classify_trailers(&self, trailers: &HeaderMap) -> Outcome {
+        match trailers
+            .get(GRPC_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            Some(code) if !self.is_grpc_failure(code) => Outcome::Success,
+            _ => Outcome::Failure,
+        }
     }
 }

@@ -17,14 +17,19 @@
 //!   closing admits a growing share of traffic.
 //! - **Classification** ([`Classify`]): errors, HTTP 5xx and gRPC status codes
 //!   ([`http::HttpClassifier`], feature `http`), or any predicate; ignored outcomes.
-//! - **Per-key breakers** in a [`BreakerRegistry`] with a maximum size and idle eviction.
+//! - **Per-key breakers** in a [`BreakerRegistry`] with a maximum size and idle eviction; the
+//!   keyed layer takes its key from any [`KeySource`](omega_core::key::KeySource).
 //! - **Health** ([`HealthSnapshot`]), **events** ([`CircuitBreaker::events`], a tokio
 //!   broadcast) and **metrics** (feature `metrics`).
-//! - **Rejection** as [`CircuitOpen`] with the time until the next probe; with `http` a 503 with
-//!   `Retry-After` (or a trailers-only gRPC `UNAVAILABLE` for gRPC requests); with `grpc`,
-//!   `From<CircuitOpen> for tonic::Status`.
-//! - **Shared state** (feature `redis`, [`shared::RedisSync`]): OPEN transitions published through
-//!   Redis pub/sub with an optional quorum; never a Redis round trip per call.
+//! - **Rejection** as [`CircuitOpen`] (a [`Refusal`]: 503, gRPC `UNAVAILABLE`, `Retry-After`
+//!   the time until the next probe). The layer's rejection strategy ([`OnRejection`]), the
+//!   same on every Omega Penta layer, keeps it an error ([`KeepError`], the default) or
+//!   answers it (`Respond`, feature `http`); with `grpc`, `From<CircuitOpen> for
+//!   tonic::Status`.
+//! - **Shared state** (feature `redis`, `shared::RedisSync`): OPEN transitions shared through
+//!   the instance's one Redis handle (standalone or Cluster), with an optional quorum; never a
+//!   Redis round trip per call.
+//! - **Configuration files** (feature `serde`, `config::BreakerConfig`).
 //!
 //! ## Cost per call
 //!
@@ -61,50 +66,61 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `http` | [`http::HttpClassifier`], [`RejectWithResponse`]: 503 + `Retry-After` / gRPC `UNAVAILABLE` responses |
+//! | `http` | `http::HttpClassifier`, `.http()` / `.respond()`: 503 + `Retry-After` / gRPC `UNAVAILABLE` responses, `.grpc()` (statuses in trailers) |
+//! | `axum` | `http`, and omega-core's key sources read axum's `MatchedPath` and `ConnectInfo` |
 //! | `grpc` | `From<CircuitOpen> for tonic::Status` |
-//! | `redis` | [`shared::RedisSync`]: OPEN shared across instances (Redis or Redis Cluster) |
+//! | `redis` | `shared::RedisSync`: OPEN shared across instances (Redis or Redis Cluster) |
+//! | `serde` | `config::BreakerConfig`: the breaker's section of a configuration file |
 //! | `metrics` | metrics through the `metrics` crate |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
 mod breaker;
+mod builder;
 mod classify;
-mod config;
+#[cfg(feature = "serde")]
+pub mod config;
 mod error;
 mod event;
+mod future;
 #[cfg(feature = "http")]
-mod grpc_body;
+mod grpc;
+mod health;
 #[cfg(feature = "http")]
 pub mod http;
+mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod permit;
 mod registry;
+mod select;
 mod service;
+mod settings;
 #[cfg(feature = "redis")]
 pub mod shared;
 mod state;
 mod window;
 
-pub use breaker::{
-    Call, CircuitBreaker, CircuitBreakerBuilder, HealthSnapshot, OwnedPermit, Permit,
-};
+pub use breaker::CircuitBreaker;
+pub use builder::CircuitBreakerBuilder;
 pub use classify::{Classify, ClassifyFn, ErrorsAreFailures, Outcome};
-pub use config::{CircuitBreakerConfig, MAX_WINDOW_CALLS, MAX_WINDOW_SECONDS, SlidingWindow};
 pub use error::{CallError, CircuitOpen, ConfigError};
 pub use event::{Cause, Event, EventKind};
+pub use future::ResponseFuture;
 #[cfg(feature = "http")]
-pub use grpc_body::{
-    GrpcBody, GrpcCircuitBreakerLayer, GrpcCircuitBreakerService, GrpcResponseFuture,
-};
+pub use grpc::{GrpcBody, GrpcCircuitBreakerLayer, GrpcCircuitBreakerService, GrpcResponseFuture};
+pub use health::HealthSnapshot;
+pub use layer::CircuitBreakerLayer;
 pub use omega_core::Clock;
-pub use registry::{BreakerRegistry, BreakerRegistryBuilder, DEFAULT_MAX_BREAKERS};
 #[cfg(feature = "http")]
-pub use service::RejectWithResponse;
-pub use service::{
-    BoxError, CircuitBreakerLayer, CircuitBreakerService, KeyFn, MapErr, OnRejection,
-    RejectWithError, ResponseFuture, Selector, Single,
-};
+pub use omega_core::reject::Respond;
+pub use omega_core::reject::{BoxError, KeepError, OnRejection, Refusal};
+pub use permit::{Call, OwnedPermit, Permit};
+pub use registry::{BreakerRegistry, BreakerRegistryBuilder, DEFAULT_MAX_BREAKERS};
+pub use select::{Keyed, Selector, Single};
+pub use service::CircuitBreakerService;
+pub use settings::{CircuitBreakerConfig, MAX_WINDOW_CALLS, MAX_WINDOW_SECONDS, SlidingWindow};
 pub use state::State;
 
 // The README's examples run as doctests (they use axum and the `http` feature).

@@ -13,7 +13,7 @@
 use metrics::{Counter, Gauge, counter, gauge};
 use omega_core::metrics::name;
 
-use crate::State;
+use crate::state::State;
 
 pub(crate) struct Metrics {
     breaker: String,

@@ -1,5 +1,6 @@
 //! Per-key breakers: a registry with a maximum size and idle eviction.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::hash::Hash;
@@ -10,9 +11,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use omega_core::Clock;
 
-use crate::breaker::{CircuitBreaker, HealthSnapshot};
-use crate::config::CircuitBreakerConfig;
-use crate::error::ConfigError;
+use crate::breaker::CircuitBreaker;
+use crate::error::{CircuitOpen, ConfigError};
+use crate::health::HealthSnapshot;
+use crate::permit::OwnedPermit;
+use crate::settings::CircuitBreakerConfig;
 use crate::state::State;
 
 /// The default maximum number of breakers in a registry.
@@ -30,18 +33,19 @@ pub const DEFAULT_MAX_BREAKERS: usize = 10_000;
 /// in CLOSED or DISABLED makes room (the least recently used of all if none is).
 ///
 /// Lookups ([`get`](Self::get), [`is_call_permitted`](Self::is_call_permitted), the keyed
-/// layer) read a copy-on-write snapshot of the map: no lock, no shared write. Creating or
-/// evicting a breaker copies the map.
+/// layer) read a copy-on-write snapshot of the map: no lock, no shared write, no allocation.
+/// Creating or evicting a breaker copies the map. Like a `HashMap`, the registry is looked up
+/// by any borrowed form of its key: a `BreakerRegistry<Arc<str>>` or `<String>` by `&str`.
 ///
 /// ```
 /// use omega_circuit_breaker::{BreakerRegistry, CircuitBreakerConfig};
 ///
 /// let nodes = BreakerRegistry::<String>::new(CircuitBreakerConfig::default()).unwrap();
-/// let a = nodes.get_or_create(&"node-a".to_string());
+/// let a = nodes.get_or_create("node-a");
 /// assert_eq!(a.name(), "node-a");
 /// a.force_open();
-/// assert!(!nodes.is_call_permitted(&"node-a".to_string()));
-/// assert!(nodes.is_call_permitted(&"node-b".to_string())); // unknown: no breaker yet
+/// assert!(!nodes.is_call_permitted("node-a"));
+/// assert!(nodes.is_call_permitted("node-b")); // unknown: no breaker yet
 /// ```
 pub struct BreakerRegistry<K> {
     inner: Arc<RegInner<K>>,
@@ -209,7 +213,11 @@ where
     }
 
     /// The breaker of `key`, if it exists.
-    pub fn get(&self, key: &K) -> Option<CircuitBreaker> {
+    pub fn get<Q>(&self, key: &Q) -> Option<CircuitBreaker>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let map = self.read();
         let e = map.get(key)?;
         self.touch(e);
@@ -217,33 +225,59 @@ where
     }
 
     /// The breaker of `key`, created with the registry's configuration if needed.
-    pub fn get_or_create(&self, key: &K) -> CircuitBreaker {
+    pub fn get_or_create<Q>(&self, key: &Q) -> CircuitBreaker
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+    {
         if let Some(b) = self.get(key) {
             return b;
         }
         let config = (**self.inner.config.load()).clone();
-        self.insert_with(key, config)
+        self.insert_with(K::from(key.to_owned()), config)
     }
 
     /// The breaker of `key`, created with `config` if needed (an existing breaker keeps its
     /// configuration).
-    pub fn get_or_create_with(
+    pub fn get_or_create_with<Q>(
         &self,
-        key: &K,
+        key: &Q,
         config: impl FnOnce() -> CircuitBreakerConfig,
-    ) -> Result<CircuitBreaker, ConfigError> {
+    ) -> Result<CircuitBreaker, ConfigError>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+    {
         if let Some(b) = self.get(key) {
             return Ok(b);
         }
         let config = config();
         config.validate()?;
-        Ok(self.insert_with(key, config))
+        Ok(self.insert_with(K::from(key.to_owned()), config))
     }
 
-    fn insert_with(&self, key: &K, config: CircuitBreakerConfig) -> CircuitBreaker {
+    /// A permit from the breaker of `key` (created if needed): the keyed layer's path, which
+    /// clones nothing but the breaker's handle when the breaker exists.
+    #[inline]
+    pub(crate) fn acquire<Q>(&self, key: &Q) -> Result<OwnedPermit, CircuitOpen>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+    {
+        {
+            let map = self.read();
+            if let Some(e) = map.get(key) {
+                self.touch(e);
+                return e.breaker.try_acquire_owned();
+            }
+        }
+        self.get_or_create(key).try_acquire_owned()
+    }
+
+    fn insert_with(&self, key: K, config: CircuitBreakerConfig) -> CircuitBreaker {
         let _w = self.lock_writes();
         let current = self.inner.map.load_full();
-        if let Some(e) = current.get(key) {
+        if let Some(e) = current.get(&key) {
             return e.breaker.clone();
         }
         let mut map = (*current).clone();
@@ -266,7 +300,7 @@ where
             sync.attach(&breaker);
         }
         map.insert(
-            key.clone(),
+            key,
             Arc::new(Entry {
                 breaker: breaker.clone(),
                 seen: AtomicU64::new(self.inner.tick.load(Ordering::Relaxed)),
@@ -278,19 +312,31 @@ where
 
     /// Whether a call to `key` would be admitted now ([`CircuitBreaker::is_call_permitted`]);
     /// `true` for a key without a breaker.
-    pub fn is_call_permitted(&self, key: &K) -> bool {
+    pub fn is_call_permitted<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.read()
             .get(key)
             .is_none_or(|e| e.breaker.is_call_permitted())
     }
 
     /// The state of `key`'s breaker, if it exists.
-    pub fn state(&self, key: &K) -> Option<State> {
+    pub fn state<Q>(&self, key: &Q) -> Option<State>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.read().get(key).map(|e| e.breaker.state())
     }
 
     /// Removes `key`'s breaker.
-    pub fn remove(&self, key: &K) -> Option<CircuitBreaker> {
+    pub fn remove<Q>(&self, key: &Q) -> Option<CircuitBreaker>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let _w = self.lock_writes();
         let mut map = (**self.inner.map.load()).clone();
         let removed = map.remove(key)?;

@@ -6,32 +6,39 @@
 //!   out), the instance casts a vote in a sorted set of the breaker's name (one member per
 //!   instance, scored by the server's time). When the instances that voted within the vote
 //!   window reach the quorum (1 by default), the same script stores the breaker's OPEN key
-//!   with the OPEN wait as its TTL and publishes the opening on a pub/sub channel.
+//!   with the OPEN wait as its TTL, and the instance then publishes the opening on the
+//!   breakers' channel.
 //! - Every instance subscribes to that channel: a breaker of the same name in CLOSED or
 //!   HALF_OPEN opens for the published wait (transition cause [`Cause::Remote`]). Openings that
 //!   come from Redis are not published again.
 //! - When a breaker closes after successful probes, its vote and the OPEN key are deleted.
-//! - When an instance starts (a breaker is attached) or its subscription comes back after an
-//!   outage, it reads the OPEN keys, so it learns about circuits opened while it was away.
+//! - When an instance starts (a breaker is attached) and every time its subscription is
+//!   (re)established, it reads the OPEN keys, so it learns about circuits opened while it was
+//!   away.
 //! - While Redis is down, every instance decides alone; an opening made meanwhile is voted
-//!   once Redis is back (while the breaker is still OPEN), and the subscription reconnects
-//!   with backoff.
+//!   (and published) once Redis is back, while the breaker is still OPEN.
 //!
-//! One Redis ([`RedisSync::builder`]) or a Redis Cluster ([`RedisSync::cluster`]) carries the
-//! votes and the channel. On a cluster, a breaker's vote set and OPEN key share one hash tag
-//! (so one script sees both), the script's `PUBLISH` reaches subscribers on every node, and the
-//! subscription is made on one seed at a time, moving to the next when it fails.
+//! Everything goes through the one [`RedisBackend`] handle the instance already has: its
+//! connection, its timeouts, and its subscription ([`RedisBackend::subscribe`]), which
+//! reconnects with the backend's backoff. On a Redis Cluster a breaker's vote set and OPEN
+//! key share one hash tag (the breaker's name), so the script sees both, and the channel is a
+//! sharded channel (`SSUBSCRIBE` / `SPUBLISH`): the opening is published after the script, to
+//! the node that owns the channel, never from inside the script.
 //!
 //! ```no_run
-//! # #[tokio::main] async fn main() {
+//! # #[tokio::main] async fn main() -> omega_core::Result<()> {
 //! use omega_circuit_breaker::CircuitBreaker;
 //! use omega_circuit_breaker::shared::RedisSync;
+//! use omega_core::redis::{RedisBackend, RedisConfig};
 //!
-//! let sync = RedisSync::builder("redis://127.0.0.1:6379").quorum(2).build().unwrap();
+//! let backend = RedisBackend::connect(RedisConfig::parse("redis://127.0.0.1:6379")?).await?;
+//! let sync = RedisSync::builder(backend).quorum(2).build()?;
 //! let breaker = CircuitBreaker::new("payments");
 //! sync.attach(&breaker);
-//! # }
+//! # Ok(()) }
 //! ```
+//!
+//! [`Cause::Remote`]: crate::Cause::Remote
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,14 +46,16 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use omega_core::Keyspace;
-use omega_core::redis::{RedisBackend, RedisConfig, Script};
+use omega_core::redis::{RedisBackend, Script, Subscription, SubscriptionEvent};
 use tokio::sync::Notify;
 
-use crate::breaker::{CircuitBreaker, Inner};
+use crate::breaker::{CircuitBreaker, Transition, TransitionHook, WeakBreaker};
 use crate::event::Cause;
 use crate::state::State;
 
+/// Votes, and stores the OPEN key once the quorum is reached. Returns the number of votes,
+/// negative while below the quorum. The caller publishes the opening after it (on a cluster
+/// the channel's slot is not the keys' slot).
 const VOTE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,14 +66,20 @@ redis.call('PEXPIRE', KEYS[1], window)
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[3]) then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
   return n
 end
 return -n
 ";
 
-/// Shares OPEN transitions of the breakers attached to it through one Redis. Clones share the
-/// connection and the subscription.
+/// How many OPEN keys a catch-up reads at once.
+const CATCH_UP_CONCURRENCY: usize = 32;
+
+/// What a catch-up reads: a breaker name, and the one breaker to open (a newly attached one),
+/// or every breaker of that name (`None`, after a (re)subscription).
+type CatchUp = (Arc<str>, Option<WeakBreaker>);
+
+/// Shares OPEN transitions of the breakers attached to it through one Redis (or Redis
+/// Cluster). Clones share the subscription.
 #[derive(Clone)]
 pub struct RedisSync {
     inner: Arc<SyncInner>,
@@ -72,18 +87,18 @@ pub struct RedisSync {
 
 struct SyncInner {
     backend: RedisBackend,
-    keyspace: Keyspace,
-    channel: String,
+    channel: Arc<str>,
     instance: String,
     quorum: u32,
     vote_window: Duration,
     script: Script,
-    breakers: Mutex<HashMap<Arc<str>, Vec<Weak<Inner>>>>,
+    breakers: Mutex<HashMap<Arc<str>, Vec<WeakBreaker>>>,
     subscribed: AtomicBool,
     attached: AtomicU64,
     subscriptions: AtomicU64,
     published: AtomicU64,
     received: AtomicU64,
+    keys_read: AtomicU64,
     runtime: tokio::runtime::Handle,
     shutdown: Arc<Notify>,
 }
@@ -106,40 +121,15 @@ impl std::fmt::Debug for RedisSync {
 }
 
 /// Builds a [`RedisSync`].
+#[derive(Debug)]
 pub struct RedisSyncBuilder {
-    seeds: Vec<String>,
-    cluster: bool,
-    keyspace: Option<Keyspace>,
+    backend: RedisBackend,
     quorum: u32,
     vote_window: Duration,
-    op_timeout: Duration,
     instance: Option<String>,
 }
 
-impl std::fmt::Debug for RedisSyncBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Seeds without their credentials.
-        let seeds: Vec<&str> = self
-            .seeds
-            .iter()
-            .map(|s| s.rsplit_once('@').map_or(s.as_str(), |(_, host)| host))
-            .collect();
-        f.debug_struct("RedisSyncBuilder")
-            .field("seeds", &seeds)
-            .field("cluster", &self.cluster)
-            .field("quorum", &self.quorum)
-            .field("vote_window", &self.vote_window)
-            .finish()
-    }
-}
-
 impl RedisSyncBuilder {
-    /// The keyspace of the keys and of the channel (default: omega-core's default prefix).
-    pub fn keyspace(mut self, keyspace: Keyspace) -> Self {
-        self.keyspace = Some(keyspace);
-        self
-    }
-
     /// Open everywhere only when this many instances have opened the same breaker within the
     /// vote window (default 1: the first opening spreads).
     pub fn quorum(mut self, instances: u32) -> Self {
@@ -153,51 +143,27 @@ impl RedisSyncBuilder {
         self
     }
 
-    /// The bound on each Redis operation (default 200 ms). Operations run in background tasks,
-    /// never on a call's path.
-    pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.op_timeout = timeout;
-        self
-    }
-
     /// This instance's identifier (default: random).
     pub fn instance_id(mut self, id: impl Into<String>) -> Self {
         self.instance = Some(id.into());
         self
     }
 
-    /// Starts the connection and the subscription in the background; only a bad URL fails
-    /// here, so a service starts while Redis is down. Must be called within a tokio runtime.
+    /// Subscribes to the breakers' channel (in the background: a service starts while Redis
+    /// is down). Must be called within a tokio runtime; outside one, it fails with a
+    /// configuration error.
     pub fn build(self) -> omega_core::Result<RedisSync> {
-        let keyspace = match self.keyspace {
-            Some(k) => k,
-            None => Keyspace::new(omega_core::DEFAULT_PREFIX)?,
-        };
-        let cfg = if self.cluster {
-            RedisConfig::cluster(self.seeds.clone())
-        } else {
-            RedisConfig::url(self.seeds[0].clone())
-        };
-        let cfg = cfg
-            .op_timeout(self.op_timeout)
-            .reconnect_backoff(Duration::from_millis(20), Duration::from_secs(1))
-            .keyspace(keyspace.clone());
-        let backend = RedisBackend::connect_lazy(cfg)?;
-        let clients = self
-            .seeds
-            .iter()
-            .map(|seed| {
-                redis::Client::open(seed.as_str())
-                    .map_err(|e| omega_core::Error::config(format!("bad Redis URL: {e}")))
-            })
-            .collect::<omega_core::Result<Vec<_>>>()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            omega_core::Error::config("RedisSync must be built inside a tokio runtime")
+        })?;
         let instance = self
             .instance
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let channel: Arc<str> = self.backend.keyspace().key(&["cb", "events"]).into();
+        let subscription = self.backend.subscribe(channel.clone());
         let inner = Arc::new(SyncInner {
-            backend,
-            channel: keyspace.key(&["cb", "events"]),
-            keyspace,
+            backend: self.backend,
+            channel,
             instance,
             quorum: self.quorum,
             vote_window: self.vote_window,
@@ -208,48 +174,26 @@ impl RedisSyncBuilder {
             subscriptions: AtomicU64::new(0),
             published: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            runtime: tokio::runtime::Handle::current(),
+            keys_read: AtomicU64::new(0),
+            runtime,
             shutdown: Arc::new(Notify::new()),
         });
         let shutdown = inner.shutdown.clone();
-        tokio::spawn(subscribe(Arc::downgrade(&inner), clients, shutdown));
+        inner
+            .runtime
+            .spawn(listen(Arc::downgrade(&inner), subscription, shutdown));
         Ok(RedisSync { inner })
     }
 }
 
 impl RedisSync {
-    /// Starts a builder for the Redis at `url` (`redis://host:port`).
-    pub fn builder(url: impl Into<String>) -> RedisSyncBuilder {
+    /// Starts a builder over `backend`, the instance's one Redis handle (standalone or
+    /// cluster). Keys and the channel are in the backend's keyspace.
+    pub fn builder(backend: RedisBackend) -> RedisSyncBuilder {
         RedisSyncBuilder {
-            seeds: vec![url.into()],
-            cluster: false,
-            keyspace: None,
+            backend,
             quorum: 1,
             vote_window: Duration::from_secs(60),
-            op_timeout: Duration::from_millis(200),
-            instance: None,
-        }
-    }
-
-    /// Starts a builder for the Redis Cluster reachable through `seeds` (`redis://host:port`
-    /// each).
-    ///
-    /// # Panics
-    /// When `seeds` is empty.
-    pub fn cluster<I, S>(seeds: I) -> RedisSyncBuilder
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let seeds: Vec<String> = seeds.into_iter().map(Into::into).collect();
-        assert!(!seeds.is_empty(), "a Redis Cluster needs at least one seed");
-        RedisSyncBuilder {
-            seeds,
-            cluster: true,
-            keyspace: None,
-            quorum: 1,
-            vote_window: Duration::from_secs(60),
-            op_timeout: Duration::from_millis(200),
             instance: None,
         }
     }
@@ -262,7 +206,7 @@ impl RedisSync {
             sync: self.inner.clone(),
             name: breaker.inner.name.clone(),
         };
-        if breaker.inner.shared.set(link).is_err() {
+        if !breaker.set_hook(Box::new(link)) {
             return;
         }
         {
@@ -275,28 +219,19 @@ impl RedisSync {
             // then, so the map follows the live breakers.
             if self.inner.attached.fetch_add(1, Ordering::Relaxed) % 64 == 63 {
                 map.retain(|_, v| {
-                    v.retain(|w| w.strong_count() > 0);
+                    v.retain(WeakBreaker::is_alive);
                     !v.is_empty()
                 });
             }
             let entry = map.entry(breaker.inner.name.clone()).or_default();
-            entry.retain(|w| w.strong_count() > 0);
-            entry.push(Arc::downgrade(&breaker.inner));
+            entry.retain(WeakBreaker::is_alive);
+            entry.push(breaker.downgrade());
         }
-        let inner = self.inner.clone();
-        let weak = Arc::downgrade(&breaker.inner);
-        self.inner.runtime.spawn(async move {
-            // Until Redis answers once (it may be down, or not connected yet).
-            let mut backoff = Duration::from_millis(10);
-            loop {
-                let Some(b) = weak.upgrade() else { return };
-                if inner.catch_up(&CircuitBreaker { inner: b }).await {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        });
+        let sync = Arc::downgrade(&self.inner);
+        let target = (breaker.inner.name.clone(), Some(breaker.downgrade()));
+        self.inner
+            .runtime
+            .spawn(catch_up_until_answered(sync, vec![target]));
     }
 
     /// `true` while the pub/sub subscription is up.
@@ -314,9 +249,16 @@ impl RedisSync {
         self.inner.published.load(Ordering::Acquire)
     }
 
-    /// Openings received from other instances.
+    /// Openings received from other instances through the channel (not those read when
+    /// catching up).
     pub fn received(&self) -> u64 {
         self.inner.received.load(Ordering::Acquire)
+    }
+
+    /// How many OPEN keys this instance has read: one per breaker attached, and one per
+    /// breaker name on every (re)subscription.
+    pub fn open_keys_read(&self) -> u64 {
+        self.inner.keys_read.load(Ordering::Acquire)
     }
 
     /// This instance's identifier.
@@ -324,9 +266,14 @@ impl RedisSync {
         &self.inner.instance
     }
 
-    /// The backend used for votes and keys.
+    /// The backend used for votes, keys and the channel.
     pub fn backend(&self) -> &RedisBackend {
         &self.inner.backend
+    }
+
+    /// The channel openings are published on.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
     }
 
     /// The Redis key holding the OPEN state of the breaker `name` (its TTL is what is left of
@@ -341,40 +288,33 @@ impl RedisSync {
     }
 }
 
-/// A breaker's link to its [`RedisSync`].
-pub(crate) struct Link {
+/// A breaker's link to its [`RedisSync`]: the breaker's transition hook.
+struct Link {
     sync: Arc<SyncInner>,
     name: Arc<str>,
 }
 
-impl Link {
-    /// Called (under the breaker's transition lock, so it only spawns) after every transition.
-    pub(crate) fn on_transition(
-        &self,
-        breaker: &CircuitBreaker,
-        epoch: u32,
-        to: State,
-        cause: Cause,
-        wait: Duration,
-    ) {
-        let automatic_open = to == State::Open
+impl TransitionHook for Link {
+    fn on_transition(&self, breaker: &CircuitBreaker, t: &Transition) {
+        let automatic_open = t.to == State::Open
             && matches!(
-                cause,
+                t.cause,
                 Cause::FailureRate
                     | Cause::SlowCallRate
                     | Cause::ConsecutiveFailures
                     | Cause::ProbesFailed
                     | Cause::HalfOpenTimeout
             );
-        let recovered = to == State::Closed && cause == Cause::ProbesSucceeded;
+        let recovered = t.to == State::Closed && t.cause == Cause::ProbesSucceeded;
         if !automatic_open && !recovered {
             return;
         }
         let sync = self.sync.clone();
         let name = self.name.clone();
-        let weak = Arc::downgrade(&breaker.inner);
-        let clock = breaker.inner.clock.clone();
+        let weak = breaker.downgrade();
+        let clock = breaker.clock().clone();
         let started = clock.now();
+        let (epoch, wait) = (t.epoch, t.open_wait);
         self.sync.runtime.spawn(async move {
             // While Redis is down the instance decides alone; the vote (or the cleanup) is
             // retried while the breaker stays in this state, so an opening made during an
@@ -396,8 +336,7 @@ impl Link {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                let Some(inner) = weak.upgrade() else { return };
-                if !(CircuitBreaker { inner }).in_epoch(epoch) {
+                if !weak.upgrade().is_some_and(|b| b.in_epoch(epoch)) {
                     return;
                 }
             }
@@ -407,17 +346,17 @@ impl Link {
 
 impl SyncInner {
     fn open_key(&self, name: &str) -> String {
-        self.keyspace.tagged(name, &["cb", "open"])
+        self.backend.keyspace().tagged(name, &["cb", "open"])
     }
 
     fn votes_key(&self, name: &str) -> String {
-        self.keyspace.tagged(name, &["cb", "votes"])
+        self.backend.keyspace().tagged(name, &["cb", "votes"])
     }
 
-    /// Casts this instance's vote; `false` when Redis could not be reached.
+    /// Casts this instance's vote, and publishes the opening when the quorum is reached;
+    /// `false` when Redis could not be reached (the caller tries again).
     async fn vote(&self, name: &str, wait: Duration) -> bool {
-        let wait_ms = wait.as_millis().max(1);
-        let message = format!("open|{}|{}|{}", self.instance, wait_ms, name);
+        let wait_ms = wait.as_millis().max(1) as u64;
         let call = self
             .script
             .call()
@@ -426,22 +365,29 @@ impl SyncInner {
             .arg(&self.instance)
             .arg(self.vote_window.as_millis().max(1) as u64)
             .arg(self.quorum)
-            .arg(wait_ms as u64)
-            .arg(&self.channel)
-            .arg(message);
+            .arg(wait_ms);
         match self.backend.eval::<i64>(&call).await {
-            Ok(n) => {
-                if n > 0 {
-                    self.published.fetch_add(1, Ordering::AcqRel);
+            Ok(n) if n > 0 => {
+                let message = format!("open|{}|{}|{}", self.instance, wait_ms, name);
+                if self
+                    .backend
+                    .publish(&self.channel, message.as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return false;
                 }
+                self.published.fetch_add(1, Ordering::AcqRel);
                 true
             }
+            Ok(_) => true,
             Err(_) => false,
         }
     }
 
     async fn recovered(&self, name: &str) -> bool {
-        let mut pipe = redis::pipe();
+        // Both keys share the breaker's hash tag: one pipeline, one node on a cluster.
+        let mut pipe = omega_core::redis::pipe();
         pipe.cmd("ZREM")
             .arg(self.votes_key(name))
             .arg(&self.instance)
@@ -452,35 +398,57 @@ impl SyncInner {
         self.backend.pipeline::<()>(&pipe).await.is_ok()
     }
 
-    /// Opens `breaker` if its circuit is open in Redis; `false` when Redis did not answer.
-    async fn catch_up(&self, breaker: &CircuitBreaker) -> bool {
-        let mut cmd = redis::cmd("PTTL");
-        cmd.arg(self.open_key(breaker.name()));
-        match self.backend.query::<i64>(&cmd).await {
-            Ok(ms) => {
-                if ms > 0 {
-                    breaker.open_remote(Duration::from_millis(ms as u64));
+    /// Reads the OPEN key of `target`'s name and opens its breakers (or the one breaker it
+    /// names) if the circuit is open in Redis; `false` when Redis did not answer.
+    async fn catch_up(&self, target: &CatchUp) -> bool {
+        let (name, only) = target;
+        let mut cmd = omega_core::redis::cmd("PTTL");
+        cmd.arg(self.open_key(name));
+        let Ok(ms) = self.backend.query::<i64>(&cmd).await else {
+            return false;
+        };
+        if ms > 0 {
+            let wait = Duration::from_millis(ms as u64);
+            match only {
+                Some(one) => {
+                    if let Some(b) = one.upgrade() {
+                        b.open_remote(wait);
+                    }
                 }
-                true
+                None => {
+                    for b in self.breakers_named(name) {
+                        b.open_remote(wait);
+                    }
+                }
             }
-            Err(_) => false,
         }
+        self.keys_read.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
-    fn breakers(&self) -> Vec<CircuitBreaker> {
+    /// The names of the live attached breakers (dropping the dead entries).
+    fn names(&self) -> Vec<Arc<str>> {
         let mut map = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, v| {
-            v.retain(|w| w.strong_count() > 0);
+            v.retain(WeakBreaker::is_alive);
             !v.is_empty()
         });
-        map.values()
-            .flatten()
-            .filter_map(Weak::upgrade)
-            .map(|inner| CircuitBreaker { inner })
-            .collect()
+        map.keys().cloned().collect()
     }
 
-    fn on_message(&self, payload: &str) {
+    fn breakers_named(&self, name: &str) -> Vec<CircuitBreaker> {
+        self.breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(|v| v.iter().filter_map(WeakBreaker::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    fn on_message(&self, payload: &[u8]) {
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            return;
+        };
         let mut parts = payload.splitn(4, '|');
         let (Some("open"), Some(instance), Some(wait), Some(name)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -493,19 +461,7 @@ impl SyncInner {
         let Ok(wait_ms) = wait.parse::<u64>() else {
             return;
         };
-        let targets: Vec<CircuitBreaker> = self
-            .breakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .map(|v| {
-                v.iter()
-                    .filter_map(Weak::upgrade)
-                    .map(|inner| CircuitBreaker { inner })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for b in targets {
+        for b in self.breakers_named(name) {
             if b.open_remote(Duration::from_millis(wait_ms)) {
                 self.received.fetch_add(1, Ordering::AcqRel);
             }
@@ -513,68 +469,52 @@ impl SyncInner {
     }
 }
 
-async fn subscribe(weak: Weak<SyncInner>, clients: Vec<redis::Client>, shutdown: Arc<Notify>) {
-    let mut backoff = Duration::from_millis(20);
-    let mut next = 0;
+/// Follows the subscription: messages open breakers; each (re)subscription catches up.
+async fn listen(weak: Weak<SyncInner>, mut subscription: Subscription, shutdown: Arc<Notify>) {
     loop {
-        let client = &clients[next % clients.len()];
-        next += 1;
-        let channel = match weak.upgrade() {
-            Some(inner) => inner.channel.clone(),
-            None => return,
-        };
-        let connected = tokio::time::timeout(Duration::from_secs(1), async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
-        if let Ok(Ok(pubsub)) = connected {
-            backoff = Duration::from_millis(20);
-            let Some(inner) = weak.upgrade() else { return };
-            inner.subscribed.store(true, Ordering::Release);
-            inner.subscriptions.fetch_add(1, Ordering::AcqRel);
-            // Learn what was opened while we were not listening.
-            let mut pending = inner.breakers();
-            tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(10);
-                loop {
-                    let mut left = Vec::new();
-                    for b in pending {
-                        if !inner.catch_up(&b).await {
-                            left.push(b);
-                        }
-                    }
-                    if left.is_empty() {
-                        return;
-                    }
-                    pending = left;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            });
-            let mut stream = pubsub.into_on_message();
-            loop {
-                tokio::select! {
-                    msg = stream.next() => {
-                        let Some(msg) = msg else { break };
-                        let Some(inner) = weak.upgrade() else { return };
-                        if let Ok(payload) = msg.get_payload::<String>() {
-                            inner.on_message(&payload);
-                        }
-                    }
-                    () = shutdown.notified() => return,
-                }
-            }
-            match weak.upgrade() {
-                Some(inner) => inner.subscribed.store(false, Ordering::Release),
-                None => return,
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+        let event = tokio::select! {
+            event = subscription.next() => event,
             () = shutdown.notified() => return,
+        };
+        let Some(event) = event else { return };
+        let Some(inner) = weak.upgrade() else { return };
+        match event {
+            SubscriptionEvent::Subscribed => {
+                // Learn what was opened while we were not listening (the breakers attached
+                // from now on read their key when they are attached).
+                let targets = inner.names().into_iter().map(|n| (n, None)).collect();
+                inner.subscribed.store(true, Ordering::Release);
+                inner.subscriptions.fetch_add(1, Ordering::AcqRel);
+                inner
+                    .runtime
+                    .spawn(catch_up_until_answered(weak.clone(), targets));
+            }
+            SubscriptionEvent::Message(payload) => inner.on_message(&payload),
+            SubscriptionEvent::Lost => inner.subscribed.store(false, Ordering::Release),
+            _ => {}
         }
+    }
+}
+
+/// Reads the OPEN keys of `pending`, a few at a time, until Redis has answered for each (it
+/// may be down, or not connected yet); ends early when the sync is dropped.
+async fn catch_up_until_answered(weak: Weak<SyncInner>, mut pending: Vec<CatchUp>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        {
+            let Some(inner) = weak.upgrade() else { return };
+            let inner = &inner;
+            pending = futures_util::stream::iter(pending)
+                .map(|target| async move { (!inner.catch_up(&target).await).then_some(target) })
+                .buffer_unordered(CATCH_UP_CONCURRENCY)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+        }
+        if pending.is_empty() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }

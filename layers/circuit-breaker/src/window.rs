@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use omega_core::Nanos;
 
-use crate::config::SlidingWindow;
+use crate::settings::SlidingWindow;
 
 /// What a window holds right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

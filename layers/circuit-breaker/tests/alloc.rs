@@ -1,13 +1,20 @@
 //! The CLOSED path allocates nothing: acquiring a permit, recording successes and failures,
-//! the synchronous decorator and the Tower service with one breaker; nor does a rejection by an
-//! open circuit. Counted by a global allocator that counts this thread's allocations.
+//! the synchronous decorator, the Tower service with one breaker, and the keyed service whose
+//! key is borrowed from the request and whose breaker exists; nor does a rejection by an open
+//! circuit. Through the service with `KeepError`, a rejection costs exactly the box of its
+//! error, as tower's middleware do. Counted by a global allocator that counts this thread's
+//! allocations.
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
+use std::sync::Arc;
+
 use omega_circuit_breaker::{
-    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow,
+    BreakerRegistry, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen,
+    SlidingWindow,
 };
+use omega_core::key::{Key, KeySource};
 use omega_testkit::alloc::{CountingAlloc, allocations};
 use tower::{Layer, Service};
 
@@ -85,4 +92,73 @@ fn a_rejection_allocates_nothing() {
         }
     });
     assert_eq!(n, 0);
+}
+
+/// The tenant of a request, borrowed from it.
+struct Tenant;
+
+impl KeySource<(String, u64)> for Tenant {
+    fn key<'a>(&self, req: &'a (String, u64)) -> Option<Key<'a>> {
+        Some(Key::from(req.0.as_str()))
+    }
+}
+
+#[test]
+fn the_keyed_service_allocates_nothing_for_a_breaker_that_exists() {
+    let config = CircuitBreakerConfig::new().minimum_calls(10);
+    let registry = BreakerRegistry::<Arc<str>>::new(config).unwrap();
+    let inner = tower::service_fn(|(_, x): (String, u64)| {
+        std::future::ready(Ok::<_, std::io::Error>(x + 1))
+    });
+    let mut svc = CircuitBreakerLayer::keyed(registry.clone(), Tenant).layer(inner);
+    let mut cx = Context::from_waker(Waker::noop());
+    let requests: Vec<(String, u64)> = (0..10_000)
+        .map(|x| (format!("tenant-{}", x % 4), x))
+        .collect();
+    let mut call = |req: (String, u64)| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut fut = std::pin::pin!(svc.call(req));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => r.unwrap(),
+            Poll::Pending => unreachable!("the inner future is ready"),
+        }
+    };
+    for x in 0..400 {
+        call((format!("tenant-{}", x % 4), x));
+    }
+    assert_eq!(registry.len(), 4);
+    let n = allocations(|| {
+        for req in requests {
+            let x = req.1;
+            // Dropping the request's own `String` frees, and allocates nothing.
+            assert_eq!(call(req), x + 1);
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(registry.get("tenant-1").unwrap().health().calls, 100);
+}
+
+#[test]
+fn a_rejection_through_the_service_costs_only_its_boxed_error() {
+    let b = breaker(SlidingWindow::CountBased(100));
+    b.force_open();
+    let inner = tower::service_fn(|x: u64| std::future::ready(Ok::<_, std::io::Error>(x)));
+    let mut svc = CircuitBreakerLayer::new(b.clone()).layer(inner);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut call = |x: u64| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut fut = std::pin::pin!(svc.call(x));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => r.unwrap_err(),
+            Poll::Pending => unreachable!("a rejection is ready"),
+        }
+    };
+    assert!(call(0).is::<CircuitOpen>());
+    let n = allocations(|| {
+        for x in 0..10_000 {
+            let err = call(x);
+            assert!(err.is::<CircuitOpen>());
+        }
+    });
+    assert_eq!(n, 10_000, "one box per rejection, for the BoxError");
 }

@@ -105,6 +105,7 @@ type Server = fn(Request<()>) -> std::future::Ready<Result<Response<Frames>, Inf
 type Svc = omega_circuit_breaker::GrpcCircuitBreakerService<
     tower::util::ServiceFn<Server>,
     omega_circuit_breaker::Single,
+    omega_circuit_breaker::Respond,
 >;
 
 fn service(b: &CircuitBreaker) -> Svc {
@@ -226,4 +227,34 @@ async fn with_http_only_the_trailers_are_not_seen() {
     }
     assert_eq!((b.health().calls, b.health().failed_calls), (4, 0));
     assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn refusals_follow_the_chosen_strategy() {
+    use omega_circuit_breaker::{BoxError, CircuitOpen, Refusal};
+    let b = breaker();
+    b.force_open();
+    // KeepError: the refusal is the service's error, boxed.
+    let keep = CircuitBreakerLayer::new(b.clone())
+        .grpc()
+        .on_rejection(omega_circuit_breaker::KeepError)
+        .layer(service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(answer(req.uri().path()))
+        }));
+    let err: BoxError = keep.oneshot(grpc_request("/ok")).await.unwrap_err();
+    assert!(err.is::<CircuitOpen>());
+    // A closure answers with a response of its own.
+    let custom = CircuitBreakerLayer::new(b.clone())
+        .grpc()
+        .on_rejection(|_: &Request<()>, refusal: &dyn Refusal| {
+            let mut r = Response::new(GrpcBody::default());
+            *r.status_mut() = StatusCode::from_u16(refusal.status()).unwrap();
+            r
+        })
+        .layer(service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(answer(req.uri().path()))
+        }));
+    let r = custom.oneshot(grpc_request("/ok")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(b.health().rejected_calls, 2);
 }

@@ -1,4 +1,5 @@
-//! The Tower layer: over a plain service, per key, and on axum with 503 + `Retry-After`.
+//! The Tower layer: over a plain service, per key (any `KeySource`), with each rejection
+//! strategy, and on axum with 503 + `Retry-After`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -117,6 +118,103 @@ async fn per_key_breakers_open_independently() {
     assert_eq!(registry.state(&node("b")), Some(State::Closed));
 }
 
+#[tokio::test]
+async fn keyed_breakers_take_any_key_source_and_requests_without_a_key_pass() {
+    use omega_core::key::{Key, KeySource};
+
+    /// The node named in the request, borrowed from it; `None` for an empty name.
+    struct NodeOf;
+    impl KeySource<(String, bool)> for NodeOf {
+        fn key<'a>(&self, req: &'a (String, bool)) -> Option<Key<'a>> {
+            (!req.0.is_empty()).then(|| Key::from(req.0.as_str()))
+        }
+    }
+
+    let registry = BreakerRegistry::<Arc<str>>::builder()
+        .config(consecutive(1))
+        .name_prefix("pool/")
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::keyed(registry.clone(), NodeOf))
+        .service(service_fn(|(_, fail): (String, bool)| async move {
+            if fail {
+                Err::<(), BoxError>("down".into())
+            } else {
+                Ok(())
+            }
+        }));
+    assert!(svc.clone().oneshot(("a".into(), true)).await.is_err());
+    let err = svc.clone().oneshot(("a".into(), false)).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<CircuitOpen>().unwrap().breaker(),
+        "pool/a"
+    );
+    assert_eq!(registry.state("a"), Some(State::Open));
+
+    // Without a key, no breaker guards the request: it is never refused, nothing is recorded.
+    for _ in 0..3 {
+        assert!(svc.clone().oneshot((String::new(), true)).await.is_err());
+    }
+    svc.clone().oneshot((String::new(), false)).await.unwrap();
+    assert_eq!(registry.len(), 1);
+
+    // A closure works as well, and names that are not UTF-8 are read lossily.
+    let bytes = ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::keyed(
+            registry.clone(),
+            |req: &Vec<u8>| Some(req.clone()),
+        ))
+        .service(service_fn(|_: Vec<u8>| async { Ok::<_, BoxError>(()) }));
+    bytes.oneshot(vec![b'n', 0xff]).await.unwrap();
+    assert!(registry.get("n\u{fffd}").is_some());
+}
+
+#[tokio::test]
+async fn a_closure_answers_refusals_and_inner_errors_pass_through() {
+    use omega_circuit_breaker::Refusal;
+
+    let breaker = CircuitBreaker::new("fallback");
+    let svc = ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::new(breaker.clone()).on_rejection(
+            |req: &u32, refusal: &dyn Refusal| {
+                format!(
+                    "{req}: {} after {:?}",
+                    refusal.status(),
+                    refusal.retry_after()
+                )
+            },
+        ))
+        .service(service_fn(|x: u32| async move {
+            if x == 0 {
+                Err(std::io::Error::other("zero"))
+            } else {
+                Ok(x.to_string())
+            }
+        }));
+    assert_eq!(svc.clone().oneshot(7).await.unwrap(), "7");
+    // The service's error type is the inner one: no box.
+    let err: std::io::Error = svc.clone().oneshot(0).await.unwrap_err();
+    assert_eq!(err.to_string(), "zero");
+    breaker.force_open();
+    assert_eq!(svc.clone().oneshot(7).await.unwrap(), "7: 503 after None");
+}
+
+#[test]
+fn circuit_open_is_a_503_unavailable_refusal_with_the_time_to_the_next_probe() {
+    use omega_circuit_breaker::Refusal;
+
+    let b = CircuitBreaker::with_config("r", consecutive(1)).unwrap();
+    b.try_acquire().unwrap().failure();
+    let open = b.try_acquire().unwrap_err();
+    assert_eq!(Refusal::status(&open), 503);
+    assert_eq!(open.grpc_code(), omega_core::reject::grpc::UNAVAILABLE);
+    let after = Refusal::retry_after(&open).unwrap();
+    assert!(after > Duration::ZERO && after <= Duration::from_secs(30));
+    b.force_open();
+    assert_eq!(Refusal::retry_after(&b.try_acquire().unwrap_err()), None);
+}
+
 #[cfg(feature = "http")]
 mod on_axum {
     use super::*;
@@ -186,6 +284,58 @@ mod on_axum {
             assert_eq!(r.status(), StatusCode::OK);
         }
         assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn respond_alone_answers_refusals_and_keeps_the_classifier() {
+        let breaker = CircuitBreaker::builder("respond")
+            .config(consecutive(1))
+            .clock(Clock::system())
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+            .layer(CircuitBreakerLayer::new(breaker.clone()).respond());
+        // Errors are failures, responses are not: a 500 leaves the circuit closed.
+        let r = app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap());
+        assert_eq!(r.await.unwrap().status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(breaker.state(), State::Closed);
+        breaker.transition_to_open();
+        let r = app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap());
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "30");
+    }
+
+    #[tokio::test]
+    async fn a_breaker_per_header_value() {
+        let registry = BreakerRegistry::<String>::new(consecutive(1)).unwrap();
+        let app = Router::new()
+            .route("/", get(|| async { StatusCode::BAD_GATEWAY }))
+            .layer(
+                CircuitBreakerLayer::keyed(
+                    registry.clone(),
+                    omega_core::key::http::Header::new("x-upstream"),
+                )
+                .http(),
+            );
+        let req = |upstream: &str| {
+            Request::get("/")
+                .header("x-upstream", upstream)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let r = app.clone().oneshot(req("billing")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = app.clone().oneshot(req("billing")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = app.clone().oneshot(req("search")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(registry.state("billing"), Some(State::Open));
     }
 
     #[tokio::test]

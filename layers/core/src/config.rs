@@ -212,14 +212,9 @@ impl Issues {
     }
 
     /// Records a mistake at `path` (relative to the current prefix; empty for the prefix
-    /// itself).
+    /// itself; an index such as `[2]` joins the prefix without a dot).
     pub fn push(&mut self, path: impl AsRef<str>, message: impl Into<String>) {
-        let path = path.as_ref();
-        let full = match (self.prefix.is_empty(), path.is_empty()) {
-            (true, _) => path.to_owned(),
-            (false, true) => self.prefix.clone(),
-            (false, false) => format!("{}.{path}", self.prefix),
-        };
+        let full = join(&self.prefix, path.as_ref());
         self.found.push((full, message.into()));
     }
 
@@ -234,12 +229,7 @@ impl Issues {
     pub fn absorb(&mut self, path: impl AsRef<str>, error: ConfigError) {
         let path = path.as_ref();
         for (p, m) in error.issues {
-            let p = match (path.is_empty(), p.is_empty()) {
-                (true, _) => p,
-                (false, true) => path.to_owned(),
-                (false, false) => format!("{path}.{p}"),
-            };
-            self.push(p, m);
+            self.push(join(path, &p), m);
         }
     }
 
@@ -247,13 +237,7 @@ impl Issues {
     /// records `routes[0].rate`).
     pub fn at(&mut self, path: impl AsRef<str>) -> At<'_> {
         let len = self.prefix.len();
-        let path = path.as_ref();
-        if !path.is_empty() {
-            if !self.prefix.is_empty() {
-                self.prefix.push('.');
-            }
-            self.prefix.push_str(path);
-        }
+        self.prefix = join(&self.prefix, path.as_ref());
         At { issues: self, len }
     }
 
@@ -269,6 +253,16 @@ impl Issues {
         } else {
             Err(ConfigError { issues: self.found })
         }
+    }
+}
+
+/// `a.b` from `a` and `b`; `a[0]` from `a` and `[0]`.
+fn join(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) if path.starts_with('[') => format!("{prefix}{path}"),
+        (false, false) => format!("{prefix}.{path}"),
     }
 }
 
@@ -363,7 +357,8 @@ mod tests {
         {
             let mut route = issues.at("routes[1]");
             route.push("prefix", "must start with /");
-            let mut limit = route.at("limits[0]");
+            let mut limits = route.at("limits");
+            let mut limit = limits.at("[0]");
             limit.push("", "bad limit");
             limit.absorb("key", ConfigError::new("header", "no"));
         }

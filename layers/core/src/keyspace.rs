@@ -79,6 +79,37 @@ impl Keyspace {
         out
     }
 
+    /// `prefix:{tag}:part:part` for a tag that may hold any bytes (a request's key): the tag
+    /// is escaped as [`Keyspace::tagged`] escapes it, bytes that are not UTF-8 as `%XX`, so
+    /// distinct tags stay distinct and the result equals `tagged` for UTF-8 tags.
+    pub fn tagged_bytes(&self, tag: &[u8], parts: &[&str]) -> Vec<u8> {
+        match std::str::from_utf8(tag) {
+            Ok(text) => self.tagged(text, parts).into_bytes(),
+            Err(_) => {
+                // Text is escaped by `tagged`'s own rule (`%` becomes `%25`), so a raw byte's
+                // `%XX` cannot collide with text.
+                let mut out = String::with_capacity(self.prefix.len() + tag.len() * 3 + 8);
+                out.push_str(&self.prefix);
+                if !out.is_empty() {
+                    out.push(':');
+                }
+                out.push('{');
+                for chunk in tag.utf8_chunks() {
+                    push_tag(&mut out, chunk.valid());
+                    for b in chunk.invalid() {
+                        let _ = write!(out, "%{b:02X}");
+                    }
+                }
+                out.push('}');
+                for p in parts {
+                    out.push(':');
+                    out.push_str(p);
+                }
+                out.into_bytes()
+            }
+        }
+    }
+
     /// `prefix:{tag}:part:part`: every key with the same tag lands in the same Redis Cluster
     /// slot, so one script may touch them all.
     pub fn tagged(&self, tag: &str, parts: &[&str]) -> String {
@@ -170,6 +201,20 @@ mod tests {
         assert_ne!(ks.tagged("%7D", &[]), ks.tagged("}", &[]));
         let k = ks.tagged("{weird}", &["1"]);
         assert_eq!(hash_slot(k.as_bytes()), hash_slot(b"%7Bweird%7D"));
+    }
+
+    #[test]
+    fn byte_tags_escape_what_is_not_text() {
+        let ks = Keyspace::new("p").unwrap();
+        assert_eq!(
+            ks.tagged_bytes(b"a}b", &["x"]),
+            ks.tagged("a}b", &["x"]).into_bytes()
+        );
+        assert_eq!(
+            ks.tagged_bytes(&[b'a', 0xff, b'%'], &[]),
+            b"p:{a%FF%25}".to_vec()
+        );
+        assert_ne!(ks.tagged_bytes(&[0xff], &[]), ks.tagged_bytes(b"%FF", &[]));
     }
 
     #[test]

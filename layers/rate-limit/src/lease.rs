@@ -95,7 +95,7 @@ impl Lease {
 #[derive(Debug)]
 pub(crate) struct Slot {
     /// The key's Redis key.
-    pub(crate) redis_key: String,
+    pub(crate) redis_key: Vec<u8>,
     state: Mutex<SlotState>,
     fetched: Notify,
 }
@@ -126,7 +126,7 @@ pub(crate) enum Spend {
 }
 
 impl Slot {
-    fn new(redis_key: String) -> Self {
+    fn new(redis_key: Vec<u8>) -> Self {
         Slot {
             redis_key,
             state: Mutex::new(SlotState::default()),
@@ -257,7 +257,7 @@ impl FetchGuard {
     }
 
     /// The Redis key of the slot being fetched.
-    pub(crate) fn redis_key(&self) -> &str {
+    pub(crate) fn redis_key(&self) -> &[u8] {
         &self.slot.redis_key
     }
 
@@ -305,7 +305,7 @@ impl Leases {
 
     /// The slot of `key`, made on first use. When the map is full, slots that nobody else
     /// holds are dropped (their unused cells are lost, as for an expired lease).
-    pub(crate) fn slot(&self, key: Option<u64>, redis_key: impl FnOnce() -> String) -> Arc<Slot> {
+    pub(crate) fn slot(&self, key: Option<u64>, redis_key: impl FnOnce() -> Vec<u8>) -> Arc<Slot> {
         let Some(key) = key else {
             return self
                 .global
@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn one_caller_fetches_and_a_cancelled_fetch_lets_the_next_one() {
         let leases = Leases::new(Lease::new(10), 100);
-        let slot = leases.slot(None, || "k".into());
+        let slot = leases.slot(None, || b"k".to_vec());
         let Spend::Fetch(guard) = slot.spend(1, 0) else {
             panic!("an empty lease asks for a fetch")
         };
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn expired_leases_are_dropped_and_denials_are_remembered() {
         let leases = Leases::new(Lease::new(10), 100);
-        let slot = leases.slot(Some(7), || "k".into());
+        let slot = leases.slot(Some(7), || b"k".to_vec());
         let Spend::Fetch(guard) = slot.spend(1, 0) else {
             panic!()
         };
@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn a_low_lease_is_topped_up_once_while_it_still_pays() {
         let leases = Leases::new(Lease::new(8), 100);
-        let slot = leases.slot(None, || "k".into());
+        let slot = leases.slot(None, || b"k".to_vec());
         let Spend::Fetch(guard) = slot.spend(1, 0) else {
             panic!()
         };
@@ -459,7 +459,7 @@ mod tests {
     fn the_key_count_is_bounded() {
         let leases = Leases::new(Lease::new(10), 8);
         for k in 0..100 {
-            let _ = leases.slot(Some(k), || format!("k{k}"));
+            let _ = leases.slot(Some(k), || format!("k{k}").into_bytes());
             assert!(leases.len() <= 8);
         }
     }

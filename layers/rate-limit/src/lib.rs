@@ -6,22 +6,30 @@
 //! - **GCRA** with a rate, a burst and a weighted cost per request ([`Quota`]).
 //! - **Several limits per request** (per user, per endpoint, global, ...), checked together:
 //!   a request denied by one limit takes nothing from the others.
+//! - **Keys** from omega-core's one key vocabulary ([`KeySource`](omega_core::key::KeySource)):
+//!   closures, and with feature `http` the built-in `Header`, `Query`, `PathSegment`, `Path`,
+//!   `ClientIp` (trusted proxies only) and `Endpoint` (the route template). What a request
+//!   without the key means is each limit's choice ([`Limit::on_missing_key`]).
 //! - **In memory** (the default): one atomic per key, lock-free for known keys, memory bounded
 //!   by a key count with idle keys dropped first; no cleanup thread.
 //! - **Redis** (`redis` feature): one Lua script per decision on the server's clock, checking
 //!   every limit at once; on Redis Cluster one call per slot with refunds on denial. Each limit
 //!   chooses what happens when Redis fails ([`OnBackendFailure`]); decisions never wait longer
 //!   than the backend's operation timeout.
-//! - **Lease mode** (`redis` feature, per limit, [`Limit::lease`]): an instance takes a batch of
+//! - **Lease mode** (`redis` feature, per limit, `Limit::lease`): an instance takes a batch of
 //!   cells in one call and spends them locally; the cluster still admits no more than the
-//!   limit. The module docs of [`Lease`] say how many cells can go unused.
+//!   limit. The docs of `Lease` say how many cells can go unused.
 //! - **Shadow mode** per limit, and **quota changes while serving** ([`RateLimiter::set_quota`]).
-//! - **HTTP** (`http` feature, module [`http`]): 429 with `Retry-After` and the IETF
-//!   `RateLimit` fields on every response; keys by header, client IP (trusted proxies only)
-//!   and endpoint (axum route template). **gRPC** (`grpc`): `RESOURCE_EXHAUSTED`.
+//! - **Rejections** through omega-core's one strategy, as on every Omega Penta layer: by
+//!   default the service fails with [`RateLimited`] (boxed); [`RateLimitLayer::respond`]
+//!   (feature `http`) answers 429 with `Retry-After` and the IETF `RateLimit` fields on every
+//!   response ([`headers`]); a gRPC call gets `RESOURCE_EXHAUSTED`. With `grpc`, `RateLimited`
+//!   converts into a `tonic::Status`.
+//! - **Configuration** (`serde` feature, module [`config`]): limits as files write them,
+//!   validated with every mistake at its field.
 //! - **Metrics** (`metrics` feature): allowed, denied and shadow-denied requests per limit,
-//!   Redis decision latency and backend health, through the `metrics` crate. Install the
-//!   recorder before building limiters: handles are registered at build time.
+//!   and Redis decision latency, through the `metrics` crate. Install the recorder before
+//!   building limiters: handles are registered at build time.
 //!
 //! ```
 //! use omega_rate_limit::{Limit, Quota, RateLimitLayer, RateLimiter};
@@ -41,12 +49,27 @@
 //! assert!(d.is_allowed());
 //! assert_eq!(d.binding().unwrap().remaining, 9);
 //! ```
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `redis` | limits shared through Redis or Redis Cluster; lease mode |
+//! | `http` | [`RateLimitLayer::respond`], the `RateLimit` header fields, omega-core's HTTP key sources |
+//! | `axum` | `Endpoint` reads axum's `MatchedPath`, `ClientIp` axum's `ConnectInfo` |
+//! | `grpc` | `From<RateLimited> for tonic::Status` |
+//! | `serde` | the configuration section, [`config`] |
+//! | `metrics` | counters and latency through the `metrics` crate |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "serde")]
+pub mod config;
 mod error;
+pub mod future;
 #[cfg(feature = "http")]
-pub mod http;
+pub mod headers;
+mod layer;
 #[cfg(feature = "redis")]
 mod lease;
 mod limit;
@@ -59,10 +82,19 @@ mod redis_store;
 mod service;
 
 pub use error::{ConfigError, RateLimited};
+pub use future::ResponseFuture;
+pub use layer::RateLimitLayer;
 #[cfg(feature = "redis")]
 pub use lease::{DEFAULT_MAX_HOLD, Lease};
-pub use limit::{KeyExtractor, Limit, OnBackendFailure};
-pub use limiter::{Binding, Decision, Denied, MAX_LIMITS, RateLimiter, RateLimiterBuilder};
+pub use limit::{Limit, MAX_LIMITS, OnBackendFailure};
+pub use limiter::RateLimiter;
+pub use limiter::builder::RateLimiterBuilder;
+pub use limiter::decision::{Binding, Decision, Denied, Refused};
 pub use memory::DEFAULT_MAX_KEYS;
 pub use quota::{Quota, QuotaError};
-pub use service::{BoxError, RateLimit, RateLimitLayer, ResponseFuture};
+pub use service::RateLimit;
+
+/// The shared rejection vocabulary, re-exported for convenience.
+#[cfg(feature = "http")]
+pub use omega_core::reject::Respond;
+pub use omega_core::reject::{BoxError, KeepError, OnRejection, Refusal};

@@ -1,31 +1,15 @@
 //! One limit: a name, a quota, what it is keyed by, and how it behaves.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use omega_core::key::{KeyMissing, KeySource, MissingKey};
 
 use crate::quota::{Gcra, Quota};
 
-/// Produces the key a limit counts a request under; `None` means the limit does not apply to
-/// this request.
-///
-/// Implemented for closures `Fn(&Req) -> Option<String>`; the built-in extractors borrow from
-/// the request instead, so they do not allocate.
-pub trait KeyExtractor<Req>: Send + Sync + 'static {
-    /// The key of `req`.
-    fn key<'a>(&self, req: &'a Req) -> Option<Cow<'a, str>>;
-}
-
-impl<Req, F> KeyExtractor<Req> for F
-where
-    F: Fn(&Req) -> Option<String> + Send + Sync + 'static,
-{
-    fn key<'a>(&self, req: &'a Req) -> Option<Cow<'a, str>> {
-        self(req).map(Cow::Owned)
-    }
-}
+/// The most limits one limiter checks per request.
+pub const MAX_LIMITS: usize = 16;
 
 /// What a limit does when its Redis backend fails (timeout, refused, unavailable).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -112,22 +96,34 @@ impl Params {
 
 /// A limit, before it joins a [`crate::RateLimiter`].
 ///
+/// A keyed limit takes its key from any [`KeySource`]: a closure `Fn(&Req) -> Option<K>`
+/// (`K` a `String`, `&'static str`, bytes or an integer), or one of omega-core's built-in
+/// sources (`Header`, `ClientIp`, `Endpoint`, ... with feature `http`), which borrow the key
+/// from the request. Buckets are kept per key bytes.
+///
+/// A request without the key ([`KeySource::key`] gives `None`) is, by default, not counted by
+/// that limit ([`MissingKey::Skip`]): pair a keyed limit with a global one so such requests are
+/// still bounded, or refuse them with [`Limit::on_missing_key`]`(MissingKey::Reject)`.
+///
 /// ```
+/// use omega_core::key::MissingKey;
 /// use omega_rate_limit::{Limit, OnBackendFailure, Quota};
 ///
-/// struct Job { tenant: String }
+/// struct Job { tenant: Option<String> }
 ///
 /// let global = Limit::<Job>::global("global", Quota::per_second(1_000));
 /// let per_tenant = Limit::keyed("per_tenant", Quota::per_minute(600), |job: &Job| {
-///     Some(job.tenant.clone())
+///     job.tenant.clone()
 /// })
+/// .on_missing_key(MissingKey::Reject)
 /// .shadow(true)
 /// .on_backend_failure(OnBackendFailure::Local { share: 0.25 });
 /// ```
 pub struct Limit<Req> {
     pub(crate) name: Arc<str>,
     pub(crate) quota: Quota,
-    pub(crate) key: Option<Box<dyn KeyExtractor<Req>>>,
+    pub(crate) key: Option<Box<dyn KeySource<Req>>>,
+    pub(crate) missing: MissingKey,
     pub(crate) shadow: bool,
     pub(crate) on_failure: OnBackendFailure,
     #[cfg(feature = "redis")]
@@ -140,6 +136,7 @@ impl<Req> fmt::Debug for Limit<Req> {
             .field("name", &self.name)
             .field("quota", &self.quota)
             .field("keyed", &self.key.is_some())
+            .field("missing", &self.missing)
             .field("shadow", &self.shadow)
             .field("on_failure", &self.on_failure)
             .finish()
@@ -153,6 +150,7 @@ impl<Req> Limit<Req> {
             name: name.into(),
             quota,
             key: None,
+            missing: MissingKey::Skip,
             shadow: false,
             on_failure: OnBackendFailure::default(),
             #[cfg(feature = "redis")]
@@ -161,16 +159,20 @@ impl<Req> Limit<Req> {
     }
 
     /// One bucket per key from `key` (per user, per client IP, per endpoint, ...).
-    pub fn keyed(name: impl Into<Arc<str>>, quota: Quota, key: impl KeyExtractor<Req>) -> Self {
+    pub fn keyed(name: impl Into<Arc<str>>, quota: Quota, key: impl KeySource<Req>) -> Self {
         Limit {
-            name: name.into(),
-            quota,
             key: Some(Box::new(key)),
-            shadow: false,
-            on_failure: OnBackendFailure::default(),
-            #[cfg(feature = "redis")]
-            lease: None,
+            ..Limit::global(name, quota)
         }
+    }
+
+    /// What a request without the key means to this keyed limit: by default
+    /// ([`MissingKey::Skip`]) the limit does not count it; [`MissingKey::Reject`] refuses it
+    /// with [`KeyMissing`] (400 Bad Request, gRPC `INVALID_ARGUMENT`). No effect on a global
+    /// limit.
+    pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
+        self.missing = missing;
+        self
     }
 
     /// In shadow mode the limit counts and reports what it would deny, but never denies.
@@ -196,6 +198,18 @@ impl<Req> Limit<Req> {
     }
 }
 
+/// Where a request stands with one limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyOf<'a> {
+    /// The limit counts the request in this bucket: `None` for the global bucket, else the
+    /// hash of the key.
+    Bucket(Option<u64>),
+    /// The request has no key and the limit skips it.
+    Skip,
+    /// The request has no key and the limit refuses it with this refusal.
+    Missing(&'a KeyMissing),
+}
+
 /// A limit inside a limiter: its quota can change while serving.
 pub(crate) struct LimitState<Req> {
     pub(crate) name: Arc<str>,
@@ -207,7 +221,9 @@ pub(crate) struct LimitState<Req> {
     pub(crate) params: ArcSwap<Params>,
     /// The GCRA parameters of the hot path, as two atomics: no reference count to touch.
     pub(crate) hot: HotGcra,
-    pub(crate) key: Option<Box<dyn KeyExtractor<Req>>>,
+    pub(crate) key: Option<Box<dyn KeySource<Req>>>,
+    /// The refusal of a request without the key, when the limit refuses such requests.
+    pub(crate) reject_missing: Option<KeyMissing>,
     pub(crate) shadow: bool,
     pub(crate) on_failure: OnBackendFailure,
     pub(crate) local: crate::memory::LocalBuckets,
@@ -215,20 +231,24 @@ pub(crate) struct LimitState<Req> {
     #[cfg(feature = "redis")]
     pub(crate) leases: Option<crate::lease::Leases>,
     pub(crate) metrics: crate::metrics::LimitMetrics,
-    /// The last `RateLimit-Policy` value sent for this limit, with the burst and window (s)
-    /// it was made for: it changes only with the quota.
+    /// The limit's last `RateLimit-Policy` value.
     #[cfg(feature = "http")]
-    pub(crate) policy_header: ArcSwap<Option<(u32, u64, http::HeaderValue)>>,
+    pub(crate) policy: crate::headers::PolicyCache,
 }
 
 impl<Req: 'static> LimitState<Req> {
-    /// The in-memory bucket of `req` under this limit: `None` when the limit does not apply,
-    /// `Some(None)` for the global bucket, `Some(Some(hash))` for a key.
+    /// The in-memory bucket of `req` under this limit.
     #[inline(always)]
-    pub(crate) fn local_key(&self, req: &Req) -> Option<Option<u64>> {
+    pub(crate) fn local_key(&self, req: &Req) -> KeyOf<'_> {
         match &self.key {
-            None => Some(None),
-            Some(extract) => extract.key(req).map(|k| Some(self.local.hash(&k))),
+            None => KeyOf::Bucket(None),
+            Some(source) => match source.key(req) {
+                Some(k) => KeyOf::Bucket(Some(self.local.hash(k.as_bytes()))),
+                None => match &self.reject_missing {
+                    Some(refusal) => KeyOf::Missing(refusal),
+                    None => KeyOf::Skip,
+                },
+            },
         }
     }
 }

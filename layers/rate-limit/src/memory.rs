@@ -65,9 +65,9 @@ impl LocalBuckets {
         }
     }
 
-    /// The key's hash; `None` stands for the limit's single global bucket.
+    /// The hash of a key's bytes (the limit's single global bucket has none).
     #[inline]
-    pub(crate) fn hash(&self, key: &str) -> u64 {
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -169,13 +169,13 @@ fn evict(map: &mut Map, now: Nanos, cap: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Quota;
+    use crate::quota::Quota;
 
     #[test]
     fn keys_are_independent_and_denials_write_nothing() {
         let b = LocalBuckets::new(1000);
         let g = Quota::per_second(1).with_burst(2).gcra();
-        let (a, c) = (Some(b.hash("a")), Some(b.hash("c")));
+        let (a, c) = (Some(b.hash(b"a")), Some(b.hash(b"c")));
         let now = 1_000_000_000;
         assert!(matches!(b.step(a, &g, now, 2), Step::Allow { .. }));
         let before = b.peek(a);
@@ -194,7 +194,7 @@ mod tests {
         let mut now = 1;
         for i in 0..1_000_000u64 {
             now += 1_000; // a million keys within one second: every one is still active
-            let key = Some(b.hash(&i.to_string()));
+            let key = Some(b.hash(i.to_string().as_bytes()));
             let _ = b.step(key, &g, now, 1);
         }
         assert!(b.len() <= max.div_ceil(SHARDS) * SHARDS, "{} keys", b.len());
@@ -210,13 +210,13 @@ mod tests {
         let b = LocalBuckets::new(SHARDS * 4);
         let g = Quota::per_second(1).with_burst(1).gcra();
         let now = 10_000_000_000;
-        let active = Some(b.hash("active"));
+        let active = Some(b.hash(b"active"));
         assert!(matches!(b.step(active, &g, now, 1), Step::Allow { .. }));
         let tat = b.peek(active);
         // Fill every shard with keys that are idle by the time the next ones arrive.
         for i in 0..10_000 {
             let _ = b.step(
-                Some(b.hash(&format!("idle{i}"))),
+                Some(b.hash(format!("idle{i}").as_bytes())),
                 &g,
                 now - 5_000_000_000,
                 1,

@@ -7,14 +7,17 @@
 //! | `omega_rate_limit_denied_total` | counter | `limit`: requests this limit denied |
 //! | `omega_rate_limit_shadow_denied_total` | counter | `limit`: requests a shadow limit would have denied |
 //! | `omega_rate_limit_redis_decision_seconds` | histogram | `target`: one decision's Redis time |
-//! | `omega_backend_up` | gauge | `target`: 1 while Redis answers, 0 after it failed |
 //!
 //! Handles are registered when the limiter is built, so recording is one atomic operation:
-//! install the recorder (for example the Prometheus exporter) before building limiters.
+//! install the recorder (for example the Prometheus exporter) before building limiters. The
+//! Redis backend's own health and latency (`omega_backend_up`, `omega_backend_op_seconds`,
+//! `omega_backend_errors_total`) are recorded by omega-core's backend.
 
 #[cfg(feature = "metrics")]
 mod on {
-    use metrics::{Counter, Gauge, Histogram};
+    use metrics::Counter;
+    #[cfg(feature = "redis")]
+    use metrics::Histogram;
 
     /// One limit's counters.
     pub(crate) struct LimitMetrics {
@@ -52,11 +55,10 @@ mod on {
         }
     }
 
-    /// The Redis store's latency histogram and health gauge.
+    /// The Redis store's decision latency.
     #[cfg(feature = "redis")]
     pub(crate) struct StoreMetrics {
         latency: Histogram,
-        up: Gauge,
     }
 
     #[cfg(feature = "redis")]
@@ -67,7 +69,6 @@ mod on {
                     omega_core::metrics::name("rate_limit", "redis_decision_seconds"),
                     "target" => target.to_owned()
                 ),
-                up: metrics::gauge!(omega_core::metrics::BACKEND_UP, "target" => target.to_owned()),
             }
         }
 
@@ -75,9 +76,8 @@ mod on {
             std::time::Instant::now()
         }
 
-        pub(crate) fn decision(&self, started: std::time::Instant, ok: bool) {
+        pub(crate) fn decision(&self, started: std::time::Instant) {
             self.latency.record(started.elapsed().as_secs_f64());
-            self.up.set(if ok { 1.0 } else { 0.0 });
         }
     }
 }
@@ -109,7 +109,7 @@ mod on {
         #[inline(always)]
         pub(crate) fn start() {}
         #[inline(always)]
-        pub(crate) fn decision(&self, _started: (), _ok: bool) {}
+        pub(crate) fn decision(&self, _started: ()) {}
     }
 }
 

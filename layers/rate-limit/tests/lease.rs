@@ -206,3 +206,32 @@ async fn a_lease_fetch_that_fails_follows_the_failure_policy_and_recovers() {
     }
     assert!(back, "leases come from Redis again after a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_limit_refuses_requests_without_its_key_and_gives_the_lease_back() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::<Option<u32>>::builder()
+        .limit(
+            Limit::global("global", Quota::per_minute(3))
+                .lease(Lease::new(3).max_hold(Duration::from_secs(60))),
+        )
+        .limit(
+            Limit::keyed("per_user", Quota::per_minute(100), |u: &Option<u32>| *u)
+                .lease(Lease::new(10).max_hold(Duration::from_secs(60)))
+                .on_missing_key(omega_core::key::MissingKey::Reject),
+        )
+        .backend(backend(server.url()).await)
+        .build()
+        .unwrap();
+    // The first request takes the leases; later ones are decided in this process.
+    assert!(limiter.check(&Some(1)).await.is_allowed());
+    for _ in 0..5 {
+        let d = limiter.check(&None).await;
+        assert!(d.key_missing().is_some(), "{d:?}");
+    }
+    // The refusals gave back what the global lease paid: its two other cells are there.
+    assert!(limiter.check(&Some(2)).await.is_allowed());
+    assert!(limiter.check(&Some(3)).await.is_allowed());
+    let d = limiter.check(&Some(4)).await;
+    assert_eq!(d.denied().unwrap().limit(), "global");
+}

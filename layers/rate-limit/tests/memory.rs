@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use omega_core::Clock;
-use omega_rate_limit::{Limit, Quota, RateLimitLayer, RateLimited, RateLimiter};
+use omega_core::key::{KeyMissing, MissingKey};
+use omega_core::reject::Refusal;
+use omega_rate_limit::{Limit, Quota, RateLimitLayer, RateLimited, RateLimiter, Refused};
 use proptest::prelude::*;
-use tower::{Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 #[derive(Clone, Debug)]
 struct Req {
@@ -260,11 +262,197 @@ fn admit_gives_the_same_verdicts_as_check_local() {
         let by_admit = a.admit(&key);
         let by_check = b.check_local(&key);
         assert_eq!(by_admit.is_ok(), by_check.is_allowed(), "step {step}");
-        if let Err(d) = by_admit {
-            assert_eq!(Some(d.to_error()), by_check.denied());
+        match by_admit {
+            Ok(()) => {}
+            Err(Refused::Limited(d)) => assert_eq!(Some(d.to_error()), by_check.denied()),
+            Err(other) => panic!("{other:?}"),
         }
         let dt = std::time::Duration::from_millis(u64::from(step * 7919 % 97));
         clock_a.advance(dt);
         clock_b.advance(dt);
     }
+}
+
+#[test]
+fn a_keyed_limit_skips_requests_without_its_key_unless_told_to_refuse_them() {
+    let clock = Clock::manual();
+    let tenant = |r: &Req| (!r.user.is_empty()).then(|| r.user.to_owned());
+    let skip = RateLimiter::<Req>::builder()
+        .limit(Limit::keyed("per_user", Quota::per_minute(1), tenant))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let anonymous = Req { user: "", cost: 1 };
+    for _ in 0..5 {
+        assert!(skip.admit(&anonymous).is_ok(), "skipped by default");
+        let d = skip.check_local(&anonymous);
+        assert!(d.is_allowed() && d.binding().is_none());
+    }
+
+    let reject = RateLimiter::<Req>::builder()
+        .limit(Limit::global("global", Quota::per_minute(3)))
+        .limit(
+            Limit::keyed("per_user", Quota::per_minute(1), tenant)
+                .on_missing_key(MissingKey::Reject),
+        )
+        .clock(clock)
+        .build()
+        .unwrap();
+    let refused = reject.admit(&anonymous).unwrap_err();
+    assert_eq!(refused.limit(), "per_user");
+    assert_eq!(refused.retry_after(), Duration::MAX);
+    let Refused::KeyMissing { refusal, .. } = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(refusal.what().contains("per_user"), "{refusal}");
+    assert_eq!((refusal.status(), refusal.grpc_code()), (400, 3));
+    let d = reject.check_local(&anonymous);
+    assert!(!d.is_allowed() && d.denied().is_none());
+    assert_eq!(d.key_missing().as_ref(), Some(refusal));
+    // The refusals took nothing from the global limit: its 3 cells are there.
+    for user in ["a", "b", "c"] {
+        assert!(reject.admit(&Req { user, cost: 1 }).is_ok(), "{user}");
+    }
+    assert_eq!(
+        reject
+            .admit(&Req { user: "d", cost: 1 })
+            .unwrap_err()
+            .limit(),
+        "global"
+    );
+}
+
+#[tokio::test]
+async fn the_service_fails_with_key_missing_or_answers_with_the_strategy() {
+    let limiter = || {
+        RateLimiter::<Req>::builder()
+            .limit(
+                Limit::keyed("per_user", Quota::per_minute(1), |r: &Req| {
+                    (!r.user.is_empty()).then(|| r.user.to_owned())
+                })
+                .on_missing_key(MissingKey::Reject),
+            )
+            .build()
+            .unwrap()
+    };
+    let inner =
+        service_fn(|r: Req| async move { Ok::<_, std::convert::Infallible>(r.user.to_owned()) });
+    // The default keeps refusals as (boxed) errors.
+    let svc = RateLimitLayer::new(limiter()).layer(inner);
+    let err = svc
+        .clone()
+        .oneshot(Req { user: "", cost: 1 })
+        .await
+        .unwrap_err();
+    assert!(err.is::<KeyMissing>(), "{err}");
+    assert_eq!(
+        svc.clone()
+            .oneshot(Req { user: "u", cost: 1 })
+            .await
+            .unwrap(),
+        "u"
+    );
+    let err = svc.oneshot(Req { user: "u", cost: 1 }).await.unwrap_err();
+    let denied = err.downcast_ref::<RateLimited>().expect("rate limited");
+    assert_eq!(denied.limit(), "per_user");
+
+    // A closure answers in the service's own response type; inner errors pass through.
+    let answer = |req: &Req, refusal: &dyn Refusal| {
+        format!("{} refused with {}", req.user, refusal.status())
+    };
+    let svc = RateLimitLayer::new(limiter())
+        .on_rejection(answer)
+        .layer(inner);
+    let r: Result<String, std::convert::Infallible> =
+        svc.clone().oneshot(Req { user: "", cost: 1 }).await;
+    assert_eq!(r.unwrap(), " refused with 400");
+    assert_eq!(
+        svc.clone()
+            .oneshot(Req { user: "v", cost: 1 })
+            .await
+            .unwrap(),
+        "v"
+    );
+    assert_eq!(
+        svc.oneshot(Req { user: "v", cost: 1 }).await.unwrap(),
+        "v refused with 429"
+    );
+}
+
+#[tokio::test]
+async fn inner_errors_are_boxed_by_default() {
+    #[derive(Clone)]
+    struct Broken;
+    impl tower::Service<Req> for Broken {
+        type Response = ();
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<(), std::io::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("not ready")))
+        }
+        fn call(&mut self, _: Req) -> Self::Future {
+            std::future::ready(Err(std::io::Error::other("failed")))
+        }
+    }
+    let limiter = RateLimiter::<Req>::builder()
+        .limit(Limit::global("global", Quota::per_minute(10)))
+        .build()
+        .unwrap();
+    let mut svc = RateLimitLayer::new(limiter).layer(Broken);
+    let err = svc.ready().await.err().expect("poll_ready fails");
+    assert!(err.is::<std::io::Error>(), "{err}");
+    let err = svc.call(Req { user: "u", cost: 1 }).await.unwrap_err();
+    assert_eq!(err.to_string(), "failed");
+}
+
+#[test]
+fn keys_are_bytes_not_text() {
+    let clock = Clock::manual();
+    let by_bytes = RateLimiter::<Vec<u8>>::builder()
+        .limit(Limit::keyed(
+            "per_key",
+            Quota::per_minute(1),
+            |k: &Vec<u8>| Some(k.clone()),
+        ))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    // Two keys that are not UTF-8 and would read the same if decoded lossily.
+    let (a, b) = (vec![0xff, 0x00], vec![0xfe, 0x00]);
+    assert!(by_bytes.admit(&a).is_ok());
+    assert!(by_bytes.admit(&b).is_ok());
+    assert!(by_bytes.admit(&a).is_err());
+    // Integer keys count by their value.
+    let by_number = RateLimiter::<u64>::builder()
+        .limit(Limit::keyed(
+            "per_shard",
+            Quota::per_minute(1),
+            |n: &u64| Some(*n),
+        ))
+        .clock(clock)
+        .build()
+        .unwrap();
+    assert!(by_number.admit(&7).is_ok());
+    assert!(by_number.admit(&8).is_ok());
+    assert!(by_number.admit(&7).is_err());
+}
+
+#[test]
+fn names_and_scopes_follow_the_one_name_rule() {
+    for bad in ["", "per user", "a{b}", &"x".repeat(200)] {
+        let e = RateLimiter::<Req>::builder()
+            .limit(Limit::global(bad, Quota::per_second(1)))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("limit name"), "{bad:?}: {e}");
+    }
+    let e = RateLimiter::<Req>::builder()
+        .limit(Limit::global("ok", Quota::per_second(1)))
+        .scope("route /x")
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid scope"), "{e}");
 }

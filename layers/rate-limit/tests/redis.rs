@@ -434,3 +434,137 @@ async fn a_killed_cluster_node_falls_back_and_the_cluster_decides_again_after() 
         .tagged(&format!("rl:per_user:{}", on_victim[0]), &[]);
     assert_eq!(cluster.nodes()[victim].cli(&["EXISTS", &key]), "1");
 }
+
+/// Keys are bytes: a key that is not UTF-8 gets its own bucket, in a Redis key that embeds
+/// its bytes, on a standalone server and on a cluster (where each key is its own hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keys_have_their_own_buckets_on_a_server_and_a_cluster() {
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start();
+    let on_cluster =
+        Backend::redis(RedisConfig::cluster(cluster.urls()).op_timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+    for b in [backend(server.url()).await, on_cluster] {
+        let limiter = RateLimiter::<Vec<u8>>::builder()
+            .limit(Limit::keyed(
+                "per_key",
+                Quota::per_minute(2),
+                |k: &Vec<u8>| Some(k.clone()),
+            ))
+            .backend(b.clone())
+            .build()
+            .unwrap();
+        let (a, c) = (vec![0xff, b'{', 0x00], vec![0xfe, b'{', 0x00]);
+        for _ in 0..2 {
+            assert!(limiter.check(&a).await.is_allowed());
+        }
+        let d = limiter.check(&a).await;
+        assert!(!d.is_degraded());
+        assert_eq!(d.denied().unwrap().limit(), "per_key");
+        assert!(limiter.check(&c).await.is_allowed(), "another key");
+        // `omega:{rl:per_key:<bytes>}`, the brace escaped as `Keyspace::tagged` escapes it.
+        let key = b"omega:{rl:per_key:\xff%7B\x00}";
+        let redis = b.as_redis().unwrap();
+        let exists: i64 = redis
+            .query(omega_core::redis::cmd("EXISTS").arg(&key[..]))
+            .await
+            .unwrap();
+        assert_eq!(exists, 1, "{}", b.health().target);
+    }
+}
+
+/// A keyed limit told to refuse requests without its key refuses them before asking Redis,
+/// through `check` and through the layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_the_key_are_refused_before_redis_is_asked() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::<Req>::builder()
+        .limit(Limit::global("global", Quota::per_minute(2)))
+        .limit(
+            Limit::keyed("per_user", Quota::per_minute(10), |r: &Req| {
+                (!r.user.is_empty()).then(|| r.user.clone())
+            })
+            .on_missing_key(omega_core::key::MissingKey::Reject),
+        )
+        .backend(backend(server.url()).await)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let d = limiter.check(&req("")).await;
+        assert!(d.key_missing().is_some() && !d.is_degraded(), "{d:?}");
+    }
+    let svc = tower::ServiceBuilder::new()
+        .layer(RateLimitLayer::new(limiter.clone()))
+        .service(service_fn(|r: Req| async move {
+            Ok::<_, std::convert::Infallible>(r.user)
+        }));
+    let err = svc.clone().oneshot(req("")).await.unwrap_err();
+    assert!(err.is::<omega_core::key::KeyMissing>(), "{err}");
+    // Nothing was taken from the global limit: both its cells are there.
+    assert_eq!(svc.clone().oneshot(req("a")).await.unwrap(), "a");
+    assert_eq!(svc.clone().oneshot(req("b")).await.unwrap(), "b");
+    let err = svc.oneshot(req("c")).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<RateLimited>().unwrap().limit(), "global");
+}
+
+/// `.respond()` over Redis: the decision is Redis's, the answer is the same as in memory
+/// (429 with `Retry-After` and the fields; admitted responses carry the fields).
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carry_the_fields_when_redis_decides() {
+    use omega_core::key::http::Header;
+    use omega_rate_limit::Lease;
+
+    let server = RedisServer::start();
+    let b = backend(server.url()).await;
+    for lease in [None, Some(Lease::new(2))] {
+        let per_key = Limit::keyed("per_key", Quota::per_minute(3), Header::new("x-api-key"));
+        let per_key = match lease {
+            Some(lease) => per_key.lease(lease),
+            None => per_key,
+        };
+        let limiter = RateLimiter::<http::Request<()>>::builder()
+            .limit(per_key)
+            .backend(b.clone())
+            .scope(if lease.is_some() { "leased" } else { "exact" })
+            .build()
+            .unwrap();
+        let svc = tower::ServiceBuilder::new()
+            .layer(RateLimitLayer::new(limiter).respond())
+            .service(service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(()))
+            }));
+        let call = || {
+            let request = http::Request::get("/")
+                .header("x-api-key", "k")
+                .body(())
+                .unwrap();
+            svc.clone().oneshot(request)
+        };
+        for left in [2, 1, 0] {
+            let r = call().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["ratelimit-policy"], r#""per_key";q=3;w=60"#);
+            let state = r.headers()["ratelimit"].to_str().unwrap();
+            // A leased limit reports the cells left in this instance's lease.
+            let expected = match lease {
+                None => format!(r#""per_key";r={left};t="#),
+                Some(_) => r#""per_key";r="#.to_owned(),
+            };
+            assert!(state.starts_with(&expected), "{lease:?}: {state}");
+        }
+        let r = call().await.unwrap();
+        assert_eq!(r.status(), 429, "{lease:?}");
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "retry-after {retry}");
+        assert_eq!(
+            r.headers()["ratelimit"],
+            format!(r#""per_key";r=0;t={retry}"#).as_str()
+        );
+    }
+}

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 
-use crate::topology::{Change, Node, Topology, TopologyError};
+use crate::error::TopologyError;
+use crate::node::{Change, Node};
+use crate::topology::Topology;
 
 /// The current topology, shared by routers and whoever changes it (an admin endpoint, a
 /// [`Discover`](tower::discover::Discover) driver, the Redis sync).

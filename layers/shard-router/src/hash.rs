@@ -17,10 +17,15 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 /// The seed of [`node_seed`]: the ASCII bytes `"omegashd"` read as a big-endian `u64`.
 pub const NODE_SEED: u64 = 0x6f6d_6567_6173_6864;
 
-/// A key that can be routed: anything that can show its bytes.
+/// A key to look up ([`Topology::owner`](crate::Topology::owner),
+/// [`Topology::preference_list`](crate::Topology::preference_list)): anything that can show
+/// its bytes.
 ///
-/// Implemented for strings, byte slices and the unsigned and signed integers (hashed as their
-/// little-endian bytes, so `7u64` and `&7u64.to_le_bytes()[..]` route alike).
+/// Implemented for strings, byte slices, the unsigned and signed integers (hashed as their
+/// little-endian bytes, so `7u64` and `&7u64.to_le_bytes()[..]` route alike) and core's
+/// [`Key`](omega_core::key::Key). Requests are routed by a
+/// [`KeySource`](omega_core::key::KeySource), whose keys hash exactly as these do: a closure
+/// returning `Some(7u64)` routes its request where `owner(&7u64)` says.
 pub trait ShardKey {
     /// Calls `f` with the key's bytes.
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
@@ -59,6 +64,14 @@ impl ShardKey for Vec<u8> {
 impl<const N: usize> ShardKey for [u8; N] {
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self)
+    }
+}
+
+/// A key from a key source ([`omega_core::key::KeySource`]): its bytes, as the router hashes
+/// them.
+impl ShardKey for omega_core::key::Key<'_> {
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.as_bytes())
     }
 }
 

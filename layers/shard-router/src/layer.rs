@@ -7,8 +7,12 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::service::{NoRetry, ShardRouter, ShardRouterBuilder};
-use crate::topology::Node;
+use omega_core::reject::KeepError;
+
+use crate::builder::ShardRouterBuilder;
+use crate::node::Node;
+use crate::retry::NoRetry;
+use crate::service::ShardRouter;
 
 /// A request that can carry the node it was routed to, for [`ShardRouterLayer`].
 ///
@@ -57,11 +61,11 @@ impl<B> NodeTarget for http::Request<B> {
 /// assert!(address == "10.0.0.1:80" || address == "10.0.0.2:80");
 /// # Ok(()) }
 /// ```
-pub struct ShardRouterLayer<K, P = NoRetry> {
-    builder: ShardRouterBuilder<K, P>,
+pub struct ShardRouterLayer<K, P = NoRetry, Rj = KeepError> {
+    builder: ShardRouterBuilder<K, P, Rj>,
 }
 
-impl<K: Clone, P: Clone> Clone for ShardRouterLayer<K, P> {
+impl<K: Clone, P: Clone, Rj: Clone> Clone for ShardRouterLayer<K, P, Rj> {
     fn clone(&self) -> Self {
         ShardRouterLayer {
             builder: self.builder.clone(),
@@ -69,7 +73,7 @@ impl<K: Clone, P: Clone> Clone for ShardRouterLayer<K, P> {
     }
 }
 
-impl<K, P> fmt::Debug for ShardRouterLayer<K, P> {
+impl<K, P, Rj> fmt::Debug for ShardRouterLayer<K, P, Rj> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardRouterLayer")
             .field("builder", &self.builder)
@@ -77,20 +81,37 @@ impl<K, P> fmt::Debug for ShardRouterLayer<K, P> {
     }
 }
 
-impl<K, P> ShardRouterBuilder<K, P> {
+impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
     /// A layer that builds this router around one inner service shared by every node.
-    pub fn into_layer(self) -> ShardRouterLayer<K, P> {
+    pub fn into_layer(self) -> ShardRouterLayer<K, P, Rj> {
         ShardRouterLayer { builder: self }
     }
 }
 
-impl<S, K, P> Layer<S> for ShardRouterLayer<K, P>
+impl<K, P, Rj> ShardRouterLayer<K, P, Rj> {
+    /// Answers refusals with HTTP responses (feature `http`); see
+    /// [`ShardRouterBuilder::respond`].
+    #[cfg(feature = "http")]
+    pub fn respond(self) -> ShardRouterLayer<K, P, omega_core::reject::Respond> {
+        self.on_rejection(omega_core::reject::Respond)
+    }
+
+    /// How refusals are answered; see [`ShardRouterBuilder::on_rejection`].
+    pub fn on_rejection<Rj2>(self, strategy: Rj2) -> ShardRouterLayer<K, P, Rj2> {
+        ShardRouterLayer {
+            builder: self.builder.on_rejection(strategy),
+        }
+    }
+}
+
+impl<S, K, P, Rj> Layer<S> for ShardRouterLayer<K, P, Rj>
 where
     S: Clone + Send + Sync + 'static,
     K: Clone,
     P: Clone,
+    Rj: Clone,
 {
-    type Service = ShardRouter<ForNode<S>, K, P>;
+    type Service = ShardRouter<ForNode<S>, K, P, Rj>;
 
     fn layer(&self, inner: S) -> Self::Service {
         self.builder.clone().build(move |node: &Node| ForNode {
@@ -116,6 +137,16 @@ impl<S> ForNode<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

@@ -23,11 +23,33 @@
 //!   handle or a [`Discover`](tower::discover::Discover) stream. [`ShardRouterLayer`] wraps
 //!   one inner service (a proxy's HTTP client) and hands it the chosen [`Node`] with each
 //!   request.
+//! - **Keys** come from core's [`KeySource`](omega_core::key::KeySource): a closure
+//!   `Fn(&Req) -> Option<K>` or a built-in (`Header`, `Query`, `PathSegment`, `Path`,
+//!   `ClientIp`, `Endpoint`, with the `http` feature). The router hashes the key's
+//!   bytes; an integer key is its little-endian bytes, so `|user: &u64| Some(*user)` routes
+//!   where [`Topology::owner`]`(&user)` says. A request without a key is refused (or spread
+//!   over the nodes, [`ShardRouterBuilder::missing_key`]).
+//! - **Refusals** ([`ShardError`]: no key, no node, none available) follow core's rejection
+//!   strategy: kept as errors by default ([`KeepError`]), or answered as 400 / 503 responses
+//!   with [`respond`](ShardRouterBuilder::respond) (feature `http`).
 //! - **Introspection**: owner, preference list, owned fractions, exact preview of a change
 //!   ([`Topology::preview`]), epoch, counters.
-//! - `redis` feature: [`redis::RedisTopology`] shares the topology through Redis, with change
-//!   notifications; routers keep routing on their last topology while Redis is down.
-//! - `http` feature: key extractors from a header, a path segment or a query parameter.
+//! - **Shared topology** (feature `redis`): [`redis::RedisTopology`] shares the topology
+//!   through Redis or Redis Cluster over core's one Redis handle, with change notifications;
+//!   routers keep routing on their last topology while Redis is down.
+//! - **Configuration** (feature `serde`): [`config::PoolConfig`], the section of a pool of
+//!   nodes.
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `http` | [`ShardRouterBuilder::respond`] (refusals as 400 / 503 responses), core's HTTP key sources, the chosen [`Node`] in `http::Request` extensions ([`NodeTarget`]) |
+//! | `axum` | core's HTTP key sources read axum's `MatchedPath` and `ConnectInfo` |
+//! | `grpc` | `From<ShardError> for tonic::Status` |
+//! | `redis` | [`redis::RedisTopology`]: the topology shared through Redis or Redis Cluster |
+//! | `serde` | [`config`]: the configuration section of a pool |
+//! | `metrics` | requests per node through the `metrics` crate ([`METRIC_REQUESTS`]) |
 //!
 //! ## Determinism
 //!
@@ -77,6 +99,7 @@
 //!     .key(|user: &u64| Some(*user))
 //!     .failover(3)
 //!     .is_available(|node: &Node| !circuit_is_open(node.id()))
+//!     // The node service's own error type (here `BoxError`).
 //!     .retry_elsewhere(|e: &BoxError| e.is::<CircuitOpen>())
 //!     .build(|node: &Node| {
 //!         let address = node.address().to_owned();
@@ -94,35 +117,41 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
+#[cfg(feature = "serde")]
+pub mod config;
 mod error;
+mod future;
 mod handle;
 pub mod hash;
-#[cfg(feature = "http")]
-pub mod http;
 mod layer;
+mod movement;
+mod node;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod retry;
 mod ring;
+mod routes;
 mod service;
 mod table;
 mod topology;
 
-pub use error::{BoxError, ShardError, ShardErrorKind};
+pub use builder::{NoKey, ShardRouterBuilder};
+pub use error::{BoxError, ShardError, ShardErrorKind, TopologyError, TopologyErrorKind};
+pub use future::ResponseFuture;
 pub use handle::TopologyHandle;
 pub use hash::ShardKey;
 pub use layer::{ForNode, NodeTarget, ShardRouterLayer};
-pub use service::{
-    KeyExtractor, NoKey, NoRetry, NodeCounters, ResponseFuture, RetryElsewhere, RetryPolicy,
-    ShardRouter, ShardRouterBuilder,
-};
-pub use topology::{
-    Algorithm, Change, Flow, MAX_NODES, Movement, Node, Topology, TopologyError, TopologyErrorKind,
-};
+pub use movement::{Flow, Movement};
+pub use node::{Algorithm, Change, MAX_NODES, Node};
+#[cfg(feature = "http")]
+pub use omega_core::reject::Respond;
+pub use omega_core::reject::{KeepError, OnRejection, Refusal};
+pub use retry::{NoRetry, RetryElsewhere, RetryPolicy};
+pub use routes::{METRIC_REQUESTS, NodeCounters};
+pub use service::ShardRouter;
+pub use topology::Topology;
 
-/// Requests sent to a node, counted through the `metrics` crate (feature `metrics`); label
-/// `node`.
-pub const METRIC_REQUESTS: &str = "omega_shard_router_requests_total";
-
-#[cfg(all(doctest, feature = "http", feature = "redis"))]
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "serde"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -1,6 +1,8 @@
 //! Routing a key allocates nothing: the owner by every algorithm, for integer and string
 //! keys, the next node when some are skipped (failover), and the preference list into a
-//! reused buffer. Counted by a global allocator that counts this thread's allocations.
+//! reused buffer; and a request through the router (default `KeepError` strategy, a header
+//! key) to a node service that does not allocate itself. Counted by a global allocator that
+//! counts this thread's allocations.
 
 use omega_shard_router::{Algorithm, Node, Topology, TopologyHandle};
 use omega_testkit::alloc::{CountingAlloc, allocations};
@@ -51,4 +53,61 @@ fn lookups_allocate_nothing() {
         }
         assert!(seen.len() >= 15, "{alg:?}: {} nodes", seen.len());
     }
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn routing_a_request_allocates_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use http::Request;
+    use omega_core::key::http::Header;
+    use omega_shard_router::ShardRouter;
+    use tower::{Service, service_fn};
+
+    let handle = TopologyHandle::new(Topology::new(Algorithm::table(), nodes(20)).unwrap());
+    let mut router = ShardRouter::builder(handle.clone())
+        .key(Header::new("x-user-id"))
+        .build(|node: &Node| {
+            let index = node.weight() as usize;
+            service_fn(move |req: Request<()>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>((index, req)))
+            })
+        });
+    let requests: Vec<Request<()>> = (0..1_000)
+        .map(|i| {
+            Request::get("/")
+                .header("x-user-id", format!("user-{i}"))
+                .body(())
+                .unwrap()
+        })
+        .collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut send = |router: &mut ShardRouter<_, Header>, req: Request<()>| {
+        let mut fut = std::pin::pin!(router.call(req));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(out)) => out,
+            other => panic!(
+                "a ready node answers at once: {:?}",
+                other.map(|r| r.is_ok())
+            ),
+        }
+    };
+    // Warm up: the first call builds the routes and registers the thread with arc-swap.
+    let warm = Request::get("/")
+        .header("x-user-id", "warm")
+        .body(())
+        .unwrap();
+    drop(send(&mut router, warm));
+    let mut answered = Vec::with_capacity(requests.len());
+    let n = allocations(|| {
+        for req in requests {
+            answered.push(send(&mut router, req));
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(answered.len(), 1_000);
+    let served: u64 = router.counters().iter().map(|c| c.requests).sum();
+    assert_eq!(served, 1_001);
 }

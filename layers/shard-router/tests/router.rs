@@ -1,5 +1,6 @@
 //! The Tower service: routing, readiness of the chosen node only, failover, counters,
-//! topology changes under concurrent traffic, Discover streams, bounded loads.
+//! topology changes under concurrent traffic, Discover streams, bounded loads. (Keys, the
+//! layer and refusals: `keys.rs`, `reject.rs`.)
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -586,39 +587,4 @@ async fn bounded_loads_spill_a_hot_key_to_the_next_nodes() {
     assert_eq!(router.clone().oneshot(hot).await.unwrap(), owner);
     let c = router.counters();
     assert_eq!(c.iter().map(|c| c.requests).sum::<u64>(), 21);
-}
-
-#[cfg(feature = "http")]
-#[tokio::test]
-async fn the_layer_hands_the_chosen_node_to_one_shared_client() {
-    use http::Request;
-    use omega_shard_router::http::Header;
-    let h = handle(3);
-    let layer = ShardRouter::builder(h.clone())
-        .key(Header::new("x-user-id"))
-        .into_layer();
-    let client = service_fn(|req: Request<()>| async move {
-        let node = req
-            .extensions()
-            .get::<Node>()
-            .expect("the router set the node");
-        Ok::<_, BoxError>(node.address().to_owned())
-    });
-    let svc = tower::ServiceBuilder::new().layer(layer).service(client);
-    for user in ["u1", "u2", "u3", "u4", "u5"] {
-        let req = Request::get("/")
-            .header("x-user-id", user)
-            .body(())
-            .unwrap();
-        let got = svc.clone().oneshot(req).await.unwrap();
-        assert_eq!(got, h.load().owner(user).unwrap().address());
-    }
-    let err = svc
-        .oneshot(Request::get("/").body(()).unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<ShardError>().unwrap().kind(),
-        ShardErrorKind::NoKey
-    );
 }

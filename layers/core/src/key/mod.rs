@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 pub use value::Key;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 /// Where a request's key comes from.
 ///
@@ -181,9 +181,12 @@ pub const MAX_NAME_LEN: usize = 128;
 ///
 /// assert!(check_name("limit name", "per_user").is_ok());
 /// let err = check_name("limit name", "per user").unwrap_err();
-/// assert!(err.to_string().contains("limit name \"per user\": use 1 to 128 visible ASCII"));
+/// assert_eq!(
+///     err.to_string(),
+///     "limit name \"per user\": use 1 to 128 visible ASCII characters, without spaces or braces"
+/// );
 /// ```
-pub fn check_name(what: &str, name: &str) -> Result<()> {
+pub fn check_name(what: &str, name: &str) -> std::result::Result<(), InvalidName> {
     let plain = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.contains(['{', '}'])
@@ -191,8 +194,26 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     if plain {
         Ok(())
     } else {
-        Err(Error::config(format!(
+        Err(InvalidName(format!(
             "{what} {name:?}: use 1 to {MAX_NAME_LEN} visible ASCII characters, without spaces or braces"
         )))
+    }
+}
+
+/// A name that breaks the rule of [`check_name`]; the message names the thing and the name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidName(String);
+
+impl std::fmt::Display for InvalidName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidName {}
+
+impl From<InvalidName> for Error {
+    fn from(e: InvalidName) -> Self {
+        Error::config(e.0)
     }
 }

@@ -33,7 +33,7 @@ pub struct Key<'a>(Repr<'a>);
 enum Repr<'a> {
     Borrowed(&'a [u8]),
     Inline { len: u8, bytes: [u8; INLINE] },
-    Owned(Box<[u8]>),
+    Owned(Vec<u8>),
 }
 
 impl<'a> Key<'a> {
@@ -80,7 +80,7 @@ impl Key<'static> {
                 bytes: inline,
             })
         } else {
-            Key(Repr::Owned(bytes.into()))
+            Key(Repr::Owned(bytes.to_vec()))
         }
     }
 
@@ -93,7 +93,7 @@ impl Key<'static> {
         };
         let _ = fmt::write(&mut buf, args);
         match buf.spill {
-            Some(s) => Key(Repr::Owned(s.into_bytes().into_boxed_slice())),
+            Some(s) => Key(Repr::Owned(s.into_bytes())),
             None => Key(Repr::Inline {
                 len: buf.len as u8,
                 bytes: buf.bytes,
@@ -140,15 +140,17 @@ impl<'a> From<&'a [u8]> for Key<'a> {
     }
 }
 
+/// Takes the string's buffer as it is (no copy, no reallocation).
 impl From<String> for Key<'static> {
     fn from(s: String) -> Self {
-        Key(Repr::Owned(s.into_bytes().into_boxed_slice()))
+        Key(Repr::Owned(s.into_bytes()))
     }
 }
 
+/// Takes the buffer as it is (no copy, no reallocation).
 impl From<Vec<u8>> for Key<'static> {
     fn from(b: Vec<u8>) -> Self {
-        Key(Repr::Owned(b.into_boxed_slice()))
+        Key(Repr::Owned(b))
     }
 }
 

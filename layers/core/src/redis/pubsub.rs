@@ -67,7 +67,13 @@ impl Drop for Subscription {
 }
 
 impl RedisBackend {
-    /// Subscribes to `channel` (sharded on Redis Cluster); see the [module docs](self).
+    /// Subscribes to `channel` (sharded on Redis Cluster, `SSUBSCRIBE`).
+    ///
+    /// The subscription has its own connection, checked with a `PING` every second, and is
+    /// re-established with the backend's jittered backoff whenever it breaks. The consumer
+    /// hears [`SubscriptionEvent::Lost`] when it drops and [`SubscriptionEvent::Subscribed`]
+    /// each time it is (re)established: messages published in between were missed, so a
+    /// consumer catches up (re-reads its state) on every `Subscribed`.
     ///
     /// Must be called within a tokio runtime.
     ///

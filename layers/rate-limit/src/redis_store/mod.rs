@@ -29,181 +29,21 @@
 
 use std::time::Duration;
 
-use omega_core::hash_slot;
 use omega_core::redis::{RedisBackend, Script};
+use omega_core::{Keyspace, hash_slot};
 
+use crate::limit::MAX_LIMITS;
 use crate::quota::Gcra;
+use scripts::{GCRA_BATCH, GCRA_LEASE, GCRA_MULTI};
 
-const GCRA_MULTI: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local refund = ARGV[1] == 'refund'
-local tats = redis.call('MGET', unpack(KEYS))
-local out = {1}
-local new = {}
-local denied = false
-for i = 1, #KEYS do
-  local b = 1 + 4 * (i - 1)
-  local interval = tonumber(ARGV[b + 1])
-  local cost = tonumber(ARGV[b + 3])
-  local tat = tonumber(tats[i])
-  if refund then
-    if tat then
-      local nt = tat - cost * interval
-      if nt <= now then redis.call('DEL', KEYS[i]) else
-        redis.call('SET', KEYS[i], nt, 'PX', math.ceil((nt - now) / 1000) + 1)
-      end
-    end
-  else
-    local cap = tonumber(ARGV[b + 2])
-    if (not tat) or tat < now then tat = now end
-    local nt = tat + cost * interval
-    local ahead = nt - now
-    if ahead <= cap then
-      new[i] = nt
-      out[#out + 1] = 1
-      out[#out + 1] = math.floor((cap - ahead) / interval)
-      out[#out + 1] = math.ceil(ahead)
-    else
-      new[i] = false
-      if ARGV[b + 4] ~= '1' then denied = true end
-      out[#out + 1] = ARGV[b + 4] == '1' and 2 or 0
-      out[#out + 1] = math.ceil(ahead - cap)
-      out[#out + 1] = math.ceil(tat - now)
-    end
-  end
-end
-if refund then return out end
-if denied then
-  out[1] = 0
-  return out
-end
-for i = 1, #KEYS do
-  if new[i] then
-    redis.call('SET', KEYS[i], new[i], 'PX', math.ceil((new[i] - now) / 1000) + 1)
-  end
-end
-return out
-"#;
-
-/// Many decisions in one call. `ARGV` holds the number of distinct limit parameter sets `L`,
-/// then `L` triples (interval µs, capacity µs, shadow flag), then one binary string with every
-/// decision: its limit count `n` (u16), its cost (u32), and `n` pairs (parameter set index,
-/// key index in `KEYS`; u16 each), little-endian. Decoding bytes with `string.byte` spares
-/// Redis a decimal parse (`strtod`) per number, the largest part of its work per decision
-/// when numbers come as strings. The reply
-/// holds five numbers per decision, so that Redis converts little:
-/// - admitted: `1, j, cells left, µs until full, shadow bits` for its binding limit `j` (the
-///   enforcing one with the fewest cells left; 0 when only shadow limits applied);
-/// - denied: `0, j, µs until admitted, µs until full, shadow bits` for the denying limit `j`
-///   that frees up last.
-///
-/// Bit `j - 1` of the shadow bits is set when shadow limit `j` would have denied.
-const GCRA_BATCH: &str = r#"
-local tonumber, floor, ceil = tonumber, math.floor, math.ceil
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local raw = redis.call('MGET', unpack(KEYS))
-local tat = {}
-for i = 1, #KEYS do
-  local v = tonumber(raw[i])
-  if (not v) or v < now then v = now end
-  tat[i] = v
-end
-local nl = tonumber(ARGV[1])
-local interval, cap, shadow = {}, {}, {}
-for l = 1, nl do
-  local b = 2 + 3 * (l - 1)
-  interval[l] = tonumber(ARGV[b])
-  cap[l] = tonumber(ARGV[b + 1])
-  shadow[l] = ARGV[b + 2] == '1'
-end
-local dirty = {}
-local out = {}
-local o = 0
-local blob = ARGV[2 + 3 * nl]
-local byte = string.byte
-local p, len = 1, #blob
-local ls, ks = {}, {}
-while p <= len do
-  local n0, n1, c0, c1, c2, c3 = byte(blob, p, p + 5)
-  local n = n0 + 256 * n1
-  local cost = c0 + 256 * (c1 + 256 * (c2 + 256 * c3))
-  p = p + 6
-  local ok = true
-  local bj, best, reset = 0, -1, 0
-  local shadows = 0
-  for j = 1, n do
-    local l0, l1, k0, k1 = byte(blob, p, p + 3)
-    p = p + 4
-    local l, k = l0 + 256 * l1, k0 + 256 * k1
-    ls[j], ks[j] = l, k
-    local ahead = tat[k] + cost * interval[l] - now
-    if ahead <= cap[l] then
-      local left = cap[l] - ahead
-      if ok and not shadow[l] and (best < 0 or left < best) then bj, best, reset = j, left, ahead end
-    elseif shadow[l] then
-      shadows = shadows + 2 ^ (j - 1)
-    elseif ok or ahead - cap[l] > best then
-      ok = false
-      bj, best, reset = j, ahead - cap[l], tat[k] - now
-    end
-  end
-  if ok then
-    for j = 1, n do
-      local k, l = ks[j], ls[j]
-      local nt = tat[k] + cost * interval[l]
-      if nt - now <= cap[l] then
-        tat[k] = nt
-        dirty[k] = true
-      end
-    end
-    out[o + 1] = 1
-    out[o + 3] = bj > 0 and floor(best / interval[ls[bj]]) or 0
-  else
-    out[o + 1] = 0
-    out[o + 3] = ceil(best)
-  end
-  out[o + 2] = bj
-  out[o + 4] = ceil(reset)
-  out[o + 5] = shadows
-  o = o + 5
-end
-for k in pairs(dirty) do
-  redis.call('SET', KEYS[k], tat[k], 'PX', ceil((tat[k] - now) / 1000) + 1)
-end
-return out
-"#;
+mod scripts;
 
 /// The most decisions one batched call carries.
 const MAX_BATCH: usize = 256;
 /// Batched calls in flight at once (per limiter).
 const MAX_IN_FLIGHT: usize = 4;
 // Key and parameter indices travel as u16 (see `GCRA_BATCH`).
-const _: () = assert!(MAX_BATCH * crate::MAX_LIMITS <= u16::MAX as usize);
-
-/// Takes a lease: `min(want, available)` cells of one key, provided at least `min` are
-/// available; otherwise nothing, and how long until `min` are. Same key format and GCRA as
-/// `GCRA_MULTI`, so exact and leasing instances share one bucket.
-const GCRA_LEASE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local cap = tonumber(ARGV[2])
-local min = tonumber(ARGV[3])
-local want = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if (not tat) or tat < now then tat = now end
-local ahead = tat - now
-local avail = math.floor((cap - ahead) / interval + 1e-9)
-if avail < min then
-  return {0, math.ceil(ahead + min * interval - cap)}
-end
-local n = math.min(want, avail)
-local nt = tat + n * interval
-redis.call('SET', KEYS[1], nt, 'PX', math.ceil((nt - now) / 1000) + 1)
-return {n, math.ceil(nt - now)}
-"#;
+const _: () = assert!(MAX_BATCH * MAX_LIMITS <= u16::MAX as usize);
 
 /// What a lease call gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +57,8 @@ pub(crate) enum LeaseGrant {
 /// One limit's part in a Redis decision.
 #[derive(Debug)]
 pub(crate) struct Item {
-    pub(crate) key: String,
+    /// The Redis key (binary-safe: it embeds the request's key bytes).
+    pub(crate) key: Vec<u8>,
     pub(crate) gcra: Gcra,
     pub(crate) cost: u32,
     pub(crate) shadow: bool,
@@ -265,7 +106,7 @@ impl RedisStore {
     /// Takes a lease of up to `want` cells (at least `min`) from `key`.
     pub(crate) async fn lease(
         &self,
-        key: &str,
+        key: &[u8],
         gcra: &Gcra,
         min: u32,
         want: u32,
@@ -386,7 +227,7 @@ impl RedisStore {
             .arg(if refund { "refund" } else { "take" });
         for item in items {
             call = call
-                .key(item.key.as_str())
+                .key(item.key.as_slice())
                 .arg(micros(item.gcra.interval))
                 .arg(micros(item.gcra.capacity))
                 .arg(item.cost)
@@ -411,7 +252,7 @@ struct Pending {
 fn placeholder_items(n: usize) -> Vec<Item> {
     (0..n)
         .map(|_| Item {
-            key: String::new(),
+            key: Vec::new(),
             gcra: Gcra {
                 interval: 1,
                 capacity: 1,
@@ -456,8 +297,8 @@ async fn run_batches(
 /// One call for a batch of decisions; each gets its own steps back.
 async fn run_batch(backend: &RedisBackend, script: &Script, batch: Vec<Pending>) {
     // Distinct keys and distinct limit parameters, numbered from 1 as Lua counts.
-    let mut keys: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut ordered: Vec<&str> = Vec::new();
+    let mut keys: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    let mut ordered: Vec<&[u8]> = Vec::new();
     let mut params: Vec<(u64, u64, bool)> = Vec::new();
     // Every decision in one binary string (see `GCRA_BATCH`): indices fit in u16, as a
     // batch holds at most MAX_BATCH × MAX_LIMITS keys and parameter sets.
@@ -475,8 +316,8 @@ async fn run_batch(backend: &RedisBackend, script: &Script, batch: Vec<Pending>)
                 }
             };
             let next = ordered.len() + 1;
-            let key = *keys.entry(item.key.as_str()).or_insert_with(|| {
-                ordered.push(item.key.as_str());
+            let key = *keys.entry(item.key.as_slice()).or_insert_with(|| {
+                ordered.push(item.key.as_slice());
                 next
             });
             decisions.extend_from_slice(&(param as u16).to_le_bytes());
@@ -590,7 +431,7 @@ fn parse_steps(raw: &[i64]) -> Vec<RemoteStep> {
 fn by_slot(items: &[Item], indices: impl Iterator<Item = usize>) -> Vec<Vec<usize>> {
     let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
     for i in indices {
-        let slot = hash_slot(items[i].key.as_bytes());
+        let slot = hash_slot(&items[i].key);
         match groups.iter_mut().find(|(s, _)| *s == slot) {
             Some((_, members)) => members.push(i),
             None => groups.push((slot, vec![i])),
@@ -607,4 +448,68 @@ fn micros(nanos: u64) -> f64 {
 /// Microseconds from the script as a duration.
 pub(crate) fn from_micros(us: u64) -> Duration {
     Duration::from_micros(us)
+}
+
+/// The Redis key of a limit's bucket: `prefix:{rl:limit:key}` (or `prefix:{rl:limit}` for a
+/// global limit), the whole name one hash tag, so that each bucket has its own slot on a
+/// cluster. Built as [`Keyspace::tagged`] builds it (`%`, `{` and `}` of the tag escaped), from
+/// the key's bytes, which need not be UTF-8.
+pub(crate) fn redis_key(ks: &Keyspace, limit: &str, key: Option<&[u8]>) -> Vec<u8> {
+    let prefix = ks.prefix().as_bytes();
+    let mut out = Vec::with_capacity(prefix.len() + limit.len() + key.map_or(0, <[u8]>::len) + 8);
+    out.extend_from_slice(prefix);
+    if !prefix.is_empty() {
+        out.push(b':');
+    }
+    out.push(b'{');
+    let mut tag = |bytes: &[u8]| {
+        for &b in bytes {
+            match b {
+                b'%' => out.extend_from_slice(b"%25"),
+                b'{' => out.extend_from_slice(b"%7B"),
+                b'}' => out.extend_from_slice(b"%7D"),
+                b => out.push(b),
+            }
+        }
+    };
+    // A limit name is never empty (`check_name`), so neither is the tag.
+    tag(limit.as_bytes());
+    if let Some(key) = key {
+        tag(b":");
+        tag(key);
+    }
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_keys_are_the_keyspace_s_tagged_keys_and_bytes_are_kept() {
+        for prefix in ["omega", ""] {
+            let ks = Keyspace::new(prefix).unwrap();
+            for key in ["ann", "", "a{b}c", "50%", "é"] {
+                let tag = format!("rl:per_user:{key}");
+                assert_eq!(
+                    redis_key(&ks, "rl:per_user", Some(key.as_bytes())),
+                    ks.tagged(&tag, &[]).into_bytes(),
+                    "{prefix:?} {key:?}"
+                );
+            }
+            assert_eq!(
+                redis_key(&ks, "rl:route:/x:global", None),
+                ks.tagged("rl:route:/x:global", &[]).into_bytes()
+            );
+        }
+        let ks = Keyspace::default();
+        assert_eq!(
+            redis_key(&ks, "rl:k", Some(&[0xff, b'}', 0])),
+            b"omega:{rl:k:\xff%7D\x00}"
+        );
+        // One hash tag per bucket: the whole tag decides the slot.
+        let a = redis_key(&ks, "rl:k", Some(&[0xff]));
+        assert_eq!(hash_slot(&a), hash_slot(b"rl:k:\xff"));
+    }
 }

@@ -16,132 +16,182 @@
 //!
 //! The permit is held until then, so a slow-call threshold measures the whole call, stream
 //! included: set one only for unary services.
+//!
+//! [`CircuitBreakerLayer::grpc`]: crate::CircuitBreakerLayer::grpc
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use omega_core::http::{GRPC_STATUS, is_grpc};
+use omega_core::reject::{KeepError, OnRejection, Respond};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::breaker::OwnedPermit;
 use crate::classify::Outcome;
-use crate::http::{HttpClassifier, rejection_response};
-use crate::service::{Selector, acquire};
+use crate::http::HttpClassifier;
+use crate::permit::OwnedPermit;
+use crate::select::{Selector, Single};
 
 /// A circuit breaker for gRPC services that reads the status from the trailers; made by
-/// [`CircuitBreakerLayer::grpc`](crate::CircuitBreakerLayer::grpc).
+/// [`CircuitBreakerLayer::grpc`](crate::CircuitBreakerLayer::grpc), which answers refused calls
+/// with [`Respond`] (a trailers-only `UNAVAILABLE`; a 503 with `Retry-After` to a request that
+/// is not gRPC). `.on_rejection(..)` chooses another strategy.
 #[derive(Clone, Debug)]
-pub struct GrpcCircuitBreakerLayer<P> {
-    pub(crate) selector: P,
-    pub(crate) classify: HttpClassifier,
+pub struct GrpcCircuitBreakerLayer<P = Single, Rj = KeepError> {
+    selector: P,
+    classify: HttpClassifier,
+    reject: Rj,
 }
 
-impl<P> GrpcCircuitBreakerLayer<P> {
+impl<P, Rj> GrpcCircuitBreakerLayer<P, Rj> {
+    pub(crate) fn new(selector: P, reject: Rj) -> Self {
+        GrpcCircuitBreakerLayer {
+            selector,
+            classify: HttpClassifier::default(),
+            reject,
+        }
+    }
+
     /// Classifies with `classify` (its gRPC failure codes and HTTP statuses).
     pub fn classify(mut self, classify: HttpClassifier) -> Self {
         self.classify = classify;
         self
     }
+
+    /// Answers refused calls with `strategy` (see [`OnRejection`]).
+    pub fn on_rejection<R2>(self, strategy: R2) -> GrpcCircuitBreakerLayer<P, R2> {
+        GrpcCircuitBreakerLayer {
+            selector: self.selector,
+            classify: self.classify,
+            reject: strategy,
+        }
+    }
+
+    /// Answers refused calls with [`Respond`] (what [`CircuitBreakerLayer::grpc`] chooses).
+    ///
+    /// [`CircuitBreakerLayer::grpc`]: crate::CircuitBreakerLayer::grpc
+    pub fn respond(self) -> GrpcCircuitBreakerLayer<P, Respond> {
+        self.on_rejection(Respond)
+    }
 }
 
-impl<S, P: Clone> Layer<S> for GrpcCircuitBreakerLayer<P> {
-    type Service = GrpcCircuitBreakerService<S, P>;
+impl<S, P: Clone, Rj: Clone> Layer<S> for GrpcCircuitBreakerLayer<P, Rj> {
+    type Service = GrpcCircuitBreakerService<S, P, Rj>;
 
     fn layer(&self, inner: S) -> Self::Service {
         GrpcCircuitBreakerService {
             inner,
             selector: self.selector.clone(),
             classify: self.classify,
+            reject: self.reject.clone(),
         }
     }
 }
 
 /// A gRPC service guarded by a circuit breaker that reads trailers; see
-/// [`GrpcCircuitBreakerLayer`]. Rejected calls get a trailers-only `UNAVAILABLE` (a
-/// `503` with `Retry-After` for a request that is not gRPC).
+/// [`GrpcCircuitBreakerLayer`].
 #[derive(Clone, Debug)]
-pub struct GrpcCircuitBreakerService<S, P> {
+pub struct GrpcCircuitBreakerService<S, P = Single, Rj = KeepError> {
     inner: S,
     selector: P,
     classify: HttpClassifier,
+    reject: Rj,
 }
 
-impl<S, P, ReqB, ResB> Service<Request<ReqB>> for GrpcCircuitBreakerService<S, P>
+impl<S, P, Rj> GrpcCircuitBreakerService<S, P, Rj> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, P, Rj, ReqB, ResB> Service<Request<ReqB>> for GrpcCircuitBreakerService<S, P, Rj>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     P: Selector<Request<ReqB>>,
-    ResB: Body + Default,
+    ResB: Body,
+    Rj: OnRejection<Request<ReqB>, Response<GrpcBody<ResB>>, S::Error>,
 {
     type Response = Response<GrpcBody<ResB>>;
-    type Error = S::Error;
-    type Future = GrpcResponseFuture<S::Future, ResB>;
+    type Error = Rj::Error;
+    type Future = GrpcResponseFuture<S::Future, ResB, Rj, Request<ReqB>, Rj::Error>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Rj::map_err)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let permit = match acquire(&self.selector, &req) {
-            Ok(permit) => permit,
-            Err(open) => {
-                return GrpcResponseFuture {
-                    state: State::Rejected {
-                        response: Some(rejection_response(req.headers(), &open)),
-                    },
-                };
-            }
-        };
-        GrpcResponseFuture {
-            state: State::Running {
+        let state = match self.selector.acquire(&req) {
+            Ok(permit) => State::Running {
                 fut: self.inner.call(req),
                 permit,
                 classify: self.classify,
             },
+            Err(open) => State::Rejected {
+                result: Some(self.reject.reject(&req, open)),
+            },
+        };
+        GrpcResponseFuture {
+            state,
+            _strategy: PhantomData,
         }
     }
 }
 
 pin_project! {
-    /// The response future of [`GrpcCircuitBreakerService`].
-    pub struct GrpcResponseFuture<F, B> {
+    /// The response future of [`GrpcCircuitBreakerService`]. `F` is the inner future, `B` the
+    /// response body, `Rj` the rejection strategy, `Req` the request type and `Er` the
+    /// service's error type.
+    pub struct GrpcResponseFuture<F, B, Rj, Req, Er> {
         #[pin]
-        state: State<F, B>,
+        state: State<F, B, Er>,
+        _strategy: PhantomData<fn() -> (Rj, Req)>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<F, B, Er> {
         Running { #[pin] fut: F, permit: Option<OwnedPermit>, classify: HttpClassifier },
-        Rejected { response: Option<Response<B>> },
+        Rejected { result: Option<Result<Response<GrpcBody<B>>, Er>> },
     }
 }
 
-impl<F, B> std::fmt::Debug for GrpcResponseFuture<F, B> {
+impl<F, B, Rj, Req, Er> std::fmt::Debug for GrpcResponseFuture<F, B, Rj, Req, Er> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GrpcResponseFuture")
     }
 }
 
-impl<F, B, E> Future for GrpcResponseFuture<F, B>
+impl<F, B, E, Rj, Req> Future for GrpcResponseFuture<F, B, Rj, Req, Rj::Error>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
+    Rj: OnRejection<Req, Response<GrpcBody<B>>, E>,
 {
-    type Output = Result<Response<GrpcBody<B>>, E>;
+    type Output = Result<Response<GrpcBody<B>>, Rj::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Rejected { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion")
-                .map(GrpcBody::plain))),
+            StateProj::Rejected { result } => {
+                Poll::Ready(result.take().expect("polled after completion"))
+            }
             StateProj::Running {
                 fut,
                 permit,
@@ -149,13 +199,15 @@ where
             } => {
                 let result = std::task::ready!(fut.poll(cx));
                 let Some(permit) = permit.take() else {
-                    return Poll::Ready(result.map(|r| r.map(GrpcBody::plain)));
+                    return Poll::Ready(
+                        result.map(|r| r.map(GrpcBody::plain)).map_err(Rj::map_err),
+                    );
                 };
                 let response = match result {
                     Ok(response) => response,
                     Err(e) => {
                         permit.record(Outcome::Failure);
-                        return Poll::Ready(Err(e));
+                        return Poll::Ready(Err(Rj::map_err(e)));
                     }
                 };
                 let head_tells = response.status() != StatusCode::OK
@@ -242,20 +294,5 @@ impl<B: Body> Body for GrpcBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl HttpClassifier {
-    /// How a gRPC call whose trailers are `trailers` counts: a failure when `grpc-status` is
-    /// missing or in the gRPC failure set, else a success.
-    pub fn classify_trailers(&self, trailers: &HeaderMap) -> Outcome {
-        match trailers
-            .get(GRPC_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            Some(code) if !self.is_grpc_failure(code) => Outcome::Success,
-            _ => Outcome::Failure,
-        }
     }
 }
