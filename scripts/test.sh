@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine.
 #
-# The tests start their own throwaway redis-server instances (and a 3-node Redis Cluster) on
-# free loopback ports, and create a fresh PostgreSQL database per run. This script makes sure
-# what they need is there: it installs redis-server with apt when it is missing, and starts
-# the local PostgreSQL server when it is installed but stopped. Anything it cannot fix, it
-# names, with the command that fixes it.
+# The tests start their own throwaway redis-server instances (and a 3-node Redis Cluster) and
+# their own PostgreSQL server on free loopback ports. This script makes sure what they need is
+# installed: redis-server, PostgreSQL's server binaries and a C compiler, with apt when one is
+# missing. Anything it cannot fix, it names, with the command that fixes it.
 #
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p omega-core`.
 set -euo pipefail
@@ -34,39 +33,32 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     die "redis-server and redis-cli are needed. Install them: 'apt-get install redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS), then run this script again."
 fi
 
-# --- PostgreSQL: the harness creates (and drops) a database per test run. ---
-PG_URL="${OMEGA_TEST_POSTGRES_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
-pg_ready() {
-  if command -v pg_isready >/dev/null 2>&1; then
-    pg_isready -q -d "$PG_URL"
-  else
-    # Without the client tools, at least check that something listens on the port.
-    local hostport="${PG_URL#*@}"; hostport="${hostport%%/*}"
-    (exec 3<>"/dev/tcp/${hostport%%:*}/${hostport##*:}") 2>/dev/null
-  fi
+# --- A C compiler: zstd and SQLite are built from their C sources. ---
+if ! command -v cc >/dev/null 2>&1; then
+  apt_install build-essential ||
+    die "a C compiler is needed (zstd and SQLite are built from C). Install one: 'apt-get install build-essential' (Debian/Ubuntu) or 'xcode-select --install' (macOS), then run this script again."
+fi
+
+# --- PostgreSQL: the tests start a throwaway server of their own (initdb + postgres, trust
+# auth, a free port, a temporary directory), so only the server binaries are needed; with
+# OMEGA_TEST_POSTGRES_URL set, they use that server instead. ---
+pg_binaries() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
+    { command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; }
 }
-if ! pg_ready; then
-  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
-    for version in /etc/postgresql/*; do
-      say "starting PostgreSQL $(basename "$version")"
-      as_root pg_ctlcluster --skip-systemctl-redirect "$(basename "$version")" main start || true
-    done
-  elif apt_install postgresql; then
-    for version in /etc/postgresql/*; do
-      as_root pg_ctlcluster --skip-systemctl-redirect "$(basename "$version")" main start || true
-    done
-  fi
-  for _ in $(seq 1 50); do pg_ready && break; sleep 0.2; done
-  pg_ready ||
-    die "no PostgreSQL answers at $PG_URL. Start one (Debian: 'pg_ctlcluster 15 main start'), or point OMEGA_TEST_POSTGRES_URL at a server where the user may CREATE DATABASE."
+if [ -z "${OMEGA_TEST_POSTGRES_URL:-}" ] && ! pg_binaries; then
+  apt_install postgresql ||
+    die "PostgreSQL's server binaries (initdb, postgres) are needed. Install them: 'apt-get install postgresql' (Debian/Ubuntu) or 'brew install postgresql' (macOS), or set OMEGA_TEST_POSTGRES_URL to a server where the user may CREATE DATABASE."
 fi
 
 cargo test --workspace --all-features "$@"
 
 # The self-checking examples (they assert what they print) run too, on a full run.
 if [ "$#" -eq 0 ]; then
-  for example in layers tonic_grpc; do
+  for example in "layers" "tonic_grpc" "bank_account --demo"; do
     say "running example $example"
-    cargo run --quiet --all-features --example "$example" >/dev/null
+    # shellcheck disable=SC2086 # the name and its arguments, split on purpose
+    set -- $example
+    cargo run --quiet --all-features --example "$1" -- "${@:2}" >/dev/null
   done
 fi

@@ -26,6 +26,7 @@
 //! | `rate-limit` | [`rate_limit`]: `RateLimitLayer` |
 //! | `circuit-breaker` | [`circuit_breaker`]: `CircuitBreakerLayer` |
 //! | `shard-router` | [`shard_router`]: `ShardRouterLayer` |
+//! | `snapshot` | [`snapshot`]: `SnapshotLayer` (memory and Redis stores; `sql`: PostgreSQL and SQLite; `fs`: files) |
 //! | `redis` | Redis and Redis Cluster state (`core::redis`) |
 //! | `http` | rejections as HTTP responses (429, 503), HTTP key extractors |
 //! | `grpc` | rejections as gRPC status codes |
@@ -51,6 +52,10 @@ pub use omega_circuit_breaker as circuit_breaker;
 /// `ShardRouterLayer`: consistent routing of keys to nodes.
 #[cfg(feature = "shard-router")]
 pub use omega_shard_router as shard_router;
+
+/// `SnapshotLayer`: event-sourced aggregates that load from a snapshot and a short tail.
+#[cfg(feature = "snapshot")]
+pub use omega_snapshot as snapshot;
 
 #[cfg(feature = "config")]
 pub mod config;

@@ -1,5 +1,6 @@
-//! What every layer's configuration section shares (feature `serde`): durations written as
-//! `250ms`, key sources, and errors that name the field they are in.
+//! What every layer's configuration shares: durations written as `250ms`, errors that name the
+//! field they are in ([`ConfigError`], collected with [`Issues`]), and with feature `serde`
+//! the serde side: key sources ([`KeyConfig`]) and parsing that reports a field's path.
 //!
 //! Each layer crate owns its serde section and validates it; a file that composes them (the
 //! umbrella's stack configuration, the gateway's file) reports every mistake with its path
@@ -27,6 +28,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration written as `250ms`, `5s`, `1m` or `2h`.
@@ -80,6 +82,7 @@ impl fmt::Display for Dur {
     }
 }
 
+#[cfg(feature = "serde")]
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -87,70 +90,81 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+#[cfg(feature = "serde")]
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-/// Where a key comes from, as a configuration file writes it: `"global"`, `"client_ip"`,
-/// `"endpoint"`, `"path"`, `{ "header": "x-user-id" }`, `{ "query": "tenant" }` or
-/// `{ "path_segment": 1 }`. See [`crate::key`] for what each means.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum KeyConfig {
-    /// One key for every request.
-    Global,
-    /// The client's address (forwarding headers from trusted proxies only).
-    ClientIp,
-    /// The method and the route template.
-    Endpoint,
-    /// The whole path.
-    Path,
-    /// A header's value.
-    Header(String),
-    /// A query parameter's value.
-    Query(String),
-    /// The n-th path segment (0-based; `/users/42` has `users` at 0 and `42` at 1).
-    PathSegment(usize),
-}
+#[cfg(feature = "serde")]
+pub use self::keys::KeyConfig;
 
-impl KeyConfig {
-    /// Checks what the types cannot (a header name), reporting at `path`.
-    pub fn validate(&self, path: &str, issues: &mut Issues) {
-        if let KeyConfig::Header(h) = self
-            && !is_header_name(h)
-        {
-            issues.push(
-                format!("{path}.header"),
-                format!("{h:?} is not a header name"),
-            );
+#[cfg(feature = "serde")]
+mod keys {
+    use serde::{Deserialize, Serialize};
+
+    use super::Issues;
+
+    /// Where a key comes from, as a configuration file writes it: `"global"`, `"client_ip"`,
+    /// `"endpoint"`, `"path"`, `{ "header": "x-user-id" }`, `{ "query": "tenant" }` or
+    /// `{ "path_segment": 1 }`. See [`crate::key`] for what each means.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    pub enum KeyConfig {
+        /// One key for every request.
+        Global,
+        /// The client's address (forwarding headers from trusted proxies only).
+        ClientIp,
+        /// The method and the route template.
+        Endpoint,
+        /// The whole path.
+        Path,
+        /// A header's value.
+        Header(String),
+        /// A query parameter's value.
+        Query(String),
+        /// The n-th path segment (0-based; `/users/42` has `users` at 0 and `42` at 1).
+        PathSegment(usize),
+    }
+
+    impl KeyConfig {
+        /// Checks what the types cannot (a header name), reporting at `path`.
+        pub fn validate(&self, path: &str, issues: &mut Issues) {
+            if let KeyConfig::Header(h) = self
+                && !is_header_name(h)
+            {
+                issues.push(
+                    format!("{path}.header"),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+        }
+
+        /// The key source this configures; `client_ip` is how client addresses are found
+        /// (trusted proxies, their header, the IPv6 prefix).
+        #[cfg(feature = "http")]
+        pub fn source(&self, client_ip: &crate::key::http::ClientIp) -> crate::key::http::AnyKey {
+            use crate::key::http::{AnyKey, Endpoint, Header, Path, PathSegment, Query};
+            match self {
+                KeyConfig::Global => AnyKey::Global,
+                KeyConfig::ClientIp => AnyKey::ClientIp(client_ip.clone()),
+                KeyConfig::Endpoint => AnyKey::Endpoint(Endpoint),
+                KeyConfig::Path => AnyKey::Path(Path),
+                KeyConfig::Header(h) => AnyKey::Header(Header::new(h)),
+                KeyConfig::Query(q) => AnyKey::Query(Query::new(q.clone())),
+                KeyConfig::PathSegment(n) => AnyKey::PathSegment(PathSegment(*n)),
+            }
         }
     }
 
-    /// The key source this configures; `client_ip` is how client addresses are found
-    /// (trusted proxies, their header, the IPv6 prefix).
-    #[cfg(feature = "http")]
-    pub fn source(&self, client_ip: &crate::key::http::ClientIp) -> crate::key::http::AnyKey {
-        use crate::key::http::{AnyKey, Endpoint, Header, Path, PathSegment, Query};
-        match self {
-            KeyConfig::Global => AnyKey::Global,
-            KeyConfig::ClientIp => AnyKey::ClientIp(client_ip.clone()),
-            KeyConfig::Endpoint => AnyKey::Endpoint(Endpoint),
-            KeyConfig::Path => AnyKey::Path(Path),
-            KeyConfig::Header(h) => AnyKey::Header(Header::new(h)),
-            KeyConfig::Query(q) => AnyKey::Query(Query::new(q.clone())),
-            KeyConfig::PathSegment(n) => AnyKey::PathSegment(PathSegment(*n)),
-        }
+    /// RFC 9110's token characters, which a header name is made of.
+    fn is_header_name(name: &str) -> bool {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     }
-}
-
-/// RFC 9110's token characters, which a header name is made of.
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Everything wrong with a configuration, each mistake with the field it is in.
@@ -295,6 +309,7 @@ impl Drop for At<'_> {
 
 /// Deserializes `T` from any serde format, reporting a mistake with the path of its field
 /// (and, for JSON and YAML syntax errors, the line and column).
+#[cfg(feature = "serde")]
 pub fn deserialize<'de, T, D>(de: D) -> Result<T, ConfigError>
 where
     T: Deserialize<'de>,
@@ -310,6 +325,7 @@ where
 }
 
 /// Deserializes `T` from JSON text (see [`deserialize`]).
+#[cfg(feature = "serde")]
 pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     deserialize(&mut serde_json::Deserializer::from_str(text))
 }
@@ -335,6 +351,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "serde")]
     #[test]
     fn keys_read_as_files_write_them() {
         let k: KeyConfig = from_json(r#"{ "header": "x-api-key" }"#).unwrap();

@@ -18,8 +18,8 @@
 //! - [`Keyspace`]: a prefix for every key, and Redis Cluster hash tags for keys that one script
 //!   touches together ([`hash_slot`] computes a key's slot); [`redis::Script`]: Lua scripts run
 //!   by SHA and reloaded after `SCRIPT FLUSH` or a failover.
-//! - [`config`] (feature `serde`): what every layer's configuration section shares: durations,
-//!   key sources, errors naming their field.
+//! - [`config`]: what every layer's configuration shares: durations, errors naming their
+//!   field; with feature `serde`, key sources and parsing that reports a field's path.
 //! - [`Clock`]: cheap time readings that tests control; [`codec`]: JSON and compact binary
 //!   codecs for stored values (feature `codec`); one [`Error`] type whose messages name the
 //!   server, the operation and the kind of failure.
@@ -45,7 +45,7 @@
 //! | `tls` | `rediss://` URLs |
 //! | `http` | [`reject::Respond`], the HTTP key sources ([`key::http`]), [`http`] helpers |
 //! | `axum` | `Endpoint` and `ClientIp` read axum's `MatchedPath` and `ConnectInfo` |
-//! | `serde` | [`config`]: durations, key sources and field-named errors for configuration files |
+//! | `serde` | the serde side of [`config`]: key sources, parsing with field paths |
 //! | `metrics` | backend health, operation latency and errors through the `metrics` crate |
 //! | `codec` | [`codec::JsonCodec`] and [`codec::BinaryCodec`] |
 
@@ -55,7 +55,6 @@ mod backend;
 pub mod clock;
 #[cfg(feature = "codec")]
 pub mod codec;
-#[cfg(feature = "serde")]
 pub mod config;
 mod error;
 mod health;

@@ -7,7 +7,9 @@
 //!   [restart](RedisServer::restart) on the same port;
 //! - [`RedisCluster`]: a local 3-node Redis Cluster (no replicas);
 //! - [`FaultProxy`]: a TCP proxy that adds latency, swallows bytes or resets connections;
-//! - [`PgDatabase`]: a fresh PostgreSQL database, dropped again when the value is dropped;
+//! - [`PgDatabase`]: a fresh PostgreSQL database, dropped again when the value is dropped, on
+//!   the test process's own throwaway server (`initdb` + `postgres`, trust auth, a free port)
+//!   or on the server named by `OMEGA_TEST_POSTGRES_URL`;
 //! - [`http`]: a minimal HTTP/1.1 client that shows a response exactly as it was sent;
 //! - [`alloc`]: a counting global allocator, to show that a hot path allocates nothing.
 //!
@@ -44,7 +46,7 @@ mod proxy;
 mod redis;
 
 pub use cluster::RedisCluster;
-pub use pg::PgDatabase;
+pub use pg::{POSTGRES_URL_VAR, PgDatabase, postgres_admin_url};
 pub use port::free_port;
 pub use proxy::FaultProxy;
 pub use redis::{RedisServer, require_redis_server};

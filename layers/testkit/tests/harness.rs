@@ -379,6 +379,7 @@ async fn pg_database_is_created_and_dropped() {
     let db = PgDatabase::create().await;
     let name = db.name().to_owned();
     assert!(name.starts_with("omega_test_"), "{name}");
+    assert_eq!(db.admin_url(), omega_testkit::postgres_admin_url());
     assert!(db.url().ends_with(&format!("/{name}")), "{}", db.url());
 
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
@@ -400,9 +401,7 @@ async fn pg_database_is_created_and_dropped() {
     // Dropped even with a connection still open (WITH (FORCE)), from inside a runtime.
     drop(db);
     drop(other);
-    let admin_url = std::env::var("OMEGA_TEST_POSTGRES_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin_url = omega_testkit::postgres_admin_url();
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(&name)
@@ -420,6 +419,7 @@ fn pg_database_drops_outside_a_runtime() {
         .unwrap();
     let db = runtime.block_on(PgDatabase::create());
     let name = db.name().to_owned();
+    let admin_url = db.admin_url().to_owned();
     drop(runtime);
     drop(db);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -427,9 +427,7 @@ fn pg_database_drops_outside_a_runtime() {
         .build()
         .unwrap();
     let count: i64 = runtime.block_on(async {
-        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
         sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
             .bind(&name)
             .fetch_one(&mut admin)
