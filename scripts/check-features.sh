@@ -14,8 +14,9 @@ declare -A FEATURES=(
   [omega-rate-limit]="redis http axum grpc metrics serde"
   [omega-circuit-breaker]="redis http grpc metrics serde"
   [omega-shard-router]="redis http metrics serde"
+  [omega-cache]="redis http serde codec metrics"
   [omega-snapshot]="zstd fs redis postgres sqlite http serde metrics"
-  [omega-penta]="rate-limit circuit-breaker shard-router snapshot sql fs redis http axum grpc metrics tls codec config yaml full"
+  [omega-penta]="cache rate-limit circuit-breaker shard-router snapshot sql fs redis http axum grpc metrics tls codec config yaml full"
 )
 
 failed=0

@@ -23,6 +23,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
+//! | `cache` | [`cache`]: `CacheLayer`, `BatchCache` |
 //! | `rate-limit` | [`rate_limit`]: `RateLimitLayer` |
 //! | `circuit-breaker` | [`circuit_breaker`]: `CircuitBreakerLayer` |
 //! | `shard-router` | [`shard_router`]: `ShardRouterLayer` |
@@ -40,6 +41,10 @@
 
 /// The shared-state core: backends, keys, scripts, clock, codecs, errors.
 pub use omega_core as core;
+
+/// `CacheLayer`: a two-tier (moka + Redis) cache, coherent across instances.
+#[cfg(feature = "cache")]
+pub use omega_cache as cache;
 
 /// `RateLimitLayer`: GCRA rate limiting, in memory or cluster-wide over Redis.
 #[cfg(feature = "rate-limit")]
