@@ -99,8 +99,9 @@ async fn redis_killed_and_paused_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_comes_back_after_a_short_pause_that_did_not_drop_the_connection() {
     let server = RedisServer::start();
-    let a = instance(&server.url(), "probe").await;
-    let b = instance(&server.url(), "probe").await;
+    let fast = Duration::from_millis(50);
+    let a = instance_with(&server.url(), "probe", fast, |p| p).await;
+    let b = instance_with(&server.url(), "probe", fast, |p| p).await;
     let up = Upstream::new(Duration::ZERO);
     let (sa, sb) = (service(&a, &up), service(&b, &up));
     // One operation times out: the backend is marked down, its connection kept.
