@@ -7,9 +7,17 @@
 //!   is per call per thread.
 //! - `circuit_breaker_open`: a call rejected by an OPEN breaker (a real OPEN with a long wait,
 //!   not a forced state).
+//! - `circuit_breaker_tower` and `circuit_breaker_tower_2_threads`: a successful request
+//!   through each crate's Tower path over the same ready service: `poll_ready`, `call`, and
+//!   the response future polled to its end. omega's `CircuitBreakerLayer`, tower-resilience's
+//!   layer; recloser and failsafe have no Tower layer, so their future decorators
+//!   (`AsyncRecloser::call`, `failsafe::futures::CircuitBreaker::call`) sit in the smallest
+//!   service that delegates `poll_ready` and wraps the inner future. Two threads: each drives
+//!   its own clone of one service (clones share the breaker); the time is per call per thread.
 //!
 //! Every breaker uses its defaults except where a test needs an OPEN circuit.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
@@ -19,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use failsafe::CircuitBreaker as _;
-use omega_circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, SlidingWindow};
+use omega_circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, SlidingWindow,
+};
 use recloser::Recloser;
 use tower_service::Service;
 
@@ -39,10 +49,10 @@ struct Cheap;
 
 impl Service<()> for Cheap {
     type Response = u64;
-    type Error = ();
-    type Future = std::future::Ready<Result<u64, ()>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u64, Infallible>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
@@ -64,9 +74,83 @@ fn tower_resilience() -> Resilience {
         .layer(Cheap)
 }
 
+/// omega's Tower path: `CircuitBreakerLayer` over the same service.
+type Omega = omega_circuit_breaker::CircuitBreakerService<Cheap>;
+
+fn omega_tower() -> Omega {
+    use tower_layer::Layer;
+    CircuitBreakerLayer::new(omega()).layer(Cheap)
+}
+
+/// recloser has no Tower layer: its future decorator in the smallest service around `Cheap`.
+#[derive(Clone)]
+struct RecloserService {
+    inner: Cheap,
+    breaker: recloser::AsyncRecloser,
+}
+
+impl Service<()> for RecloserService {
+    type Response = u64;
+    type Error = recloser::Error<Infallible>;
+    type Future =
+        recloser::RecloserFuture<std::future::Ready<Result<u64, Infallible>>, recloser::AnyError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
+    }
+
+    fn call(&mut self, req: ()) -> Self::Future {
+        self.breaker.call(self.inner.call(req))
+    }
+}
+
+fn recloser_tower() -> RecloserService {
+    RecloserService {
+        inner: Cheap,
+        breaker: recloser::AsyncRecloser::from(Recloser::custom().build()),
+    }
+}
+
+/// failsafe has no Tower layer: its future decorator in the smallest service around `Cheap`.
+#[derive(Clone)]
+struct FailsafeService<B> {
+    inner: Cheap,
+    breaker: B,
+}
+
+impl<B: failsafe::futures::CircuitBreaker> Service<()> for FailsafeService<B> {
+    type Response = u64;
+    type Error = failsafe::Error<Infallible>;
+    type Future = failsafe::futures::ResponseFuture<
+        std::future::Ready<Result<u64, Infallible>>,
+        B::FailurePolicy,
+        B::Instrument,
+        failsafe::Any,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
+    }
+
+    fn call(&mut self, req: ()) -> Self::Future {
+        failsafe::futures::CircuitBreaker::call(&self.breaker, self.inner.call(req))
+    }
+}
+
+fn failsafe_tower() -> FailsafeService<impl failsafe::futures::CircuitBreaker + Clone + Send + Sync>
+{
+    FailsafeService {
+        inner: Cheap,
+        breaker: failsafe::Config::new().build(),
+    }
+}
+
 /// One call through a tower service: poll_ready, call, and poll the response future; the rare
 /// `Pending` (tower-resilience backs off 1 ms on a contended lock) is driven by the runtime.
-fn tower_call(svc: &mut Resilience, rt: &tokio::runtime::Runtime) -> bool {
+fn tower_call<S: Service<()>>(svc: &mut S, rt: &tokio::runtime::Runtime) -> bool
+where
+    S::Error: std::fmt::Debug,
+{
     let mut cx = Context::from_waker(Waker::noop());
     let _enter = rt.enter();
     if svc.poll_ready(&mut cx).is_pending() {
@@ -227,5 +311,71 @@ fn open(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, closed, closed_2_threads, open);
+fn tower(c: &mut Criterion) {
+    let mut g = c.benchmark_group("circuit_breaker_tower");
+    let rt = runtime();
+    let mut o = omega_tower();
+    g.bench_function("omega", |bench| {
+        bench.iter(|| black_box(tower_call(&mut o, &rt)))
+    });
+    let mut r = recloser_tower();
+    g.bench_function("recloser", |bench| {
+        bench.iter(|| black_box(tower_call(&mut r, &rt)))
+    });
+    let mut f = failsafe_tower();
+    g.bench_function("failsafe", |bench| {
+        bench.iter(|| black_box(tower_call(&mut f, &rt)))
+    });
+    let mut t = tower_resilience();
+    g.bench_function("tower_resilience", |bench| {
+        bench.iter(|| black_box(tower_call(&mut t, &rt)))
+    });
+    g.finish();
+}
+
+/// Two threads, each with its own clone of `svc` (clones share the breaker) and its own
+/// runtime for the rare `Pending`; the slower thread's time.
+fn tower_2_threads_on<S>(iters: u64, svc: &S) -> Duration
+where
+    S: Service<()> + Clone + Send + Sync,
+    S::Error: std::fmt::Debug,
+{
+    two_threads(|| {
+        let mut svc = svc.clone();
+        let rt = runtime();
+        timed(iters, || {
+            black_box(tower_call(&mut svc, &rt));
+        })
+    })
+}
+
+fn tower_2_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("circuit_breaker_tower_2_threads");
+    let o = omega_tower();
+    g.bench_function("omega", |bench| {
+        bench.iter_custom(|iters| tower_2_threads_on(iters, &o))
+    });
+    let r = recloser_tower();
+    g.bench_function("recloser", |bench| {
+        bench.iter_custom(|iters| tower_2_threads_on(iters, &r))
+    });
+    let f = failsafe_tower();
+    g.bench_function("failsafe", |bench| {
+        bench.iter_custom(|iters| tower_2_threads_on(iters, &f))
+    });
+    let t = tower_resilience();
+    g.bench_function("tower_resilience", |bench| {
+        bench.iter_custom(|iters| tower_2_threads_on(iters, &t))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    closed,
+    closed_2_threads,
+    open,
+    tower,
+    tower_2_threads
+);
 criterion_main!(benches);

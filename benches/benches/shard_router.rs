@@ -5,7 +5,9 @@
 //!   (table of 65,537 entries) and `hashring` 0.3 (160 virtual nodes per node).
 //! - `shard_lookup_str_100`: the same with 36-byte string keys (UUID text).
 //! - `shard_tower_call`: one request through `ShardRouter` to no-op node services, the future
-//!   polled once to completion.
+//!   polled once to completion: plain (`omega`), and with an availability check and bounded
+//!   loads (`omega_available_bounded`: the owner is checked first, so a healthy request is still
+//!   one lookup).
 
 use std::hint::black_box;
 
@@ -150,12 +152,27 @@ fn tower_call(c: &mut Criterion) {
         .build(|_: &Node| {
             service_fn(|k: u64| std::future::ready(Ok::<_, std::convert::Infallible>(k)))
         });
+    let mut guarded = ShardRouter::builder(TopologyHandle::new(topology(Algorithm::table())))
+        .key(|k: &u64| Some(*k))
+        .failover(3)
+        .is_available(|n: &Node| !n.id().is_empty())
+        .bounded_load(1.25)
+        .build(|_: &Node| {
+            service_fn(|k: u64| std::future::ready(Ok::<_, std::convert::Infallible>(k)))
+        });
     let mut g = c.benchmark_group("shard_tower_call");
     let mut i = 0usize;
     g.bench_function("omega", |b| {
         b.iter(|| {
             i = (i + 1) & (KEYS - 1);
             let out = router.call(black_box(keys[i])).now_or_never();
+            black_box(out.expect("no-op services are ready").unwrap())
+        })
+    });
+    g.bench_function("omega_available_bounded", |b| {
+        b.iter(|| {
+            i = (i + 1) & (KEYS - 1);
+            let out = guarded.call(black_box(keys[i])).now_or_never();
             black_box(out.expect("no-op services are ready").unwrap())
         })
     });

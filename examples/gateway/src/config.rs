@@ -29,8 +29,66 @@ pub struct GatewayConfig {
     /// How long in-flight requests may finish after a shutdown signal (`shutdown_grace`,
     /// default 10 s).
     pub shutdown_grace: Dur,
+    /// How breakers share their openings over Redis (`shared_breakers`).
+    pub shared_breakers: SharedBreakers,
     /// The layer stack: upstream pools, routes, Redis, trusted proxies.
     pub stack: StackConfig,
+}
+
+/// How the gateway's breakers share openings over Redis: `"shared_breakers": { "quorum": 2,
+/// "instance_id": "gw-1" }`. Only read when `redis` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedBreakers {
+    /// How many instances must trip a node's breaker before its opening spreads to every
+    /// gateway (`quorum`, default 2: one gateway with a local fault does not open its peers).
+    /// `None` keeps the breaker crate's default.
+    pub quorum: Option<u32>,
+    /// This gateway's stable name in the votes (`instance_id`, default the host name). Gateways
+    /// that share a host and should vote apart each set their own.
+    pub instance_id: Option<String>,
+}
+
+/// A quorum is a whole number of instances, 1 or more.
+fn quorum(n: &serde_json::Number) -> Option<u32> {
+    n.as_u64()
+        .and_then(|q| u32::try_from(q).ok())
+        .filter(|&q| q >= 1)
+}
+
+impl SharedBreakers {
+    fn from_value(value: Value, issues: &mut Issues) -> Self {
+        let mut out = SharedBreakers::default();
+        let Value::Object(mut fields) = value else {
+            issues.push(
+                "shared_breakers",
+                format!("{value} is not a map such as {{ \"quorum\": 2 }}"),
+            );
+            return out;
+        };
+        match fields.remove("quorum") {
+            None => {}
+            Some(Value::Number(n)) if quorum(&n).is_some() => out.quorum = quorum(&n),
+            Some(other) => issues.push(
+                "shared_breakers.quorum",
+                format!("{other} is not a number of instances (1 or more)"),
+            ),
+        }
+        match fields.remove("instance_id") {
+            None => {}
+            Some(Value::String(s)) if !s.is_empty() => out.instance_id = Some(s),
+            Some(other) => issues.push(
+                "shared_breakers.instance_id",
+                format!("{other} is not a non-empty name"),
+            ),
+        }
+        for name in fields.keys() {
+            issues.push(
+                format!("shared_breakers.{name}"),
+                "unknown field (expected quorum, instance_id)",
+            );
+        }
+        out
+    }
 }
 
 impl GatewayConfig {
@@ -99,12 +157,17 @@ impl GatewayConfig {
                 Dur(DEFAULT_GRACE)
             }
         };
+        let shared_breakers = match fields.remove("shared_breakers") {
+            None => SharedBreakers::default(),
+            Some(v) => SharedBreakers::from_value(v, &mut issues),
+        };
         let stack = StackConfig::from_value(value);
         match (issues.into_result(), stack) {
             (Ok(()), Ok(stack)) => Ok(GatewayConfig {
                 listen,
                 admin,
                 shutdown_grace,
+                shared_breakers,
                 stack,
             }),
             (Ok(()), Err(e)) | (Err(e), Ok(_)) => Err(e),
@@ -129,6 +192,16 @@ impl serde::Serialize for GatewayConfig {
                 "shutdown_grace".into(),
                 self.shutdown_grace.to_string().into(),
             );
+            let mut shared = serde_json::Map::new();
+            if let Some(q) = self.shared_breakers.quorum {
+                shared.insert("quorum".into(), q.into());
+            }
+            if let Some(id) = &self.shared_breakers.instance_id {
+                shared.insert("instance_id".into(), id.clone().into());
+            }
+            if !shared.is_empty() {
+                fields.insert("shared_breakers".into(), shared.into());
+            }
         }
         value.serialize(s)
     }
@@ -158,6 +231,31 @@ mod tests {
         assert_eq!(GatewayConfig::from_json(&written).unwrap(), c);
         let c = GatewayConfig::from_json(&doc("")).unwrap();
         assert_eq!(c.admin, DEFAULT_ADMIN.parse().unwrap());
+        assert_eq!(c.shared_breakers, SharedBreakers::default());
+    }
+
+    #[test]
+    fn shared_breakers_take_a_quorum_and_an_instance_id() {
+        let c = GatewayConfig::from_json(&doc(
+            r#""shared_breakers": { "quorum": 1, "instance_id": "gw-1" },"#,
+        ))
+        .unwrap();
+        assert_eq!(c.shared_breakers.quorum, Some(1));
+        assert_eq!(c.shared_breakers.instance_id.as_deref(), Some("gw-1"));
+        let written = serde_json::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::from_json(&written).unwrap(), c);
+        let e = GatewayConfig::from_json(&doc(
+            r#""shared_breakers": { "quorum": 0, "instance_id": "", "quorom": 2 },"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "shared_breakers.quorum",
+            "shared_breakers.instance_id",
+            "shared_breakers.quorom",
+        ] {
+            assert!(e.contains(part), "{part} in {e}");
+        }
     }
 
     /// The README documents the gateway's file in JSON and in YAML.

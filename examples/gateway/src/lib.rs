@@ -214,6 +214,12 @@ impl Upstream {
             }
             None => None,
         };
+        // Every node's breaker exists from the start (node services, which hold them, are
+        // made on a node's first request): the admin API lists each node's circuit, and an
+        // opening shared by another gateway reaches this one before it routes there.
+        for node in topology.load().nodes() {
+            breakers.get_or_create(node.id_arc());
+        }
         let make_breakers = breakers.clone();
         let make_client = client.clone();
         let upstream_name: Arc<str> = Arc::from(name);
@@ -450,11 +456,18 @@ impl Gateway {
             }
         };
         let breaker_sync = match backend.as_redis() {
-            Some(redis) => Some(
-                omega_penta::circuit_breaker::shared::RedisSync::builder(redis.clone())
-                    .build()
-                    .map_err(|e| GatewayError::Redis(e.to_string()))?,
-            ),
+            Some(redis) => Some({
+                let mut sync =
+                    omega_penta::circuit_breaker::shared::RedisSync::builder(redis.clone());
+                if let Some(q) = config.shared_breakers.quorum {
+                    sync = sync.quorum(q);
+                }
+                if let Some(id) = &config.shared_breakers.instance_id {
+                    sync = sync.instance_id(id.clone());
+                }
+                sync.build()
+                    .map_err(|e| GatewayError::Redis(e.to_string()))?
+            }),
             None => None,
         };
         let shared = Arc::new(Shared {

@@ -188,6 +188,8 @@ async fn two_gateways_share_limits_circuits_and_shard_maps_over_redis_cluster() 
         "listen": "127.0.0.1:0",
         "admin": "127.0.0.1:0",
         "redis": url,
+        // Both gateways run on this host: they vote apart, and one trip spreads at once.
+        "shared_breakers": { "quorum": 1 },
         "upstreams": { "pool": {
             "nodes": [
                 { "id": "a", "url": format!("http://{}", a.addr) },

@@ -75,6 +75,41 @@ impl CircuitBreaker {
         }
     }
 
+    /// The refusal that every call would get now, if every call would be refused: OPEN before
+    /// its wait is over, FORCED_OPEN, HALF_OPEN with every probe out. Counted as a rejection.
+    /// `None` when a call might be admitted (CLOSED, ramping up, an OPEN wait that is over,
+    /// HALF_OPEN with a permit left, ...). The layer's `poll_ready` asks it, so that a service
+    /// that will refuse answers ready at once.
+    #[inline]
+    pub(crate) fn refusal_for_all(&self) -> Option<CircuitOpen> {
+        let w = self.inner.word.load(Ordering::Acquire);
+        if w & (STATE_MASK | RAMP) == 0 {
+            return None;
+        }
+        self.refusal_for_all_slow(w)
+    }
+
+    #[cold]
+    fn refusal_for_all_slow(&self, w: u64) -> Option<CircuitOpen> {
+        let inner = &*self.inner;
+        match State::from_bits(w) {
+            State::Open => {
+                let now = inner.clock.now();
+                let until = inner.open_until.load(Ordering::Acquire);
+                (now < until).then(|| self.reject(State::Open, until - now))
+            }
+            State::ForcedOpen => Some(self.reject(State::ForcedOpen, NO_RETRY)),
+            State::HalfOpen => {
+                let hu = inner.half_open_until.load(Ordering::Acquire);
+                let p = Probes::unpack(inner.probes.load(Ordering::Acquire));
+                let full = p.same_epoch(state::epoch(w)) && p.left == 0;
+                (full && (hu == NEVER || inner.clock.now() < hu))
+                    .then(|| self.reject(State::HalfOpen, NO_RETRY))
+            }
+            State::Closed | State::Disabled | State::MetricsOnly => None,
+        }
+    }
+
     // ---- admission ----
 
     #[inline]
@@ -314,7 +349,9 @@ impl CircuitBreaker {
         #[cfg(feature = "metrics")]
         inner.metrics.outcome(failed, slow);
         let cfg = inner.config.load();
-        let n = cfg.permitted_calls_in_half_open;
+        // The cycle's own number of probes (it may differ from the configuration's, changed
+        // since the cycle began): same epoch, so the number stored before its permits.
+        let n = inner.cycle_probes.load(Ordering::Acquire);
         let opens = match cfg.window {
             SlidingWindow::ConsecutiveFailures(_) => p.failed + p.slow > 0,
             _ => cfg

@@ -8,8 +8,8 @@
 //! told to a hook the breaker owns ([`TransitionHook`], feature `redis`); this module knows
 //! nothing of who listens.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -50,6 +50,9 @@ pub(crate) struct Inner {
     pub(crate) short_name: Name,
     pub(crate) word: AtomicU64,
     pub(crate) probes: AtomicU64,
+    /// The number of probes of the HALF_OPEN cycle under way: set when the cycle starts, from
+    /// the configuration of that moment (a reconfiguration applies from the next cycle).
+    pub(crate) cycle_probes: AtomicU32,
     pub(crate) slow_nanos: AtomicU64,
     pub(crate) open_until: AtomicU64,
     pub(crate) half_open_until: AtomicU64,
@@ -61,7 +64,10 @@ pub(crate) struct Inner {
     pub(crate) config: ArcSwap<CircuitBreakerConfig>,
     pub(crate) clock: Clock,
     lock: Mutex<Transitions>,
-    events: broadcast::Sender<Event>,
+    /// Made by the first [`CircuitBreaker::events`]: a breaker nobody listens to (most of a
+    /// registry's) holds no event buffer.
+    events: OnceLock<broadcast::Sender<Event>>,
+    event_capacity: usize,
     pub(crate) listening: AtomicBool,
     runtime: Option<tokio::runtime::Handle>,
     #[cfg(feature = "metrics")]
@@ -91,7 +97,6 @@ impl CircuitBreaker {
         clock: Clock,
         event_capacity: usize,
     ) -> CircuitBreaker {
-        let (events, _) = broadcast::channel(event_capacity);
         let slow = config.slow_call_duration.map_or(0, duration_nanos);
         let window = Window::new(config.window);
         CircuitBreaker {
@@ -102,6 +107,7 @@ impl CircuitBreaker {
                 name,
                 word: AtomicU64::new(state::pack(0, State::Closed, 0)),
                 probes: AtomicU64::new(0),
+                cycle_probes: AtomicU32::new(config.permitted_calls_in_half_open),
                 slow_nanos: AtomicU64::new(slow),
                 open_until: AtomicU64::new(0),
                 half_open_until: AtomicU64::new(NEVER),
@@ -113,7 +119,8 @@ impl CircuitBreaker {
                 config: ArcSwap::from_pointee(config),
                 clock,
                 lock: Mutex::new(Transitions { opened_in_a_row: 0 }),
-                events,
+                events: OnceLock::new(),
+                event_capacity,
                 listening: AtomicBool::new(false),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 #[cfg(feature = "redis")]
@@ -157,7 +164,12 @@ impl CircuitBreaker {
     /// A stream of this breaker's events (transitions, rejections, reconfigurations). Rejection
     /// events are only produced while someone listens.
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        let rx = self.inner.events.subscribe();
+        let capacity = self.inner.event_capacity;
+        let rx = self
+            .inner
+            .events
+            .get_or_init(|| broadcast::channel(capacity).0)
+            .subscribe();
         self.inner.listening.store(true, Ordering::Release);
         rx
     }
@@ -165,6 +177,13 @@ impl CircuitBreaker {
     /// Changes the configuration while serving, effective on the next call. The window keeps
     /// its outcomes (the most recent ones, when it shrinks); the state, its epoch and the OPEN
     /// deadline stay. The name cannot change.
+    ///
+    /// A HALF_OPEN cycle under way keeps the number of probes it started with: it admits that
+    /// many and decides after that many results (with the new thresholds); a new
+    /// [`permitted_calls_in_half_open`](CircuitBreakerConfig::permitted_calls_in_half_open)
+    /// applies from the next HALF_OPEN, as in resilience4j, whose HALF_OPEN state takes the
+    /// number when it begins. (Changing it mid-cycle would either wait for results that no
+    /// permit can produce, or decide while admitted probes are still out.)
     pub fn reconfigure(&self, config: CircuitBreakerConfig) -> Result<(), ConfigError> {
         config.validate()?;
         let inner = &*self.inner;
@@ -195,7 +214,9 @@ impl CircuitBreaker {
         self.reconfigure(f((*self.config()).clone()))
     }
 
-    /// Moves to CLOSED with an empty window.
+    /// Moves to CLOSED with an empty window. With shared state (feature `redis`), a manual
+    /// close is an operator's override: it also clears the breaker's shared OPEN state and
+    /// votes, so instances that start later do not open from them.
     pub fn transition_to_closed(&self) {
         self.manual(State::Closed);
     }
@@ -225,7 +246,9 @@ impl CircuitBreaker {
         self.manual(State::MetricsOnly);
     }
 
-    /// Back to CLOSED with an empty window and no backoff history.
+    /// Back to CLOSED with an empty window and no backoff history. With shared state (feature
+    /// `redis`) it also clears the breaker's shared OPEN state and votes, even when the breaker
+    /// was already CLOSED.
     pub fn reset(&self) {
         let mut g = self.lock();
         g.opened_in_a_row = 0;
@@ -315,7 +338,7 @@ impl CircuitBreaker {
         w: u64,
         to: State,
         cause: Cause,
-        wait: Option<Duration>,
+        remote: Option<Remote<'_>>,
     ) {
         let inner = &*self.inner;
         let from = State::from_bits(w);
@@ -327,14 +350,27 @@ impl CircuitBreaker {
         let mut open_wait = Duration::ZERO;
         match to {
             State::Open => {
-                open_wait =
-                    wait.unwrap_or_else(|| jittered(cfg.open_wait(g.opened_in_a_row), cfg.jitter));
-                g.opened_in_a_row = g.opened_in_a_row.saturating_add(1);
+                open_wait = match remote {
+                    // Another instance's opening: what is left of its wait, jittered as this
+                    // breaker's own waits are (so followers do not all probe at once). It is
+                    // not this breaker's opening: its backoff level stays.
+                    Some(r) => jittered(r.wait, cfg.jitter),
+                    None => {
+                        let wait = jittered(cfg.open_wait(g.opened_in_a_row), cfg.jitter);
+                        g.opened_in_a_row = g.opened_in_a_row.saturating_add(1);
+                        wait
+                    }
+                };
                 let until = now.saturating_add(duration_nanos(open_wait));
                 inner.open_until.store(until, Ordering::Release);
                 timer = Some(until);
             }
             State::HalfOpen => {
+                // The cycle's number of probes, before its permits (a probe that sees the
+                // permits of this cycle sees its number).
+                inner
+                    .cycle_probes
+                    .store(cfg.permitted_calls_in_half_open, Ordering::Release);
                 inner.probes.store(
                     Probes {
                         epoch: epoch & 0xFF_FFFF,
@@ -392,10 +428,11 @@ impl CircuitBreaker {
                     to,
                     cause,
                     open_wait,
+                    token: remote.map(|r| r.token),
                 },
             );
         }
-        let _ = open_wait;
+        let _ = (open_wait, remote);
     }
 
     /// Arms a timer that makes the time-driven transition of `epoch` (OPEN → HALF_OPEN, or the
@@ -442,17 +479,29 @@ impl CircuitBreaker {
         if !inner.listening.load(Ordering::Acquire) {
             return;
         }
+        let Some(events) = inner.events.get() else {
+            return;
+        };
         let event = Event {
             breaker: inner.name.clone(),
             kind,
         };
-        if inner.events.send(event).is_err() {
+        if events.send(event).is_err() {
             inner.listening.store(false, Ordering::Release);
-            if inner.events.receiver_count() > 0 {
+            if events.receiver_count() > 0 {
                 inner.listening.store(true, Ordering::Release);
             }
         }
     }
+}
+
+/// An opening learnt from another instance (feature `redis`): what is left of its wait, and
+/// the token that names it in Redis.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Remote<'a> {
+    pub(crate) wait: Duration,
+    pub(crate) token: &'a str,
 }
 
 fn jittered(wait: Duration, factor: f64) -> Duration {
@@ -468,7 +517,7 @@ fn jittered(wait: Duration, factor: f64) -> Duration {
 /// A transition the breaker just made, as its [`TransitionHook`] sees it.
 #[cfg(feature = "redis")]
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Transition {
+pub(crate) struct Transition<'a> {
     /// The epoch the transition entered: the breaker is still in that state while
     /// [`CircuitBreaker::in_epoch`] says so.
     pub(crate) epoch: u32,
@@ -476,6 +525,9 @@ pub(crate) struct Transition {
     pub(crate) cause: Cause,
     /// The OPEN wait, for a transition to OPEN (zero otherwise).
     pub(crate) open_wait: Duration,
+    /// The token of the shared opening followed, for a transition to OPEN caused by another
+    /// instance ([`Cause::Remote`]).
+    pub(crate) token: Option<&'a str>,
 }
 
 /// Told of every transition of the breaker it is set on, under the breaker's transition lock
@@ -483,7 +535,7 @@ pub(crate) struct Transition {
 /// it may open the breaker for others.
 #[cfg(feature = "redis")]
 pub(crate) trait TransitionHook: Send + Sync + 'static {
-    fn on_transition(&self, breaker: &CircuitBreaker, transition: &Transition);
+    fn on_transition(&self, breaker: &CircuitBreaker, transition: &Transition<'_>);
 }
 
 /// A handle on a breaker that does not keep it alive.
@@ -522,14 +574,16 @@ impl CircuitBreaker {
         state::epoch(self.inner.word.load(Ordering::Acquire)) == epoch
     }
 
-    /// Opens because another instance did; `wait` is what is left of its OPEN wait. Only a
-    /// CLOSED or HALF_OPEN breaker follows (manual states win). `true` if it opened.
-    pub(crate) fn open_remote(&self, wait: Duration) -> bool {
+    /// Opens because another instance did; `wait` is what is left of its OPEN wait (jittered
+    /// here like the breaker's own waits), `token` names that opening in Redis. Only a CLOSED
+    /// or HALF_OPEN breaker follows (manual states win). `true` if it opened.
+    pub(crate) fn open_remote(&self, wait: Duration, token: &str) -> bool {
         let mut g = self.lock();
         let w = self.inner.word.load(Ordering::Acquire);
         match State::from_bits(w) {
             State::Closed | State::HalfOpen if !wait.is_zero() => {
-                self.transition_locked(&mut g, w, State::Open, Cause::Remote, Some(wait));
+                let remote = Remote { wait, token };
+                self.transition_locked(&mut g, w, State::Open, Cause::Remote, Some(remote));
                 true
             }
             _ => false,

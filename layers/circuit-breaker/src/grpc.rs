@@ -33,6 +33,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::Outcome;
+use crate::error::CircuitOpen;
 use crate::http::HttpClassifier;
 use crate::permit::OwnedPermit;
 use crate::select::{Selector, Single};
@@ -89,18 +90,34 @@ impl<S, P: Clone, Rj: Clone> Layer<S> for GrpcCircuitBreakerLayer<P, Rj> {
             selector: self.selector.clone(),
             classify: self.classify,
             reject: self.reject.clone(),
+            refused: None,
         }
     }
 }
 
 /// A gRPC service guarded by a circuit breaker that reads trailers; see
-/// [`GrpcCircuitBreakerLayer`].
-#[derive(Clone, Debug)]
+/// [`GrpcCircuitBreakerLayer`]. Readiness and admission work as on
+/// [`CircuitBreakerService`](crate::CircuitBreakerService): ready at once when the circuit
+/// will refuse whatever the request, the inner service's readiness otherwise.
+#[derive(Debug)]
 pub struct GrpcCircuitBreakerService<S, P = Single, Rj = KeepError> {
     inner: S,
     selector: P,
     classify: HttpClassifier,
     reject: Rj,
+    refused: Option<CircuitOpen>,
+}
+
+impl<S: Clone, P: Clone, Rj: Clone> Clone for GrpcCircuitBreakerService<S, P, Rj> {
+    fn clone(&self) -> Self {
+        GrpcCircuitBreakerService {
+            inner: self.inner.clone(),
+            selector: self.selector.clone(),
+            classify: self.classify,
+            reject: self.reject.clone(),
+            refused: None,
+        }
+    }
 }
 
 impl<S, P, Rj> GrpcCircuitBreakerService<S, P, Rj> {
@@ -133,11 +150,21 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Rj::map_err)
+        if self.refused.is_none() {
+            self.refused = self.selector.refuse_all();
+            if self.refused.is_none() {
+                return self.inner.poll_ready(cx).map_err(Rj::map_err);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let state = match self.selector.acquire(&req) {
+        let acquired = match self.refused.take() {
+            Some(open) => Err(open),
+            None => self.selector.acquire(&req),
+        };
+        let state = match acquired {
             Ok(permit) => State::Running {
                 fut: self.inner.call(req),
                 permit,

@@ -139,6 +139,7 @@ impl<S, P: Clone, C: Clone, Rj: Clone> Layer<S> for CircuitBreakerLayer<P, C, Rj
             selector: self.selector.clone(),
             classify: self.classify.clone(),
             reject: self.reject.clone(),
+            refused: None,
         }
     }
 }

@@ -13,12 +13,21 @@
 //!   moves to HALF_OPEN on a timer (no traffic needed), or on the next call or state read.
 //! - **HALF_OPEN** admits exactly N probes however many tasks race; a dropped probe gives its
 //!   permit back; results of calls admitted in an earlier state are ignored (an epoch in the
-//!   permit); after an optional maximum wait it opens again. An optional ramp-up after
-//!   closing admits a growing share of traffic.
+//!   permit); after an optional maximum wait it opens again. A change of N while serving
+//!   applies from the next HALF_OPEN (the cycle under way keeps its own N, as resilience4j's
+//!   HALF_OPEN state does). An optional ramp-up after closing admits a growing share of
+//!   traffic.
 //! - **Classification** ([`Classify`]): errors, HTTP 5xx and gRPC status codes
 //!   ([`http::HttpClassifier`], feature `http`), or any predicate; ignored outcomes.
 //! - **Per-key breakers** in a [`BreakerRegistry`] with a maximum size and idle eviction; the
-//!   keyed layer takes its key from any [`KeySource`](omega_core::key::KeySource).
+//!   keyed layer takes its key from any [`KeySource`](omega_core::key::KeySource). Lookups
+//!   take no lock; a new key costs the same however many breakers exist (copy-on-write
+//!   shards of a few breakers each), so clients sending new keys cannot slow everyone down.
+//! - **Readiness**: the layer's `poll_ready` is the inner service's, except that a breaker
+//!   that will refuse whatever the request (OPEN, FORCED_OPEN) answers ready at once and
+//!   refuses in `call`: rejections do not wait for the inner service. A guarded future
+//!   ([`CircuitBreaker::call`]) takes its permit when first polled; the service takes it in
+//!   `call`, where the inner service's `call` runs (see [`CircuitBreakerService`]).
 //! - **Health** ([`HealthSnapshot`]), **events** ([`CircuitBreaker::events`], a tokio
 //!   broadcast) and **metrics** (feature `metrics`).
 //! - **Rejection** as [`CircuitOpen`] (a [`Refusal`]: 503, gRPC `UNAVAILABLE`, `Retry-After`
@@ -27,8 +36,10 @@
 //!   answers it (`Respond`, feature `http`); with `grpc`, `From<CircuitOpen> for
 //!   tonic::Status`.
 //! - **Shared state** (feature `redis`, `shared::RedisSync`): OPEN transitions shared through
-//!   the instance's one Redis handle (standalone or Cluster), with an optional quorum; never a
-//!   Redis round trip per call.
+//!   the instance's one Redis handle (standalone or Cluster) once a quorum of instances (2 by
+//!   default, under stable instance ids) tripped on their own calls; followers jitter their
+//!   wait; a recovery ends only the opening it knew, a manual close or reset clears the shared
+//!   state; never a Redis round trip per call.
 //! - **Configuration files** (feature `serde`, `config::BreakerConfig`).
 //!
 //! ## Cost per call
@@ -97,6 +108,7 @@ mod registry;
 mod select;
 mod service;
 mod settings;
+mod shards;
 #[cfg(feature = "redis")]
 pub mod shared;
 mod state;

@@ -46,6 +46,11 @@ impl CircuitBreaker {
     }
 
     /// Runs `fut` if the circuit admits it, and records its outcome (`Err` is a failure).
+    ///
+    /// The permit is taken when the returned future is first polled, not when it is built:
+    /// a call built in advance (queued, or one of many collected before they run) is decided
+    /// by the state it starts in, holds no HALF_OPEN permit while it waits, and is timed (for
+    /// slow calls) from its start.
     pub fn call<F, T, E>(&self, fut: F) -> Call<'_, F, ErrorsAreFailures>
     where
         F: Future<Output = Result<T, E>>,
@@ -53,20 +58,18 @@ impl CircuitBreaker {
         self.call_with(fut, ErrorsAreFailures)
     }
 
-    /// Runs `fut` if the circuit admits it, and records its outcome as `classify` says.
+    /// Runs `fut` if the circuit admits it, and records its outcome as `classify` says. The
+    /// permit is taken when the returned future is first polled (see [`call`](Self::call)).
     pub fn call_with<F, C, T, E>(&self, fut: F, classify: C) -> Call<'_, F, C>
     where
         F: Future<Output = Result<T, E>>,
         C: Classify<T, E>,
     {
-        let (permit, rejected) = match self.try_acquire() {
-            Ok(p) => (Some(p), None),
-            Err(open) => (None, Some(open)),
-        };
         Call {
             fut,
-            permit,
-            rejected,
+            breaker: self,
+            permit: None,
+            step: Step::Unpolled,
             classify,
         }
     }
@@ -151,19 +154,30 @@ impl Drop for OwnedPermit {
 }
 
 pin_project! {
-    /// The future of [`CircuitBreaker::call`].
+    /// The future of [`CircuitBreaker::call`]: it asks the breaker for a permit when first
+    /// polled, then runs the guarded future.
     pub struct Call<'a, F, C> {
         #[pin]
         fut: F,
+        breaker: &'a CircuitBreaker,
         permit: Option<Permit<'a>>,
-        rejected: Option<CircuitOpen>,
+        step: Step,
         classify: C,
     }
+}
+
+/// Where a [`Call`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Unpolled,
+    Running,
+    Done,
 }
 
 impl<F, C> std::fmt::Debug for Call<'_, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Call")
+            .field("step", &self.step)
             .field("admitted", &self.permit.is_some())
             .finish()
     }
@@ -178,10 +192,22 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(open) = this.rejected.take() {
-            return Poll::Ready(Err(CallError::Rejected(open)));
+        match *this.step {
+            Step::Unpolled => match this.breaker.try_acquire() {
+                Ok(permit) => {
+                    *this.permit = Some(permit);
+                    *this.step = Step::Running;
+                }
+                Err(open) => {
+                    *this.step = Step::Done;
+                    return Poll::Ready(Err(CallError::Rejected(open)));
+                }
+            },
+            Step::Running => {}
+            Step::Done => panic!("`Call` polled after completion"),
         }
         let result = std::task::ready!(this.fut.poll(cx));
+        *this.step = Step::Done;
         if let Some(permit) = this.permit.take() {
             permit.record(this.classify.classify(&result));
         }

@@ -1,10 +1,9 @@
 //! Per-key breakers: a registry with a maximum size and idle eviction.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::error::{CircuitOpen, ConfigError};
 use crate::health::HealthSnapshot;
 use crate::permit::OwnedPermit;
 use crate::settings::CircuitBreakerConfig;
+use crate::shards::{Shards, Slot};
 use crate::state::State;
 
 /// The default maximum number of breakers in a registry.
@@ -29,13 +29,20 @@ pub const DEFAULT_MAX_BREAKERS: usize = 10_000;
 /// [`max_breakers`](BreakerRegistryBuilder::max_breakers); breakers unused for the
 /// [`idle_timeout`](BreakerRegistryBuilder::idle_timeout) are dropped, but only in CLOSED or
 /// DISABLED: an OPEN breaker of a node that nobody calls any more stays, so that the node is
-/// not tried again as if healthy. When the registry is full, the least recently used breaker
-/// in CLOSED or DISABLED makes room (the least recently used of all if none is).
+/// not tried again as if healthy. When the registry is full, a new breaker takes the place of
+/// the least recently used breaker in CLOSED or DISABLED among those of its shard (a handful,
+/// see below), or of another shard when its own has none; the least recently used of its
+/// shard if no breaker anywhere is CLOSED or DISABLED.
 ///
-/// Lookups ([`get`](Self::get), [`is_call_permitted`](Self::is_call_permitted), the keyed
-/// layer) read a copy-on-write snapshot of the map: no lock, no shared write, no allocation.
-/// Creating or evicting a breaker copies the map. Like a `HashMap`, the registry is looked up
-/// by any borrowed form of its key: a `BreakerRegistry<Arc<str>>` or `<String>` by `&str`.
+/// The map is split into shards of about 8 breakers each (`max_breakers / 8` shards), each a
+/// copy-on-write snapshot. Lookups ([`get`](Self::get),
+/// [`is_call_permitted`](Self::is_call_permitted), the keyed layer) hash the key once and read
+/// their shard's snapshot: no lock, no shared write, no allocation. Creating, evicting or
+/// removing a breaker copies one shard (a few pointers) under a mutex: a new key costs the same
+/// whether the registry holds ten breakers or a million, so a client that sends a new key per
+/// request (a keyed layer reading a path segment) cannot make inserts slower for everyone.
+/// Like a `HashMap`, the registry is looked up by any borrowed form of its key: a
+/// `BreakerRegistry<Arc<str>>` or `<String>` by `&str`.
 ///
 /// ```
 /// use omega_circuit_breaker::{BreakerRegistry, CircuitBreakerConfig};
@@ -52,13 +59,16 @@ pub struct BreakerRegistry<K> {
 }
 
 struct RegInner<K> {
-    // Copy-on-write: lookups (every request of a keyed layer or a router) load a snapshot
-    // without a lock or a shared write; creations and evictions, which are rare, copy the
-    // map under `write`.
-    map: ArcSwap<HashMap<K, Arc<Entry>>>,
+    // Copy-on-write shards: lookups (every request of a keyed layer or a router) load their
+    // shard's snapshot without a lock or a shared write; creations and evictions copy one
+    // shard under `write`.
+    map: Shards<K, Entry>,
+    len: AtomicUsize,
     write: Mutex<()>,
     config: ArcSwap<CircuitBreakerConfig>,
-    clock: Option<Clock>,
+    /// One clock for every breaker: making a fast clock runs CPUID, which costs tens of
+    /// microseconds on a virtual machine; a clone costs nothing.
+    clock: Clock,
     prefix: String,
     max: usize,
     tick: AtomicU64,
@@ -82,7 +92,7 @@ impl<K> Clone for BreakerRegistry<K> {
 impl<K> fmt::Debug for BreakerRegistry<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerRegistry")
-            .field("len", &self.read().len())
+            .field("len", &self.len())
             .field("max", &self.inner.max)
             .finish()
     }
@@ -117,7 +127,7 @@ impl<K> BreakerRegistryBuilder<K> {
         self
     }
 
-    /// The clock of new breakers.
+    /// The clock of new breakers (default: one [`Clock::fast`] shared by all of them).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = Some(clock);
         self
@@ -157,10 +167,11 @@ impl<K> BreakerRegistryBuilder<K> {
         self.config.validate()?;
         let registry = BreakerRegistry {
             inner: Arc::new(RegInner {
-                map: ArcSwap::from_pointee(HashMap::new()),
+                map: Shards::new(self.max),
+                len: AtomicUsize::new(0),
                 write: Mutex::new(()),
                 config: ArcSwap::from_pointee(self.config),
-                clock: self.clock,
+                clock: self.clock.unwrap_or_else(Clock::fast),
                 prefix: self.prefix,
                 max: self.max,
                 tick: AtomicU64::new(0),
@@ -218,10 +229,10 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let map = self.read();
-        let e = map.get(key)?;
-        self.touch(e);
-        Some(e.breaker.clone())
+        self.with_entry(key, |e| {
+            self.touch(e);
+            e.breaker.clone()
+        })
     }
 
     /// The breaker of `key`, created with the registry's configuration if needed.
@@ -264,50 +275,77 @@ where
         K: Borrow<Q> + From<Q::Owned>,
         Q: Hash + Eq + ToOwned + ?Sized,
     {
-        {
-            let map = self.read();
-            if let Some(e) = map.get(key) {
-                self.touch(e);
-                return e.breaker.try_acquire_owned();
-            }
+        if let Some(permit) = self.with_entry(key, |e| {
+            self.touch(e);
+            e.breaker.try_acquire_owned()
+        }) {
+            return permit;
         }
         self.get_or_create(key).try_acquire_owned()
     }
 
     fn insert_with(&self, key: K, config: CircuitBreakerConfig) -> CircuitBreaker {
-        let _w = self.lock_writes();
-        let current = self.inner.map.load_full();
-        if let Some(e) = current.get(&key) {
-            return e.breaker.clone();
-        }
-        let mut map = (*current).clone();
-        if map.len() >= self.inner.max {
-            let victim = map
-                .iter()
-                .min_by_key(|(_, e)| (!evictable(&e.breaker), e.seen.load(Ordering::Relaxed)))
-                .map(|(k, _)| k.clone());
-            if let Some(k) = victim {
-                map.remove(&k);
+        // The breaker is made before the write lock is taken: the lock covers one shard's
+        // copy only. A racing insert of the same key wins; this breaker is then dropped.
+        let breaker = CircuitBreaker::builder(format!("{}{}", self.inner.prefix, key))
+            .config(config)
+            .clock(self.inner.clock.clone())
+            .build()
+            .expect("validated configuration");
+        let map = &self.inner.map;
+        let hash = map.hash(&key);
+        let shard = map.index(hash);
+        {
+            let _w = self.lock_writes();
+            if let Some(s) = map.load(shard).find(hash, &key) {
+                return s.value.breaker.clone();
             }
+            if self.inner.len.load(Ordering::Acquire) >= self.inner.max {
+                self.evict_one(shard);
+            }
+            map.insert(Slot {
+                hash,
+                key,
+                value: Entry {
+                    breaker: breaker.clone(),
+                    seen: AtomicU64::new(self.inner.tick.load(Ordering::Relaxed)),
+                },
+            });
+            self.inner.len.fetch_add(1, Ordering::AcqRel);
         }
-        let mut b = CircuitBreaker::builder(format!("{}{}", self.inner.prefix, key)).config(config);
-        if let Some(c) = &self.inner.clock {
-            b = b.clock(c.clone());
-        }
-        let breaker = b.build().expect("validated configuration");
         #[cfg(feature = "redis")]
         if let Some(sync) = &self.inner.sync {
             sync.attach(&breaker);
         }
-        map.insert(
-            key,
-            Arc::new(Entry {
-                breaker: breaker.clone(),
-                seen: AtomicU64::new(self.inner.tick.load(Ordering::Relaxed)),
-            }),
-        );
-        self.inner.map.store(Arc::new(map));
         breaker
+    }
+
+    /// Makes room for one breaker in a full registry (under the write lock): the least
+    /// recently used evictable breaker of `shard`, else of the first other shard that has one,
+    /// else the least recently used of `shard` (or of the first non-empty shard).
+    fn evict_one(&self, shard: usize) {
+        let map = &self.inner.map;
+        let n = map.len();
+        let lru = |i: usize, evictable_only: bool| {
+            map.load(i)
+                .slots()
+                .iter()
+                .filter(|s| !evictable_only || evictable(&s.value.breaker))
+                .min_by_key(|s| s.value.seen.load(Ordering::Relaxed))
+                .map(Arc::as_ptr)
+        };
+        let victim = (0..n)
+            .map(|d| (shard + d) % n)
+            .find_map(|i| lru(i, true).map(|p| (i, p)))
+            .or_else(|| {
+                (0..n)
+                    .map(|d| (shard + d) % n)
+                    .find_map(|i| lru(i, false).map(|p| (i, p)))
+            });
+        if let Some((i, victim)) = victim {
+            let removed = map.remove_where(i, |s| std::ptr::eq(s, victim));
+            self.inner.len.fetch_sub(removed.len(), Ordering::AcqRel);
+        }
     }
 
     /// Whether a call to `key` would be admitted now ([`CircuitBreaker::is_call_permitted`]);
@@ -317,9 +355,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.read()
-            .get(key)
-            .is_none_or(|e| e.breaker.is_call_permitted())
+        self.with_entry(key, |e| e.breaker.is_call_permitted())
+            .unwrap_or(true)
     }
 
     /// The state of `key`'s breaker, if it exists.
@@ -328,7 +365,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.read().get(key).map(|e| e.breaker.state())
+        self.with_entry(key, |e| e.breaker.state())
     }
 
     /// Removes `key`'s breaker.
@@ -337,30 +374,19 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        let map = &self.inner.map;
+        let hash = map.hash(key);
         let _w = self.lock_writes();
-        let mut map = (**self.inner.map.load()).clone();
-        let removed = map.remove(key)?;
-        self.inner.map.store(Arc::new(map));
-        Some(removed.breaker.clone())
-    }
-
-    /// The number of breakers.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// `true` when the registry holds no breaker.
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        let removed =
+            map.remove_where(map.index(hash), |s| s.hash == hash && s.key.borrow() == key);
+        self.inner.len.fetch_sub(removed.len(), Ordering::AcqRel);
+        removed.first().map(|s| s.value.breaker.clone())
     }
 
     /// The keys and health snapshots of every breaker.
     pub fn health(&self) -> Vec<(K, HealthSnapshot)> {
-        let breakers: Vec<(K, CircuitBreaker)> = self
-            .read()
-            .iter()
-            .map(|(k, e)| (k.clone(), e.breaker.clone()))
-            .collect();
+        let mut breakers: Vec<(K, CircuitBreaker)> = Vec::with_capacity(self.len());
+        self.for_each(|s| breakers.push((s.key.clone(), s.value.breaker.clone())));
         breakers.into_iter().map(|(k, b)| (k, b.health())).collect()
     }
 
@@ -368,8 +394,8 @@ where
     /// states are kept).
     pub fn reconfigure(&self, config: CircuitBreakerConfig) -> Result<(), ConfigError> {
         config.validate()?;
-        let breakers: Vec<CircuitBreaker> =
-            self.read().values().map(|e| e.breaker.clone()).collect();
+        let mut breakers = Vec::with_capacity(self.len());
+        self.for_each(|s| breakers.push(s.value.breaker.clone()));
         for b in breakers {
             b.reconfigure(config.clone())?;
         }
@@ -379,19 +405,36 @@ where
 
     /// One sweep of idle eviction: drops the breakers (in CLOSED or DISABLED) that were not
     /// used since the sweep before the previous one, and returns how many. Runs by itself
-    /// every `idle_timeout / 2` when one is configured.
+    /// every `idle_timeout / 2` when one is configured. The write lock is taken shard by
+    /// shard, so creations are not held up for the whole sweep.
     pub fn evict_idle(&self) -> usize {
         let tick = self.inner.tick.fetch_add(1, Ordering::AcqRel) + 1;
-        let _w = self.lock_writes();
-        let current = self.inner.map.load_full();
         let idle = |e: &Entry| e.seen.load(Ordering::Relaxed) + 2 <= tick && evictable(&e.breaker);
-        let evicted = current.values().filter(|e| idle(e)).count();
-        if evicted > 0 {
-            let mut map = (*current).clone();
-            map.retain(|_, e| !idle(e));
-            self.inner.map.store(Arc::new(map));
+        let map = &self.inner.map;
+        let mut evicted = 0;
+        for i in 0..map.len() {
+            if !map.load(i).slots().iter().any(|s| idle(&s.value)) {
+                continue;
+            }
+            let _w = self.lock_writes();
+            let removed = map.remove_where(i, |s| idle(&s.value)).len();
+            self.inner.len.fetch_sub(removed, Ordering::AcqRel);
+            evicted += removed;
         }
         evicted
+    }
+
+    /// Runs `f` on the entry of `key`, if it exists.
+    #[inline]
+    fn with_entry<Q, R>(&self, key: &Q, f: impl FnOnce(&Entry) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = &self.inner.map;
+        let hash = map.hash(key);
+        let shard = map.load(map.index(hash));
+        shard.find(hash, key).map(|s| f(&s.value))
     }
 
     #[inline]
@@ -404,8 +447,23 @@ where
 }
 
 impl<K> BreakerRegistry<K> {
-    fn read(&self) -> arc_swap::Guard<Arc<HashMap<K, Arc<Entry>>>> {
-        self.inner.map.load()
+    /// The number of breakers.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Acquire)
+    }
+
+    /// `true` when the registry holds no breaker.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Slot<K, Entry>)) {
+        let map = &self.inner.map;
+        for i in 0..map.len() {
+            for s in map.load(i).slots() {
+                f(s);
+            }
+        }
     }
 
     fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -18,6 +18,18 @@ pub trait Selector<Req> {
     /// A permit for `req` from the breaker that guards it; `Ok(None)` when no breaker guards
     /// it (the request passes unguarded); the open circuit that refuses it otherwise.
     fn acquire(&self, req: &Req) -> Result<Option<OwnedPermit>, CircuitOpen>;
+
+    /// The refusal that every request would get now, whatever the request, if there is one:
+    /// the service then answers ready at once without asking the inner service, and refuses
+    /// the next request in `call` with it (a layer that will refuse does not wait for the
+    /// inner service's readiness). The refusal counts as a rejection when it is decided.
+    ///
+    /// The default, `None`, leaves readiness to the inner service; [`Single`] refuses while
+    /// its breaker is OPEN (before its wait is over), FORCED_OPEN, or HALF_OPEN with every
+    /// probe out. [`Keyed`] cannot know without the request's key.
+    fn refuse_all(&self) -> Option<CircuitOpen> {
+        None
+    }
 }
 
 /// One breaker for every request.
@@ -35,6 +47,11 @@ impl<Req> Selector<Req> for Single {
     #[inline]
     fn acquire(&self, _req: &Req) -> Result<Option<OwnedPermit>, CircuitOpen> {
         self.0.try_acquire_owned().map(Some)
+    }
+
+    #[inline]
+    fn refuse_all(&self) -> Option<CircuitOpen> {
+        self.0.refusal_for_all()
     }
 }
 

@@ -125,7 +125,9 @@ impl CircuitBreakerConfig {
     }
 
     /// Repeated openings (without a CLOSED in between) wait `multiplier` times longer than
-    /// the previous one, up to `max`.
+    /// the previous one, up to `max`. Only the breaker's own openings count: one learnt from
+    /// another instance (feature `redis`) waits what that instance's wait has left, and does
+    /// not raise this breaker's level.
     pub fn exponential_backoff(mut self, multiplier: f64, max: Duration) -> Self {
         self.backoff_multiplier = multiplier;
         self.max_wait_duration = max;
@@ -133,13 +135,17 @@ impl CircuitBreakerConfig {
     }
 
     /// Randomizes each OPEN wait by up to ± `factor` of it (0 ≤ factor < 1), so that many
-    /// instances do not probe together. Default 0.
+    /// instances do not probe together. Default 0. An opening learnt from another instance
+    /// (feature `redis`) is jittered the same way: what is left of that instance's wait, ±
+    /// `factor`.
     pub fn jitter(mut self, factor: f64) -> Self {
         self.jitter = factor;
         self
     }
 
-    /// The number of probe calls admitted in HALF_OPEN (1 to 1023). Default 10.
+    /// The number of probe calls admitted in HALF_OPEN (1 to 1023). Default 10. Changed while
+    /// serving ([`crate::CircuitBreaker::reconfigure`]), it applies from the next HALF_OPEN:
+    /// the cycle under way admits and waits for the number it started with.
     pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
         self.permitted_calls_in_half_open = calls;
         self

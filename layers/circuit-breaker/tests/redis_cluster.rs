@@ -33,6 +33,7 @@ async fn backend(cluster: &RedisCluster) -> RedisBackend {
 async fn sync(cluster: &RedisCluster, id: &str) -> RedisSync {
     RedisSync::builder(backend(cluster).await)
         .instance_id(id)
+        .quorum(1)
         .build()
         .unwrap()
 }
@@ -70,8 +71,11 @@ async fn an_open_spreads_between_instances_and_a_newcomer_adopts_it() {
     let cluster = RedisCluster::start();
     let (sa, sb) = (sync(&cluster, "a").await, sync(&cluster, "b").await);
     assert!(sa.backend().is_cluster());
-    let (a, b) = (breaker(&sa, "search"), breaker(&sb, "search"));
     eventually("subscriptions", || sa.is_subscribed() && sb.is_subscribed()).await;
+    // Attached once subscribed, b reads its OPEN key once; after that read it can learn of the
+    // opening only from the channel (a catch-up read racing the opening would find it first).
+    let (a, b) = (breaker(&sa, "search"), breaker(&sb, "search"));
+    eventually("b's read of its OPEN key", || sb.open_keys_read() == 1).await;
     let mut events = b.events();
 
     trip(&a);
@@ -170,4 +174,42 @@ async fn a_subscription_that_comes_back_with_its_node_catches_up() {
     let (a2, b2) = (breaker(&sa, "after"), breaker(&sb, "after"));
     trip(&a2);
     eventually("b2 to follow", || b2.state() == State::Open).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_and_reset_clear_the_shared_state_on_the_cluster() {
+    let cluster = RedisCluster::start();
+    let (sa, sb) = (sync(&cluster, "a").await, sync(&cluster, "b").await);
+    let (a, b) = (breaker(&sa, "billing"), breaker(&sb, "billing"));
+    eventually("subscriptions", || sa.is_subscribed() && sb.is_subscribed()).await;
+    let exists = || async {
+        let n: i64 = sa
+            .backend()
+            .query(cmd("EXISTS").arg(sa.open_key("billing")))
+            .await
+            .unwrap();
+        n == 1
+    };
+    // A follower's recovery ends the opening it followed (compare and delete in Lua).
+    trip(&a);
+    eventually("b to follow", || b.state() == State::Open).await;
+    assert!(exists().await);
+    b.transition_to_half_open();
+    b.try_acquire().unwrap().success();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exists().await {
+        assert!(Instant::now() < deadline, "b's recovery left the key");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A reset deletes the key and the votes (one DEL of two keys in one slot).
+    a.reset();
+    trip(&a);
+    eventually("b to follow again", || b.state() == State::Open).await;
+    assert!(exists().await);
+    a.reset();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exists().await {
+        assert!(Instant::now() < deadline, "the reset left the key");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -19,7 +19,9 @@ pub enum ErrorKind {
     Timeout,
     /// The server refused the TCP connection (nothing listens on that port).
     Refused,
-    /// The backend is known to be down and a reconnect is under way; the operation was not sent.
+    /// The server the operation goes to is known to be down and a reconnect is under way (on a
+    /// cluster: that primary, or no known primary serves the slot yet); the operation was not
+    /// sent.
     Unavailable,
     /// The connection broke while the operation was in flight; like a timeout, its outcome is
     /// unknown.

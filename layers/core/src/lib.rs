@@ -11,10 +11,13 @@
 //!   `Global`), what a missing key means ([`key::MissingKey`]), and one rule for names.
 //! - [`Backend`]: in memory, or Redis ([`redis::RedisBackend`], standalone or Cluster, from one
 //!   URL: `redis://`, `rediss://`, `redis+cluster://`), chosen at run time. Every Redis
-//!   operation has a timeout, a dead Redis fails fast, one supervisor per backend reconnects
-//!   with jittered backoff, [`Health`] says up or down, since when and why, and
-//!   [`redis::RedisBackend::subscribe`] keeps a pub/sub subscription (sharded on a cluster)
-//!   across reconnects, telling its consumer what it may have missed.
+//!   operation has a timeout and runs at most once (never re-sent once it may have run), a
+//!   dead or hung server fails fast (on a cluster, per primary: the others' slots are not
+//!   slowed), one supervisor per server reconnects with jittered backoff and probes a server
+//!   marked down, [`Health`] says up or down, since when and why (per primary with
+//!   [`redis::RedisBackend::node_health`]), and [`redis::RedisBackend::subscribe`] keeps a
+//!   pub/sub subscription (sharded on a cluster) across reconnects, telling its consumer what
+//!   it may have missed.
 //! - [`Keyspace`]: a prefix for every key, and Redis Cluster hash tags for keys that one script
 //!   touches together ([`hash_slot`] computes a key's slot); [`redis::Script`]: Lua scripts run
 //!   by SHA and reloaded after `SCRIPT FLUSH` or a failover.

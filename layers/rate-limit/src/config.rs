@@ -89,6 +89,7 @@ impl LimitConfig {
         self.key.validate("key", issues);
         if self.rate > 0
             && !self.per.0.is_zero()
+            && self.burst != Some(0)
             && let Err(e) = self.quota()
         {
             issues.push(
@@ -101,10 +102,10 @@ impl LimitConfig {
     /// The limit's quota: `rate` per `per`, with `burst` when given.
     pub fn quota(&self) -> Result<Quota, QuotaError> {
         let q = Quota::new(self.rate, self.per.0)?;
-        Ok(match self.burst {
-            Some(b) => q.with_burst(b),
-            None => q,
-        })
+        match self.burst {
+            Some(b) => q.try_with_burst(b),
+            None => Ok(q),
+        }
     }
 }
 

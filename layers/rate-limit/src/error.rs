@@ -15,22 +15,32 @@ use omega_core::reject::{Refusal, grpc};
 /// ```
 /// # use omega_rate_limit::RateLimited;
 /// fn retry_after(err: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
-///     err.downcast_ref::<RateLimited>().map(|rl| rl.retry_after())
+///     err.downcast_ref::<RateLimited>().and_then(|rl| rl.retry_after())
 /// }
 /// ```
 ///
 /// As a [`Refusal`] it is answered with `429 Too Many Requests` (gRPC `RESOURCE_EXHAUSTED`),
-/// `Retry-After` when the request can be admitted later, and the IETF `RateLimit-Policy` /
-/// `RateLimit` fields of the limit that denied it ([`crate::headers`]).
+/// `Retry-After` when the request can be admitted later (none when its cost is above the
+/// burst, so that it never will be), and the IETF `RateLimit-Policy` / `RateLimit` fields
+/// ([`crate::headers`]).
 #[derive(Clone, Debug, Eq)]
 pub struct RateLimited {
     pub(crate) limit: Arc<str>,
-    pub(crate) retry_after: Duration,
+    pub(crate) retry_after: Option<Duration>,
     pub(crate) quota_burst: u32,
     /// The limit's window: the time a drained bucket takes to fill (`burst` intervals).
     pub(crate) window: Duration,
-    /// The header fields, when the service's strategy sends them (computed with the limit's
-    /// cached policy value); computed on demand otherwise.
+    /// What the `RateLimit` field reports: cells left, and seconds until the retry-after (or,
+    /// for a request that can never be admitted, until the bucket is full).
+    #[cfg(feature = "http")]
+    pub(crate) remaining: u32,
+    #[cfg(feature = "http")]
+    pub(crate) reset: Duration,
+    /// The denying limit's `RateLimit-Policy` value.
+    #[cfg(feature = "http")]
+    pub(crate) policy: Option<::http::HeaderValue>,
+    /// The header fields of the whole request (every policy it is under), when the service's
+    /// strategy sends them; without them, the denying limit's alone.
     #[cfg(feature = "http")]
     pub(crate) fields: Option<crate::headers::Fields>,
 }
@@ -51,9 +61,9 @@ impl RateLimited {
         &self.limit
     }
 
-    /// How long until the same request would be admitted. [`Duration::MAX`] when its cost is
-    /// larger than the limit's burst, so it never will be.
-    pub fn retry_after(&self) -> Duration {
+    /// How long until the same request would be admitted; `None` when its cost is larger
+    /// than the limit's burst, so it never will be (as governor's `InsufficientCapacity`).
+    pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
@@ -65,18 +75,13 @@ impl RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.retry_after == Duration::MAX {
-            write!(
+        match self.retry_after {
+            None => write!(
                 f,
                 "rate limited by {:?}: the request costs more than its burst of {}",
                 self.limit, self.quota_burst
-            )
-        } else {
-            write!(
-                f,
-                "rate limited by {:?}; retry after {:?}",
-                self.limit, self.retry_after
-            )
+            ),
+            Some(retry) => write!(f, "rate limited by {:?}; retry after {retry:?}", self.limit),
         }
     }
 }
@@ -84,8 +89,10 @@ impl fmt::Display for RateLimited {
 impl std::error::Error for RateLimited {}
 
 /// 429 / `RESOURCE_EXHAUSTED`; `Retry-After` unless the request can never be admitted; the
-/// `RateLimit-Policy` and `RateLimit` fields of the denying limit (`r=0`, `t` = the
-/// retry-after).
+/// `RateLimit-Policy` field (every policy of the request when the service computed them, else
+/// the denying limit's) and the `RateLimit` field of the denying limit (`r=0`, `t` = the
+/// retry-after; for a cost above the burst, the cells left and the seconds until the bucket
+/// is full).
 impl Refusal for RateLimited {
     fn status(&self) -> u16 {
         429
@@ -96,24 +103,22 @@ impl Refusal for RateLimited {
     }
 
     fn retry_after(&self) -> Option<Duration> {
-        (self.retry_after != Duration::MAX).then_some(self.retry_after)
+        self.retry_after
     }
 
     #[cfg(feature = "http")]
     fn write_headers(&self, headers: &mut ::http::HeaderMap) {
-        let fields = match &self.fields {
-            Some(fields) => Some(fields.clone()),
-            None => crate::headers::Fields::new(
-                None,
-                &self.limit,
-                self.quota_burst,
-                self.window,
-                0,
-                self.retry_after,
-            ),
-        };
-        if let Some(fields) = fields {
-            fields.apply(headers);
+        match &self.fields {
+            Some(fields) => fields.clone().apply(headers),
+            None => {
+                if let Some(policy) = &self.policy {
+                    headers.append(crate::headers::RATELIMIT_POLICY, policy.clone());
+                }
+                if let Some(state) = crate::headers::state(&self.limit, self.remaining, self.reset)
+                {
+                    headers.append(crate::headers::RATELIMIT, state);
+                }
+            }
         }
     }
 }
@@ -124,13 +129,62 @@ impl Refusal for RateLimited {
 impl From<RateLimited> for tonic::Status {
     fn from(denied: RateLimited) -> Self {
         let mut status = tonic::Status::resource_exhausted(denied.to_string());
-        if denied.retry_after != Duration::MAX {
-            let secs = omega_core::http::seconds_rounded_up(denied.retry_after);
+        if let Some(retry) = denied.retry_after {
+            let secs = omega_core::http::seconds_rounded_up(retry);
             status
                 .metadata_mut()
                 .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
         }
         status
+    }
+}
+
+/// A limit keyed by the client's IP address (omega-core's `ClientIp`) saw a request without a
+/// peer address: the server does not record peer addresses, so the limit cannot tell clients
+/// apart. The fault is the server's, not the client's: as a [`Refusal`] it is answered with
+/// `500 Internal Server Error` (gRPC `INTERNAL`), and its message says how to fix the server
+/// (the choice tower_governor makes for a key it cannot extract). Made by the limiter only
+/// (feature `http`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddrMissing {
+    limit: Arc<str>,
+}
+
+impl PeerAddrMissing {
+    pub(crate) fn new(limit: Arc<str>) -> Self {
+        PeerAddrMissing { limit }
+    }
+
+    /// The limit keyed by the client IP.
+    pub fn limit(&self) -> &str {
+        &self.limit
+    }
+}
+
+impl fmt::Display for PeerAddrMissing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limit {:?} is keyed by the client IP, but the request has no peer address: \
+             the server does not record them. Insert `omega_core::key::http::PeerAddr` into \
+             each request's extensions, or serve axum with \
+             `into_make_service_with_connect_info::<SocketAddr>()`",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for PeerAddrMissing {}
+
+/// 500 / `INTERNAL`: the server is misconfigured.
+impl Refusal for PeerAddrMissing {
+    fn status(&self) -> u16 {
+        500
+    }
+
+    fn grpc_code(&self) -> u16 {
+        // gRPC `INTERNAL`.
+        13
     }
 }
 

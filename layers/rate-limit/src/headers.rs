@@ -1,84 +1,173 @@
 //! The IETF `RateLimit-Policy` and `RateLimit` header fields (feature `http`).
 //!
 //! A service whose rejection strategy sends header fields ([`Respond`], through
-//! [`RateLimitLayer::respond`]) adds them to every response, admitted or not, for the most
-//! constrained limit that applied (draft-ietf-httpapi-ratelimit-headers):
+//! [`RateLimitLayer::respond`]) adds them to every response, admitted or not
+//! (draft-ietf-httpapi-ratelimit-headers-09):
 //!
 //! ```text
+//! RateLimit-Policy: "global";q=1000;w=1
 //! RateLimit-Policy: "per_user";q=10;w=60
 //! RateLimit: "per_user";r=7;t=18
 //! ```
 //!
-//! `q` is the limit's burst, `w` the seconds a drained bucket takes to fill, `r` the requests
-//! left and `t` the seconds until the bucket is full again (both rounded up). A denied request
-//! reports the limit that denied it, with `r=0` and `t` its `Retry-After`. The policy value of
-//! each limit is made once and reused until the limit's quota changes.
+//! - `RateLimit-Policy` lists every policy the request is under, one field line each, in the
+//!   limiter's order: every enforcing limit the request has a key for (a keyed limit that
+//!   skips the request, and a shadow limit, are not its policies). The list is the same from
+//!   response to response, admitted or denied. A policy is the limit's quota as the draft
+//!   means it: `q` units over a window of `w` whole seconds, exactly the quota's rate. A
+//!   quota of `count` per a whole number of seconds is sent as it is (`120` per minute:
+//!   `q=120;w=60`); another period is scaled to the shortest whole-second window with a
+//!   whole quota (5 per 250 ms: `q=20;w=1`; 1 per 300 ms: `q=10;w=3`). The burst is not a
+//!   policy parameter: `r` shows it.
+//! - `RateLimit` names the binding limit (the one with the fewest cells left, or the one that
+//!   denied): `r` the cells left and `t` the seconds until its bucket is full again (both
+//!   whole, `t` rounded up). A denied request gets `r=0` and `t` its `Retry-After`; a request
+//!   that can never be admitted (its cost is above the burst) gets no `Retry-After`, and
+//!   `r`/`t` the bucket's real state.
+//!
+//! Every integer has at most 15 digits (RFC 8941's `sf-integer`): larger values are capped.
+//! Policy values are made when a quota is set, and a request's list is cached per set of
+//! policies, so a response copies them without formatting.
 //!
 //! [`Respond`]: omega_core::reject::Respond
 //! [`RateLimitLayer::respond`]: crate::RateLimitLayer::respond
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::http::HeaderMap;
 use ::http::header::{HeaderName, HeaderValue};
 use arc_swap::ArcSwap;
+use omega_core::clock::duration_nanos;
 use omega_core::http::seconds_rounded_up;
+
+use crate::limit::LimitState;
+use crate::quota::Quota;
 
 /// The `RateLimit-Policy` field.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// The `RateLimit` field.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// The last `RateLimit-Policy` value sent for a limit, with the burst and window (s) it was
-/// made for: it changes only with the quota.
-#[derive(Debug, Default)]
-pub(crate) struct PolicyCache(ArcSwap<Option<(u32, u64, HeaderValue)>>);
+/// The largest RFC 8941 integer.
+const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+/// The longest window a policy is scaled to before it is rounded instead (a year).
+const MAX_WINDOW_SECS: u128 = 365 * 24 * 3600;
 
-/// The `RateLimit-Policy` and `RateLimit` values of one limit.
+/// A quota as the draft's policy: `(q, w)`, `q` units per `w` whole seconds, exactly the
+/// quota's rate when a window of at most a year makes it whole; otherwise the period rounded
+/// up to whole seconds and the quota over it rounded down (never more than the limit admits).
+pub(crate) fn policy_window(quota: &Quota) -> (u64, u64) {
+    const SEC: u128 = 1_000_000_000;
+    let period = u128::from(duration_nanos(quota.period())).max(1);
+    let count = u128::from(quota.count());
+    let (q, w) = if period % SEC == 0 {
+        (count, period / SEC)
+    } else {
+        // q = count × w × 1e9 / period is whole for every multiple w of this window.
+        let w = period / gcd(period, count * SEC);
+        if w <= MAX_WINDOW_SECS {
+            (count * w * SEC / period, w)
+        } else {
+            let w = period.div_ceil(SEC);
+            (count * w * SEC / period, w)
+        }
+    };
+    let cap = u128::from(SF_INTEGER_MAX);
+    (q.min(cap) as u64, w.clamp(1, cap) as u64)
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The `RateLimit-Policy` item of limit `name` under `quota`: `"name";q=..;w=..`. `None` for a
+/// name no header value can carry.
+pub(crate) fn policy_value(name: &str, quota: &Quota) -> Option<HeaderValue> {
+    let (q, w) = policy_window(quota);
+    field(name, (";q=", q), (";w=", w))
+}
+
+/// The `RateLimit` item of limit `name`: `"name";r=..;t=..`, `t` in whole seconds rounded up.
+pub(crate) fn state(name: &str, remaining: u32, reset: Duration) -> Option<HeaderValue> {
+    let t = seconds_rounded_up(reset).min(SF_INTEGER_MAX);
+    field(name, (";r=", u64::from(remaining)), (";t=", t))
+}
+
+/// The policy lists of a limiter's requests, cached per set of policies. A quota change
+/// makes every cached list stale (a version number), so a list never mixes two quotas of one
+/// limit for long: an entry made while a quota changed is dropped at the next look-up.
+#[derive(Default)]
+pub(crate) struct Policies {
+    version: AtomicU64,
+    lists: ArcSwap<Vec<PolicyList>>,
+}
+
+/// A cached list: the version it was made at, its set of limits, and their values.
+type PolicyList = (u64, u16, Arc<[HeaderValue]>);
+
+impl Policies {
+    /// The most lists kept (sets of policies seen); others are made per response.
+    const MAX_LISTS: usize = 64;
+
+    /// The policy values of the limits in `mask`, in the limiter's order.
+    pub(crate) fn list<Req>(&self, limits: &[LimitState<Req>], mask: u16) -> Arc<[HeaderValue]> {
+        let version = self.version.load(Ordering::Acquire);
+        if let Some((_, _, list)) = self
+            .lists
+            .load()
+            .iter()
+            .find(|(v, m, _)| *v == version && *m == mask)
+        {
+            return list.clone();
+        }
+        let list: Arc<[HeaderValue]> = limits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .filter_map(|(_, l)| l.name.policy.header())
+            .collect();
+        self.lists.rcu(|lists| {
+            let mut fresh: Vec<_> = lists.iter().filter(|e| e.0 == version).cloned().collect();
+            if fresh.len() < Self::MAX_LISTS {
+                fresh.push((version, mask, list.clone()));
+            }
+            fresh
+        });
+        list
+    }
+
+    /// Limit `l` has a new quota: its value changes and every cached list is stale.
+    pub(crate) fn changed<Req>(&self, l: &LimitState<Req>, quota: Quota) {
+        l.name.policy.set(&l.name, &quota);
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The `RateLimit-Policy` and `RateLimit` values of one response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fields {
-    policy: HeaderValue,
-    state: HeaderValue,
+    policies: Arc<[HeaderValue]>,
+    state: Option<HeaderValue>,
 }
 
 impl Fields {
-    /// The fields of limit `name` (burst, window) with `remaining` cells left and its bucket
-    /// full again after `reset_after`; the policy value comes from `cache` when it holds the
-    /// same burst and window. `None` only for a name no header value can carry.
-    pub(crate) fn new(
-        cache: Option<&PolicyCache>,
-        name: &str,
-        burst: u32,
-        window: Duration,
-        remaining: u32,
-        reset_after: Duration,
-    ) -> Option<Fields> {
-        let window = seconds_rounded_up(window).max(1);
-        let make = || field(name, (";q=", u64::from(burst)), (";w=", window));
-        let policy = match cache {
-            Some(PolicyCache(cache)) => match &**cache.load() {
-                Some((b, w, value)) if *b == burst && *w == window => value.clone(),
-                _ => {
-                    let value = make()?;
-                    cache.store(Arc::new(Some((burst, window, value.clone()))));
-                    value
-                }
-            },
-            None => make()?,
-        };
-        let state = field(
-            name,
-            (";r=", u64::from(remaining)),
-            (";t=", seconds_rounded_up(reset_after)),
-        )?;
-        Some(Fields { policy, state })
+    pub(crate) fn new(policies: Arc<[HeaderValue]>, state: Option<HeaderValue>) -> Self {
+        Fields { policies, state }
     }
 
-    /// Appends both fields to `headers`.
+    /// Appends the fields to `headers`: one `RateLimit-Policy` line per policy.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        headers.append(RATELIMIT_POLICY, self.policy);
-        headers.append(RATELIMIT, self.state);
+        for policy in self.policies.iter() {
+            headers.append(RATELIMIT_POLICY, policy.clone());
+        }
+        if let Some(state) = self.state {
+            headers.append(RATELIMIT, state);
+        }
     }
 }
 
@@ -155,37 +244,40 @@ mod tests {
 
     #[test]
     fn fields_follow_the_draft() {
-        let f = Fields::new(
-            None,
-            "per \"user\"",
-            10,
-            Duration::from_millis(59_500),
-            7,
-            Duration::from_millis(17_001),
-        )
-        .unwrap();
-        assert_eq!(f.policy, r#""per \"user\"";q=10;w=60"#);
-        assert_eq!(f.state, r#""per \"user\"";r=7;t=18"#);
+        let q = Quota::per_minute(10);
+        assert_eq!(
+            policy_value("per \"user\"", &q).unwrap(),
+            r#""per \"user\"";q=10;w=60"#
+        );
+        assert_eq!(
+            state("per \"user\"", 7, Duration::from_millis(17_001)).unwrap(),
+            r#""per \"user\"";r=7;t=18"#
+        );
         let long = "x".repeat(200);
-        let f = Fields::new(None, &long, 1, Duration::from_secs(1), 0, Duration::ZERO).unwrap();
-        assert_eq!(f.policy, format!("\"{long}\";q=1;w=1").as_str());
+        assert_eq!(
+            policy_value(&long, &Quota::per_second(1)).unwrap(),
+            format!("\"{long}\";q=1;w=1").as_str()
+        );
+        assert_eq!(
+            state("g", 0, Duration::MAX).unwrap(),
+            r#""g";r=0;t=999999999999999"#
+        );
     }
 
     #[test]
-    fn a_limit_s_policy_value_is_cached_until_its_quota_changes() {
-        let cache = PolicyCache::default();
-        let policy = |burst, window| {
-            Fields::new(Some(&cache), "g", burst, window, 0, Duration::ZERO)
-                .unwrap()
-                .policy
-        };
-        let first = policy(1, Duration::from_secs(1));
-        assert_eq!(first, r#""g";q=1;w=1"#);
-        assert_eq!(
-            cache.0.load().as_ref().as_ref().map(|c| c.2.clone()),
-            Some(first.clone())
-        );
-        assert_eq!(policy(1, Duration::from_secs(1)), first);
-        assert_eq!(policy(5, Duration::from_secs(60)), r#""g";q=5;w=60"#);
+    fn policies_are_the_quota_over_whole_seconds() {
+        let ms = Duration::from_millis;
+        for (count, period, want) in [
+            (100, Duration::from_secs(1), (100, 1)),
+            (3, Duration::from_secs(60), (3, 60)),
+            (5, ms(250), (20, 1)),
+            (1, ms(300), (10, 3)),
+            (3, ms(1_500), (2, 1)),
+            (7, ms(7), (1_000, 1)),
+            (1, Duration::from_nanos(1_000_000_007), (1, 2)),
+        ] {
+            let q = Quota::new(count, period).unwrap();
+            assert_eq!(policy_window(&q), want, "{q:?}");
+        }
     }
 }

@@ -3,28 +3,42 @@
 //! `RateLimitLayer`: GCRA rate limiting for Tower services, in this process or cluster-wide
 //! over Redis.
 //!
-//! - **GCRA** with a rate, a burst and a weighted cost per request ([`Quota`]).
+//! - **GCRA** with a rate, a burst and a weighted cost per request ([`Quota`]; a burst of 0 is
+//!   an error, [`Quota::try_with_burst`]).
 //! - **Several limits per request** (per user, per endpoint, global, ...), checked together:
 //!   a request denied by one limit takes nothing from the others.
 //! - **Keys** from omega-core's one key vocabulary ([`KeySource`](omega_core::key::KeySource)):
 //!   closures, and with feature `http` the built-in `Header`, `Query`, `PathSegment`, `Path`,
 //!   `ClientIp` (trusted proxies only) and `Endpoint` (the route template). What a request
-//!   without the key means is each limit's choice ([`Limit::on_missing_key`]).
+//!   without the key means is each limit's choice ([`Limit::on_missing_key`]: not counted by
+//!   default, or refused with 400); a `ClientIp` limit on a server that records no peer
+//!   addresses refuses every request with [`PeerAddrMissing`] (500, naming the fix) rather than
+//!   silently counting nothing.
 //! - **In memory** (the default): one atomic per key, lock-free for known keys, memory bounded
 //!   by a key count with idle keys dropped first; no cleanup thread.
 //! - **Redis** (`redis` feature): one Lua script per decision on the server's clock, checking
-//!   every limit at once; on Redis Cluster one call per slot with refunds on denial. Each limit
-//!   chooses what happens when Redis fails ([`OnBackendFailure`]); decisions never wait longer
-//!   than the backend's operation timeout.
+//!   every limit at once; on Redis Cluster one call per slot, all at once, with refunds on
+//!   denial. The scripts do the in-memory GCRA's integer arithmetic, so Redis and memory make
+//!   the same decisions with the same figures. A script that runs twice (a request re-sent
+//!   after a dropped connection) takes its cells once. Each limit chooses what happens when
+//!   Redis fails ([`OnBackendFailure`]); a decision has one deadline, the backend's operation
+//!   timeout, whatever it waits for (a lease, the exact limits' call, the slots of a cluster),
+//!   then its failure policies decide.
 //! - **Lease mode** (`redis` feature, per limit, `Limit::lease`): an instance takes a batch of
-//!   cells in one call and spends them locally; the cluster still admits no more than the
-//!   limit. The docs of `Lease` say how many cells can go unused.
-//! - **Shadow mode** per limit, and **quota changes while serving** ([`RateLimiter::set_quota`]).
+//!   cells in one call and spends them locally (also beside exact limits, which alone make a
+//!   round trip); over any window `W` the cluster admits at most
+//!   `burst + rate × (W + max_hold)`, and over a long run exactly what exact mode admits. The
+//!   docs of `Lease` say how many cells can go unused.
+//! - **Shadow mode** per limit, and **quota changes while serving** ([`RateLimiter::set_quota`]),
+//!   atomic: a decision sees the old quota or the new one, never a mix.
 //! - **Rejections** through omega-core's one strategy, as on every Omega Penta layer: by
 //!   default the service fails with [`RateLimited`] (boxed); [`RateLimitLayer::respond`]
 //!   (feature `http`) answers 429 with `Retry-After` and the IETF `RateLimit` fields on every
-//!   response ([`headers`]); a gRPC call gets `RESOURCE_EXHAUSTED`. With `grpc`, `RateLimited`
-//!   converts into a `tonic::Status`.
+//!   response ([`headers`]: every policy of the request, the binding limit's state); a gRPC call
+//!   gets `RESOURCE_EXHAUSTED`. With `grpc`, `RateLimited` converts into a `tonic::Status`. A
+//!   request whose cost is above a limit's burst can never be admitted: it is refused without
+//!   `Retry-After` ([`RateLimited::retry_after`] is `None`), as governor's
+//!   `InsufficientCapacity`.
 //! - **Configuration** (`serde` feature, module [`config`]): limits as files write them,
 //!   validated with every mistake at its field.
 //! - **Metrics** (`metrics` feature): allowed, denied and shadow-denied requests per limit,
@@ -81,7 +95,7 @@ mod quota;
 mod redis_store;
 mod service;
 
-pub use error::{ConfigError, RateLimited};
+pub use error::{ConfigError, PeerAddrMissing, RateLimited};
 pub use future::ResponseFuture;
 pub use layer::RateLimitLayer;
 #[cfg(feature = "redis")]

@@ -80,9 +80,9 @@ impl LocalBuckets {
         }
     }
 
-    /// Gives back what an admitted step of `cost` took (after another limit denied).
-    pub(crate) fn refund(&self, key: Option<u64>, g: &Gcra, now: Nanos, cost: u32) {
-        let amount = g.interval.saturating_mul(u64::from(cost));
+    /// Gives back `amount` nanoseconds an admitted step took (after another limit denied):
+    /// the step's own `interval × cost`, whatever the quota is by now.
+    pub(crate) fn refund(&self, key: Option<u64>, amount: u64, now: Nanos) {
         let give_back = |cell: &AtomicU64| {
             let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
                 Some(tat.saturating_sub(amount))
@@ -182,7 +182,7 @@ mod tests {
         assert!(matches!(b.step(a, &g, now, 1), Step::Deny { .. }));
         assert_eq!(b.peek(a), before);
         assert!(matches!(b.step(c, &g, now, 1), Step::Allow { .. }));
-        b.refund(a, &g, now, 2);
+        b.refund(a, g.interval * 2, now);
         assert!(matches!(b.step(a, &g, now, 2), Step::Allow { .. }));
     }
 

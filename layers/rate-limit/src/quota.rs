@@ -109,10 +109,34 @@ impl Quota {
         Self::new(count, Duration::from_secs(3600)).expect("per_hour needs a count of at least 1")
     }
 
-    /// The same rate with a burst of `burst` cells (at least 1).
-    pub fn with_burst(mut self, burst: u32) -> Self {
-        self.burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-        self
+    /// The same rate with a burst of `burst` cells: the most admitted at once.
+    ///
+    /// # Panics
+    /// When `burst` is zero: a limit that admits nothing at once admits nothing at all.
+    /// [`Quota::try_with_burst`] returns an error instead, for values read at run time.
+    pub fn with_burst(self, burst: u32) -> Self {
+        match self.try_with_burst(burst) {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The same rate with a burst of `burst` cells, or an error when `burst` is zero.
+    ///
+    /// ```
+    /// use omega_rate_limit::Quota;
+    ///
+    /// assert_eq!(Quota::per_second(10).try_with_burst(3).unwrap().burst(), 3);
+    /// assert!(Quota::per_second(10).try_with_burst(0).is_err());
+    /// ```
+    pub fn try_with_burst(mut self, burst: u32) -> Result<Self, QuotaError> {
+        self.burst = NonZeroU32::new(burst).ok_or_else(|| {
+            QuotaError(format!(
+                "a burst of 0 admits nothing; {} per {:?} needs a burst of at least 1",
+                self.count, self.period
+            ))
+        })?;
+        Ok(self)
     }
 
     /// Cells per period.
@@ -201,6 +225,20 @@ impl Gcra {
         }
     }
 
+    /// The figures of a denial of `cost` (from [`Step::Deny`]): nanoseconds until admitted,
+    /// `u64::MAX` for never (the cost is above the burst), and, for never, nanoseconds until
+    /// the bucket is full again (`retry + capacity` is how far ahead the step would have put
+    /// the TAT, `cost` intervals past where it is).
+    #[inline]
+    pub(crate) fn denial(&self, cost: u32, retry_after: u64) -> (u64, u64) {
+        if cost <= self.burst {
+            return (retry_after, 0);
+        }
+        let ahead = retry_after.saturating_add(self.capacity);
+        let reset = ahead.saturating_sub(self.interval.saturating_mul(u64::from(cost)));
+        (u64::MAX, reset)
+    }
+
     /// Whole cells left after a step that left the key at `tat`.
     #[inline]
     pub(crate) fn remaining(&self, tat: Nanos, now: Nanos) -> u32 {
@@ -269,6 +307,12 @@ mod tests {
     fn a_cost_above_the_burst_is_never_admitted() {
         let g = Quota::per_second(10).with_burst(3).gcra();
         assert!(matches!(g.step(0, 10_000_000_000, 4), Step::Deny { .. }));
+    }
+
+    #[test]
+    fn a_burst_of_zero_is_an_error() {
+        let e = Quota::per_second(3).try_with_burst(0).unwrap_err();
+        assert!(e.0.contains("burst of 0"), "{e}");
     }
 
     #[test]

@@ -108,7 +108,7 @@ where
                 ResponseFuture::deferred(Box::pin(async move {
                     let settled = {
                         let decision = limiter.check_prepared(prepared).await;
-                        limiter.settle(&decision, advise)
+                        limiter.settle(&req, &decision, advise)
                     };
                     answer(settled, &mut inner, req, &strategy).await
                 }))
@@ -134,5 +134,6 @@ where
         Settled::AdmitWith(fields) => ResponseFuture::advised(inner.call(req), fields),
         Settled::Limited(refusal) => ResponseFuture::ready(strategy.reject(&req, refusal)),
         Settled::KeyMissing(refusal) => ResponseFuture::ready(strategy.reject(&req, refusal)),
+        Settled::PeerAddrMissing(refusal) => ResponseFuture::ready(strategy.reject(&req, refusal)),
     }
 }

@@ -62,7 +62,11 @@ async fn admitted_responses_carry_the_fields_and_denials_are_429_with_retry_afte
             .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"user");
-        assert_eq!(r.header("ratelimit-policy"), Some(r#""per_key";q=3;w=60"#));
+        // Every policy of the request, in the limiter's order, one field line each.
+        assert_eq!(
+            r.headers_named("ratelimit-policy"),
+            [r#""global";q=10000;w=1"#, r#""per_key";q=3;w=60"#]
+        );
         remaining.push(r.header("ratelimit").unwrap().to_owned());
     }
     assert!(
@@ -86,8 +90,8 @@ async fn admitted_responses_carry_the_fields_and_denials_are_429_with_retry_afte
     let retry: u64 = denied.header("retry-after").unwrap().parse().unwrap();
     assert!((19..=20).contains(&retry), "retry-after {retry}");
     assert_eq!(
-        denied.header("ratelimit-policy"),
-        Some(r#""per_key";q=3;w=60"#)
+        denied.headers_named("ratelimit-policy"),
+        [r#""global";q=10000;w=1"#, r#""per_key";q=3;w=60"#]
     );
     assert_eq!(
         denied.header("ratelimit"),

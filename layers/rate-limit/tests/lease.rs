@@ -189,11 +189,11 @@ async fn a_lease_fetch_that_fails_follows_the_failure_policy_and_recovers() {
     tokio::time::sleep(Duration::from_millis(60)).await; // the lease expires
     let started = Instant::now();
     let d = limiter.check(&0).await;
+    let took = started.elapsed();
+    println!("lease fetch from a killed Redis: decided in {took:?} (op timeout 200 ms)");
     assert!(d.is_degraded() && !d.is_allowed(), "{d:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the op timeout"
-    );
+    // One deadline: the operation timeout (200 ms) at most, under the 400 ms of two waits.
+    assert!(took < Duration::from_millis(400), "{took:?}");
     server.restart();
     let mut back = false;
     for _ in 0..100 {

@@ -48,8 +48,10 @@ proptest! {
             if d.is_allowed() {
                 admitted.push((clock.now(), cost));
             } else {
+                // Later (`None`: never, for a cost above the burst), not now.
                 let retry = d.denied().unwrap().retry_after();
-                prop_assert!(retry > Duration::ZERO);
+                prop_assert!(retry != Some(Duration::ZERO));
+                prop_assert_eq!(retry.is_none(), cost > burst);
             }
         }
         let interval = period.as_nanos() as u64 / u64::from(count);
@@ -75,7 +77,7 @@ fn weighted_costs_add_up_and_keys_are_separate() {
     let d = l.check_local(&Req { user: "a", cost: 1 });
     assert_eq!(
         d.denied().unwrap().retry_after(),
-        Duration::from_millis(100)
+        Some(Duration::from_millis(100))
     );
     assert!(
         l.check_local(&Req {
@@ -90,8 +92,8 @@ fn weighted_costs_add_up_and_keys_are_separate() {
     });
     assert_eq!(
         d.denied().unwrap().retry_after(),
-        Duration::MAX,
-        "more than the burst"
+        None,
+        "more than the burst: never"
     );
     clock.advance(Duration::from_millis(300));
     let d = l.check_local(&Req { user: "a", cost: 3 });
@@ -300,7 +302,7 @@ fn a_keyed_limit_skips_requests_without_its_key_unless_told_to_refuse_them() {
         .unwrap();
     let refused = reject.admit(&anonymous).unwrap_err();
     assert_eq!(refused.limit(), "per_user");
-    assert_eq!(refused.retry_after(), Duration::MAX);
+    assert_eq!(refused.retry_after(), None);
     let Refused::KeyMissing { refusal, .. } = refused else {
         panic!("{refused:?}")
     };

@@ -12,7 +12,7 @@
 
 use std::hash::Hash;
 
-use omega_shard_router::{Algorithm, Change, Node, Topology};
+use omega_shard_router::{Algorithm, Change, KetamaFlavor, Node, Topology};
 
 const NODES: usize = 100;
 
@@ -24,7 +24,7 @@ fn main() {
     for (name, alg) in [
         ("omega_table", Algorithm::table()),
         ("omega_ring", Algorithm::ring()),
-        ("omega_ketama", Algorithm::Ketama),
+        ("omega_ketama", Algorithm::Ketama(KetamaFlavor::Libketama)),
         ("omega_rendezvous", Algorithm::Rendezvous),
     ] {
         let started = std::time::Instant::now();

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use omega_core::key::{Key, KeySource, MissingKey};
 use omega_core::reject::KeepError;
@@ -33,9 +34,16 @@ impl<K, P, Rj> fmt::Debug for ShardRouterBuilder<K, P, Rj> {
             .field("attempts", &self.cfg.attempts)
             .field("bounded_load", &self.cfg.bound)
             .field("missing_key", &self.cfg.missing)
+            .field("readiness_timeout", &self.cfg.ready_timeout)
             .finish_non_exhaustive()
     }
 }
+
+/// How long a request waits for its node's service to become ready before the router leaves
+/// that node for the next one of the key's preference list (or refuses the request), unless
+/// [`ShardRouterBuilder::readiness_timeout`] says otherwise: 4 s, libmemcached's connect
+/// timeout (`MEMCACHED_DEFAULT_CONNECT_TIMEOUT`).
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The key source before [`ShardRouterBuilder::key`] is called: no request has a key.
 #[derive(Clone, Copy, Debug, Default)]
@@ -93,8 +101,9 @@ impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
 
     /// Consider up to `nodes` nodes of the key's preference list (default 1: the owner only).
     /// The first one that is available (see [`is_available`](Self::is_available)), has a
-    /// service, and whose service becomes ready without an error gets the request; a node
-    /// whose `poll_ready` fails is skipped. With 1, such a request fails with
+    /// service, and whose service becomes ready without an error within the
+    /// [`readiness_timeout`](Self::readiness_timeout) gets the request; a node whose
+    /// `poll_ready` fails or times out is skipped. With 1, such a request fails with
     /// [`ShardErrorKind::Unavailable`](crate::ShardErrorKind::Unavailable) (or the readiness
     /// error itself).
     pub fn failover(mut self, nodes: usize) -> Self {
@@ -104,7 +113,8 @@ impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
 
     /// A health check per node, asked before a request is sent to it: nodes for which it
     /// answers `false` are skipped along the preference list. The gateway passes "the node's
-    /// circuit is not open" here. It must be cheap (it runs on every request).
+    /// circuit is not open" here. It must be cheap: it runs on every request, for the owner
+    /// first (the preference list is built only when the owner is out).
     pub fn is_available(mut self, f: impl Fn(&Node) -> bool + Send + Sync + 'static) -> Self {
         self.cfg.available = Some(Arc::new(f));
         self
@@ -112,10 +122,28 @@ impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
 
     /// Bounded loads: a node with `c ×` its weight's share of the requests in flight (plus
     /// one) already in flight is skipped, and the request goes to the next node of its
-    /// preference list that is under its bound (`c > 1`, for example 1.25). Protects against
-    /// hot keys at the cost of affinity for the spilled requests.
+    /// preference list that is under its bound (`c > 1`, for example 1.25; Envoy's and
+    /// HAProxy's hash balance factor). Protects against hot keys at the cost of affinity for the
+    /// spilled requests.
+    ///
+    /// A request counts from the moment it is routed (in `call`), while it waits for its
+    /// node's readiness as well as once sent, until it is answered or dropped: a burst of
+    /// calls for one key spreads even before any of them is polled.
     pub fn bounded_load(mut self, c: f64) -> Self {
         self.cfg.bound = Some(c.max(1.0));
+        self
+    }
+
+    /// How long a request waits for its node's service to become ready (`poll_ready`) before
+    /// the node counts as unavailable: the request goes to the next node of the key's
+    /// preference list (within [`failover`](Self::failover)), each with its own wait, or is
+    /// refused with [`ShardErrorKind::Unavailable`](crate::ShardErrorKind::Unavailable). Default
+    /// [`DEFAULT_READINESS_TIMEOUT`] (4 s, libmemcached's connect timeout); `None` waits for
+    /// ever. The clock is tokio's (the router's futures must run on a tokio runtime with time
+    /// enabled for the timeout to apply); the timer is set only when a node is not ready at
+    /// once.
+    pub fn readiness_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.cfg.ready_timeout = timeout;
         self
     }
 
@@ -168,8 +196,10 @@ impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
         }
     }
 
-    /// The router, with each node's service made by `make` when the node first appears in
-    /// the topology (and dropped when it leaves).
+    /// The router, with each node's service made by `make` for the first request routed to
+    /// the node after it appears in the topology (and dropped when it leaves). `make` runs
+    /// outside the router's locks, once per node: a slow `make` holds up only the requests
+    /// routed to that node, not the others.
     pub fn build<S>(
         self,
         make: impl Fn(&Node) -> S + Send + Sync + 'static,

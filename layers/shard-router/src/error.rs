@@ -22,7 +22,8 @@ pub enum ShardErrorKind {
     /// configured to fail such requests ([`crate::ShardRouterBuilder::reroute_removed`]).
     NodeRemoved,
     /// Every node tried (along the key's preference list) was unavailable: judged down by the
-    /// availability check, failed its readiness check, or has no service.
+    /// availability check, failed its readiness check or did not become ready within the
+    /// readiness timeout, or has no service.
     Unavailable,
 }
 

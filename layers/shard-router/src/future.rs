@@ -1,5 +1,6 @@
-//! [`ResponseFuture`]: makes the chosen node's service ready, sends the request, and fails
-//! over along the key's preference list.
+//! [`ResponseFuture`]: makes the chosen node's service ready (within the readiness timeout),
+//! sends the request, and fails over along the key's preference list. The request's load on
+//! its node is counted from the moment it is routed until it is answered or given up.
 
 use std::fmt;
 use std::future::Future;
@@ -7,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -50,8 +52,10 @@ pin_project! {
         failover: bool,
         // The answer to a request refused before it was sent to a node.
         refused: Option<Result<S::Response, E>>,
-        // The node (in `routes`) whose in-flight counters this request holds.
-        in_flight: Option<usize>,
+        // Whether this request's load is counted on `node` of `routes`.
+        reserved: bool,
+        // When waiting for the node's readiness stops (started on the first wait).
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         hooks: Hooks<Rj, Req, S::Response, S::Error, E>,
     }
 
@@ -61,8 +65,8 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(node) = this.in_flight.take() {
-                this.shared.release(this.routes, node);
+            if std::mem::take(this.reserved) {
+                this.shared.release(this.routes, *this.node);
             }
         }
     }
@@ -89,11 +93,53 @@ where
     }
 }
 
+/// A node whose service did not become ready within the readiness timeout: the source of the
+/// [`ShardError`] when no other node could take the request.
+#[derive(Debug)]
+struct NotReady {
+    node: Arc<str>,
+    after: Duration,
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node {:?} was not ready within {:?} (the readiness timeout)",
+            self.node, self.after
+        )
+    }
+}
+
+impl std::error::Error for NotReady {}
+
+/// Whether waiting for a node's readiness has lasted `timeout`; the clock starts on the first
+/// wait. Without a tokio runtime there is no clock, and no timeout.
+fn timed_out(
+    deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Option<Duration>,
+    cx: &mut Context<'_>,
+) -> bool {
+    let Some(after) = timeout else {
+        return false;
+    };
+    let sleep = match deadline {
+        Some(sleep) => sleep,
+        None => {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return false;
+            }
+            deadline.insert(Box::pin(tokio::time::sleep(after)))
+        }
+    };
+    sleep.as_mut().poll(cx).is_ready()
+}
+
 impl<S, K, P, Rj, Req, E> ResponseFuture<S, K, P, Rj, Req, E>
 where
     S: Service<Req> + Clone,
 {
-    /// A request routed to node `node` of `routes`.
+    /// A request routed to node `node` of `routes`, its load counted there (by `pick`).
     pub(crate) fn routed(
         shared: Arc<Shared<S, K, P, Rj>>,
         routes: Arc<Routes<S>>,
@@ -102,7 +148,7 @@ where
         req: Req,
         hooks: Hooks<Rj, Req, S::Response, S::Error, E>,
     ) -> Self {
-        let svc = routes.services[node].clone();
+        let svc = shared.service(&routes, node);
         let failover = routes.topology.owner_index(hash) != Some(node);
         ResponseFuture {
             state: State::Ready,
@@ -116,7 +162,8 @@ where
             tried: Vec::new(),
             failover,
             refused: None,
-            in_flight: None,
+            reserved: true,
+            deadline: None,
             hooks,
         }
     }
@@ -140,7 +187,8 @@ where
             tried: Vec::new(),
             failover: false,
             refused: Some(answer),
-            in_flight: None,
+            reserved: false,
+            deadline: None,
             hooks,
         }
     }
@@ -155,11 +203,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // Gives this request's load on its node back.
+        macro_rules! unreserve {
+            () => {
+                if std::mem::take(this.reserved) {
+                    this.shared.release(this.routes, *this.node);
+                }
+            };
+        }
         // The answer to the request, refused for `err` before it was sent.
         macro_rules! refuse {
             ($err:expr) => {{
+                let err = $err;
+                unreserve!();
                 let req = this.req.as_ref().expect("a request not sent yet");
-                let answer = (this.hooks.refuse)(&this.shared.reject, req, $err);
+                let answer = (this.hooks.refuse)(&this.shared.reject, req, err);
                 this.state.set(State::Done);
                 return Poll::Ready(answer);
             }};
@@ -172,34 +230,72 @@ where
                 }
                 StateProj::Ready => {
                     let svc = this.svc.as_mut().expect("a routed request has a service");
-                    match svc.poll_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(e)) => {
-                            let routes = this.routes.clone();
-                            let id = routes.topology.nodes()[*this.node].id_arc().clone();
-                            this.tried.push(id);
-                            if this.shared.cfg.attempts <= 1 {
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err((this.hooks.map_err)(e)));
+                    // `Some(error)`: readiness failed; `Some(None)`: it timed out.
+                    let failed = match svc.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => None,
+                        Poll::Ready(Err(e)) => Some(Some(e)),
+                        Poll::Pending => {
+                            let timeout = this.shared.cfg.ready_timeout;
+                            if !timed_out(this.deadline, timeout, cx) {
+                                return Poll::Pending;
                             }
-                            match this.shared.pick(&routes, *this.hash, this.tried) {
-                                Ok(next) => {
-                                    *this.node = next;
-                                    *this.svc = routes.services[next].clone();
-                                    *this.failover = true;
-                                    continue;
+                            Some(None)
+                        }
+                    };
+                    *this.deadline = None;
+                    if let Some(error) = failed {
+                        // The node cannot take the request: the next node of its list may.
+                        let routes = this.routes.clone();
+                        let id = routes.topology.nodes()[*this.node].id_arc().clone();
+                        this.tried.push(id.clone());
+                        unreserve!();
+                        let source = |e: Option<S::Error>| -> BoxError {
+                            match e {
+                                Some(e) => (this.hooks.boxed)(e),
+                                None => Box::new(NotReady {
+                                    node: id.clone(),
+                                    after: this.shared.cfg.ready_timeout.unwrap_or_default(),
+                                }),
+                            }
+                        };
+                        if this.shared.cfg.attempts <= 1 {
+                            match error {
+                                Some(e) => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err((this.hooks.map_err)(e)));
                                 }
-                                Err(err) => refuse!(err.with_source((this.hooks.boxed)(e))),
+                                None => refuse!(
+                                    ShardError::new(ShardErrorKind::Unavailable)
+                                        .with_tried(this.tried)
+                                        .with_source(source(None))
+                                ),
                             }
                         }
-                        Poll::Ready(Ok(())) => {}
+                        match this.shared.pick(&routes, *this.hash, this.tried) {
+                            Ok(next) => {
+                                *this.node = next;
+                                *this.reserved = true;
+                                *this.svc = this.shared.service(&routes, next);
+                                *this.failover = true;
+                                continue;
+                            }
+                            Err(err) => refuse!(err.with_source(source(error))),
+                        }
                     }
                     // Was the node removed while its service became ready?
                     if this.routes.generation != this.shared.handle.generation() {
                         let fresh = this.shared.routes();
                         let id = this.routes.topology.nodes()[*this.node].id_arc().clone();
                         match fresh.topology.index_of(&id) {
-                            Some(i) if fresh.services[i].is_some() => {
+                            Some(i) if fresh.has_service(i) => {
+                                // Still there: the load moves along (the same counters
+                                // unless the node left and came back meanwhile).
+                                if !Arc::ptr_eq(&fresh.stats[i], &this.routes.stats[*this.node]) {
+                                    unreserve!();
+                                    fresh.stats[i].in_flight.fetch_add(1, Ordering::Relaxed);
+                                    this.shared.count_total();
+                                    *this.reserved = true;
+                                }
                                 *this.node = i;
                                 *this.routes = fresh;
                             }
@@ -209,10 +305,12 @@ where
                                     err.tried_node(&id);
                                     refuse!(err);
                                 }
+                                unreserve!();
                                 match this.shared.pick(&fresh, *this.hash, this.tried) {
                                     Ok(next) => {
                                         *this.node = next;
-                                        *this.svc = fresh.services[next].clone();
+                                        *this.reserved = true;
+                                        *this.svc = this.shared.service(&fresh, next);
                                         *this.routes = fresh;
                                         continue;
                                     }
@@ -226,7 +324,6 @@ where
                         *this.spare = this.shared.retry.clone_request(&req);
                     }
                     this.shared.acquire(this.routes, *this.node, *this.failover);
-                    *this.in_flight = Some(*this.node);
                     let mut svc = this.svc.take().expect("a routed request has a service");
                     let fut = svc.call(req);
                     this.state.set(State::Calling { fut });
@@ -236,9 +333,7 @@ where
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(out) => out,
                     };
-                    if let Some(node) = this.in_flight.take() {
-                        this.shared.release(this.routes, node);
-                    }
+                    unreserve!();
                     match out {
                         Ok(resp) => {
                             this.state.set(State::Done);
@@ -257,7 +352,8 @@ where
                                 if let Ok(next) = this.shared.pick(&routes, *this.hash, this.tried)
                                 {
                                     *this.node = next;
-                                    *this.svc = routes.services[next].clone();
+                                    *this.reserved = true;
+                                    *this.svc = this.shared.service(&routes, next);
                                     *this.routes = routes;
                                     *this.req = Some(req);
                                     *this.failover = true;

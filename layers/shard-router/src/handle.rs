@@ -145,6 +145,21 @@ impl TopologyHandle {
         true
     }
 
+    /// Replaces the topology unless `topology` has an older epoch; returns whether it did.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn store_unless_older(&self, topology: Arc<Topology>) -> bool {
+        let _write = self
+            .shared
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if topology.epoch() < self.shared.current.load().epoch() {
+            return false;
+        }
+        self.publish(topology);
+        true
+    }
+
     fn publish(&self, topology: Arc<Topology>) {
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         self.shared.current.store(topology);

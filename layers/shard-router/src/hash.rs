@@ -3,7 +3,8 @@
 //! - **Keys** (table, ring and rendezvous routers): XXH3-64 with seed 0 over the key's bytes
 //!   ([`hash_key`]). Integers are hashed as their 8 little-endian bytes.
 //! - **Keys, ketama mode**: the first four bytes of the key's MD5 digest read as a little-endian
-//!   `u32`, as libketama does ([`ketama_hash`]).
+//!   `u32`, as libketama, libmemcached (with MD5) and spymemcached do ([`ketama_hash`]); for
+//!   libmemcached's default hash, Jenkins' one-at-a-time ([`one_at_a_time`]).
 //! - **Nodes**: XXH3-64 with seed [`NODE_SEED`] over the node id's UTF-8 bytes ([`node_seed`]).
 //! - **Scores** (slot affinities, rendezvous, ring points): [`mix64`], the SplitMix64
 //!   finalizer, over a node's seed combined with a slot number, a key hash or a point number.
@@ -96,6 +97,22 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
 pub fn ketama_hash(bytes: &[u8]) -> u32 {
     let d = Md5::digest(bytes);
     u32::from_le_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// libmemcached's default hash (`MEMCACHED_HASH_DEFAULT`, libhashkit's
+/// `hashkit_one_at_a_time`): Jenkins' one-at-a-time over the bytes read as C `char`, which is
+/// signed on x86-64 (so bytes of 0x80 and above add as negative numbers, sign-extended), as the
+/// x86-64 build of libmemcached computes it.
+pub fn one_at_a_time(bytes: &[u8]) -> u32 {
+    let mut value: u32 = 0;
+    for &b in bytes {
+        value = value.wrapping_add(b as i8 as i32 as u32);
+        value = value.wrapping_add(value << 10);
+        value ^= value >> 6;
+    }
+    value = value.wrapping_add(value << 3);
+    value ^= value >> 11;
+    value.wrapping_add(value << 15)
 }
 
 /// The MD5 digest (used for ketama points).

@@ -12,15 +12,20 @@
 //!     and a change moves exactly the slots whose owner must change, only to or from the
 //!     changed node. The price: the table depends on the order of changes, so it travels with
 //!     the topology (in memory through the handle, across processes through Redis);
-//!   - **ring** with virtual nodes (weighted), and the **ketama**-compatible ring (MD5 points
-//!     placed as libketama places them);
+//!   - **ring** with virtual nodes (weighted), and the **ketama** continuums of the memcached
+//!     clients, each by name ([`KetamaFlavor`]: libketama, libmemcached weighted and unweighted,
+//!     spymemcached), checked against the real clients' choices;
 //!   - **rendezvous** (highest random weight), for small sets; also the failover order after a
 //!     table owner.
 //! - **Preference lists** of distinct nodes per key ([`Topology::preference_list`]), for
-//!   replicas and failover; **bounded loads** for hot keys.
+//!   replicas and failover; **bounded loads** for hot keys, counting each request from the
+//!   moment it is routed.
 //! - **Tower**: [`ShardRouter`] sends each request to its node's service; only that service
-//!   must be ready; failover hooks for circuit breakers; per-node counters; updates from a
-//!   handle or a [`Discover`](tower::discover::Discover) stream. [`ShardRouterLayer`] wraps
+//!   must be ready, within a readiness timeout; failover hooks for circuit breakers; per-node
+//!   counters; updates from a handle or a [`Discover`](tower::discover::Discover) stream. The
+//!   healthy path is one lookup: the key's preference list is built only when its owner
+//!   cannot take the request, and node services are made outside every lock, by the first
+//!   request routed to each node. [`ShardRouterLayer`] wraps
 //!   one inner service (a proxy's HTTP client) and hands it the chosen [`Node`] with each
 //!   request.
 //! - **Keys** come from core's [`KeySource`](omega_core::key::KeySource): a closure
@@ -36,7 +41,8 @@
 //!   ([`Topology::preview`]), epoch, counters.
 //! - **Shared topology** (feature `redis`): [`redis::RedisTopology`] shares the topology
 //!   through Redis or Redis Cluster over core's one Redis handle, with change notifications;
-//!   routers keep routing on their last topology while Redis is down.
+//!   routers keep routing on their last topology while Redis is down, epochs never move
+//!   backwards, and a Redis that lost the topology is re-seeded from the newest epoch known.
 //! - **Configuration** (feature `serde`): [`config::PoolConfig`], the section of a pool of
 //!   nodes.
 //!
@@ -54,7 +60,7 @@
 //! ## Determinism
 //!
 //! Every process routes a key to the same node given the same topology: keys are hashed with
-//! XXH3-64 (seed 0; MD5 in ketama mode), node scores with the SplitMix64 finalizer over an
+//! XXH3-64 (seed 0; the client's MD5 or one-at-a-time hash in ketama mode), node scores with the SplitMix64 finalizer over an
 //! XXH3 seed of the node id, and weighted rendezvous uses an integer logarithm, never
 //! floating-point library functions. `tests/vectors.rs` pins all of them. See [`hash`].
 //!
@@ -64,7 +70,7 @@
 //! |---|---|---|---|---|
 //! | table | one slot read, ~5 ns | 1.001 (exact ±1 slot) | the minimum, only to/from the changed node | 128 KiB, depends on the history |
 //! | ring (160 points per weight unit) | bucket index + short scan, ~7 ns | ~1.25 | only to/from the changed node; the amount varies ±15% | points; a function of the nodes |
-//! | ketama | same, plus MD5 of the key | ~1.23 | as libketama (its point counts depend on all weights) | points; a function of the nodes |
+//! | ketama | same, plus MD5 of the key | ~1.23 | as the memcached client (point counts may depend on all weights) | points; a function of the nodes |
 //! | rendezvous | one score per node | statistical (1.00 in expectation) | the minimum, in expectation | none |
 //!
 //! ## A pool of upstream nodes with a circuit breaker each
@@ -77,7 +83,9 @@
 //!   example while its circuit is open;
 //! - [`retry_elsewhere`](ShardRouterBuilder::retry_elsewhere) sends a copy of the request to
 //!   the next node when the node's service answered with an error the predicate accepts;
-//! - a node whose service fails `poll_ready` is skipped too.
+//! - a node whose service fails `poll_ready`, or stays not ready for the
+//!   [`readiness_timeout`](ShardRouterBuilder::readiness_timeout) (default
+//!   [`DEFAULT_READINESS_TIMEOUT`], 4 s), is skipped too.
 //!
 //! [`failover`](ShardRouterBuilder::failover) sets how many nodes are considered.
 //!
@@ -124,6 +132,7 @@ mod error;
 mod future;
 mod handle;
 pub mod hash;
+mod ketama;
 mod layer;
 mod movement;
 mod node;
@@ -136,11 +145,12 @@ mod service;
 mod table;
 mod topology;
 
-pub use builder::{NoKey, ShardRouterBuilder};
+pub use builder::{DEFAULT_READINESS_TIMEOUT, NoKey, ShardRouterBuilder};
 pub use error::{BoxError, ShardError, ShardErrorKind, TopologyError, TopologyErrorKind};
 pub use future::ResponseFuture;
 pub use handle::TopologyHandle;
 pub use hash::ShardKey;
+pub use ketama::KetamaFlavor;
 pub use layer::{ForNode, NodeTarget, ShardRouterLayer};
 pub use movement::{Flow, Movement};
 pub use node::{Algorithm, Change, MAX_NODES, Node};

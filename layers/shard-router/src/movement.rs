@@ -37,8 +37,7 @@ impl Topology {
                 true
             }
             (Router::Ring(a), Router::Ring(b))
-                if (self.algorithm() == Algorithm::Ketama)
-                    == (other.algorithm() == Algorithm::Ketama) =>
+                if key_space(self.algorithm()) == key_space(other.algorithm()) =>
             {
                 let mut bounds: Vec<u64> = a
                     .points()
@@ -86,6 +85,15 @@ impl Topology {
 }
 
 type NodeRef = Option<Arc<str>>;
+
+/// Which key hash a ring's positions are in: two rings compare arc by arc only in the same one.
+fn key_space(a: Algorithm) -> u8 {
+    match a {
+        Algorithm::Ketama(f) if f.md5_keys() => 1,
+        Algorithm::Ketama(_) => 2,
+        _ => 0,
+    }
+}
 
 /// Keys moving from one node to another (see [`Topology::diff`]).
 #[derive(Clone, Debug, PartialEq)]

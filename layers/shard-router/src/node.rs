@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{TopologyError, TopologyErrorKind};
+use crate::ketama::KetamaFlavor;
 
 /// The most nodes a topology holds.
 pub const MAX_NODES: usize = 65_535;
@@ -12,8 +13,9 @@ pub const MAX_NODES: usize = 65_535;
 ///
 /// The weight sets the node's share of the keys (a node of weight 2 gets twice the keys of a
 /// node of weight 1); weight 0 keeps the node in the topology while it owns no key (draining).
-/// The address is what the node's service connects to; in ketama mode it is also the string
-/// the node's points are derived from (`"10.0.0.1:11211"`).
+/// The address is what the node's service connects to; in ketama mode it is also the server
+/// as the memcached client is given it (`"10.0.0.1:11211"`), from which the node's points are
+/// derived.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Node {
     id: Arc<str>,
@@ -119,12 +121,13 @@ pub enum Algorithm {
         /// Points per unit of weight.
         vnodes: u32,
     },
-    /// The libketama continuum: `floor(weight share × 40 × n)` MD5 digests per node of 4
-    /// points each, points from `MD5("<address>-<k>")`, key hash from `MD5(key)`. Routes like
-    /// libketama-based memcached clients given the same addresses and weights. As in
-    /// libketama, a node's point count depends on the others' weights and the node count, so
-    /// with unequal weights a change also moves some keys between other nodes.
-    Ketama,
+    /// A ketama continuum as a memcached client builds it (MD5 points, MD5 or one-at-a-time key
+    /// hash): routes keys where that client sends them, given the same server addresses and
+    /// weights. The flavour names the client: libketama, libmemcached (weighted or not) or
+    /// spymemcached place points differently (see [`KetamaFlavor`]). As in those clients, a
+    /// node's point count may depend on the others' weights and on the node count, so with
+    /// unequal weights a change also moves some keys between other nodes.
+    Ketama(KetamaFlavor),
     /// Rendezvous (highest random weight) hashing: no state, ideal movement, O(n) per lookup.
     /// For small node sets.
     Rendezvous,

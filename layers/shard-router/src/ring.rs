@@ -1,10 +1,11 @@
-//! Rings of points: the weighted ring with virtual nodes, and the ketama-compatible ring.
+//! Rings of points: the weighted ring with virtual nodes, and the ketama continuums (placed by
+//! [`crate::ketama`]).
 //!
 //! A key belongs to the node of the first point at or after its hash, wrapping around. Lookup
 //! uses a bucket index over the top bits of the hash, so it costs one or two probes instead of
 //! a binary search.
 
-use crate::hash::{md5, score};
+use crate::hash::score;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Ring {
@@ -29,25 +30,6 @@ pub(crate) fn ring_points(vnodes: u32, weights: &[u32]) -> Vec<u32> {
 /// The most points one node gets on the xxh3 ring.
 pub(crate) const MAX_POINTS_PER_NODE: u64 = 1 << 16;
 
-/// How many MD5 digests (4 points each) libketama gives a server:
-/// `floorf(pct * 40.0 * numservers)` with `pct = (float)weight / (float)total`.
-pub(crate) fn ketama_digests(weights: &[u32]) -> Vec<u32> {
-    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-    let n = weights.len();
-    weights
-        .iter()
-        .map(|&w| {
-            if total == 0 {
-                return 0;
-            }
-            let pct = w as f32 / total as f32;
-            // C: `floorf(pct * 40.0 * (float)n)`: the product is computed in double and
-            // converted to float for floorf.
-            ((f64::from(pct) * 40.0 * f64::from(n as f32)) as f32).floor() as u32
-        })
-        .collect()
-}
-
 impl Ring {
     /// The xxh3 ring: node `i` gets points `score(seed_i, j)` for `j < points_i`.
     pub(crate) fn build(vnodes: u32, weights: &[u32], seeds: &[u64]) -> Self {
@@ -61,23 +43,14 @@ impl Ring {
         Self::from_points(pts)
     }
 
-    /// The libketama continuum: for server `i` with address `a`, digests `MD5("a-k")` for
-    /// `k < digests_i`, each giving four points (bytes `4h..4h+4` read little-endian). Points
-    /// are kept in the top 32 bits of the `u64` positions.
-    pub(crate) fn build_ketama(weights: &[u32], addresses: &[&str]) -> Self {
-        let digests = ketama_digests(weights);
-        let mut pts = Vec::new();
-        for (i, (&d, addr)) in digests.iter().zip(addresses).enumerate() {
-            for k in 0..d {
-                let digest = md5(format!("{addr}-{k}").as_bytes());
-                for h in 0..4 {
-                    let b = &digest[h * 4..h * 4 + 4];
-                    let p = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    pts.push((u64::from(p) << 32, i as u16));
-                }
-            }
-        }
-        Self::from_points(pts)
+    /// A ketama continuum: 32-bit points kept in the top 32 bits of the `u64` positions.
+    pub(crate) fn build_ketama(points: Vec<(u32, u16)>) -> Self {
+        Self::from_points(
+            points
+                .into_iter()
+                .map(|(p, i)| (u64::from(p) << 32, i))
+                .collect(),
+        )
     }
 
     fn from_points(mut pts: Vec<(u64, u16)>) -> Self {

@@ -1,10 +1,18 @@
 //! The router's engine, shared by its clones: the routes (the topology with each node's
 //! service and counters), rebuilt when the topology or the services change, and the choice
 //! of a node for a key hash.
+//!
+//! - **Services** are made outside the registry lock: a rebuild (on the request path, after a
+//!   change) only copies the registry's cells, and a node whose service is not made yet gets
+//!   an empty cell that the first request routed to it fills with `make(node)`. A slow `make`
+//!   holds up the requests for that node only.
+//! - **Load** is counted from the moment a request is routed (`pick` reserves it), so bounded
+//!   loads see requests that are still waiting for their node's readiness.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use omega_core::key::{KeySource, MissingKey};
@@ -21,6 +29,9 @@ pub const METRIC_REQUESTS: &str = "omega_shard_router_requests_total";
 pub(crate) type Available = Arc<dyn Fn(&Node) -> bool + Send + Sync>;
 pub(crate) type MakeService<S> = Box<dyn Fn(&Node) -> S + Send + Sync>;
 
+/// A node's service: made (or given) once, shared by every rebuild of the routes.
+type Cell<S> = Arc<OnceLock<S>>;
+
 /// The builder's settings.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -29,6 +40,7 @@ pub(crate) struct Config {
     pub(crate) bound: Option<f64>,
     pub(crate) reroute_removed: bool,
     pub(crate) missing: MissingKey,
+    pub(crate) ready_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -39,12 +51,13 @@ impl Default for Config {
             bound: None,
             reroute_removed: true,
             missing: MissingKey::Reject,
+            ready_timeout: Some(crate::builder::DEFAULT_READINESS_TIMEOUT),
         }
     }
 }
 
 struct Registry<S> {
-    services: HashMap<Arc<str>, S>,
+    services: HashMap<Arc<str>, Cell<S>>,
     stats: HashMap<Arc<str>, Arc<NodeStats>>,
 }
 
@@ -71,18 +84,28 @@ pub struct NodeCounters {
     pub failovers: u64,
     /// Requests the node's service answered with an error.
     pub errors: u64,
-    /// Requests sent and not yet answered.
+    /// Requests routed to the node and not yet answered: waiting for the node's service to
+    /// become ready, or sent. (Bounded loads count these.)
     pub in_flight: u64,
 }
 
-/// The topology with each node's service (`None`: the node has none) and counters, by node
-/// index.
+/// The topology with each node's service cell (`None`: the node has no service) and
+/// counters, by node index. A cell holds the service once it is made: by the first request
+/// routed to the node, outside every lock.
 pub(crate) struct Routes<S> {
     pub(crate) generation: u64,
     registry_version: u64,
     pub(crate) topology: Arc<Topology>,
-    pub(crate) services: Vec<Option<S>>,
+    services: Vec<Option<Cell<S>>>,
     pub(crate) stats: Vec<Arc<NodeStats>>,
+}
+
+impl<S> Routes<S> {
+    /// Whether node `i` has a service (made or to be made).
+    #[inline]
+    pub(crate) fn has_service(&self, i: usize) -> bool {
+        self.services[i].is_some()
+    }
 }
 
 /// Everything clones of one router share.
@@ -102,7 +125,7 @@ pub(crate) struct Shared<S, K, P, Rj> {
 }
 
 impl<S, K, P, Rj> Shared<S, K, P, Rj> {
-    /// Counts a request sent to node `node` of `routes`.
+    /// Counts a request sent to node `node` of `routes` (its load was reserved by `pick`).
     #[inline]
     pub(crate) fn acquire(&self, routes: &Routes<S>, node: usize, failover: bool) {
         let stats = &routes.stats[node];
@@ -114,13 +137,59 @@ impl<S, K, P, Rj> Shared<S, K, P, Rj> {
         if failover {
             stats.failovers.fetch_add(1, Ordering::Relaxed);
         }
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request routed to node `node` of `routes`.
+    #[inline]
+    fn reserve(&self, routes: &Routes<S>, node: usize) {
+        routes.stats[node].in_flight.fetch_add(1, Ordering::Relaxed);
         if self.cfg.bound.is_some() {
             self.total_in_flight.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Counts the end of a request sent to node `node` of `routes`.
+    /// Counts a request moved onto another node's counters in the total of bounded loads.
+    pub(crate) fn count_total(&self) {
+        if self.cfg.bound.is_some() {
+            self.total_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request routed to node `node` of `routes` if the node is under its bound `c`
+    /// (checked and counted in one atomic step per node).
+    fn try_reserve(&self, routes: &Routes<S>, node: usize, c: f64) -> bool {
+        let counter = &routes.stats[node].in_flight;
+        let mut cur = counter.load(Ordering::Relaxed);
+        loop {
+            if cur as f64 >= self.cap(routes, node, c) {
+                return false;
+            }
+            match counter.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => {
+                    self.total_in_flight.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The most requests node `i` may hold under bound `c`: `c ×` its weight's share of the
+    /// requests in flight, plus one.
+    fn cap(&self, routes: &Routes<S>, i: usize, c: f64) -> f64 {
+        let t = &routes.topology;
+        let total = self.total_in_flight.load(Ordering::Relaxed) + 1;
+        let w = f64::from(t.nodes()[i].weight());
+        let all = t.total_weight() as f64;
+        (c * total as f64 * w / all).ceil()
+    }
+
+    fn overloaded(&self, routes: &Routes<S>, i: usize, c: f64) -> bool {
+        routes.stats[i].in_flight.load(Ordering::Relaxed) as f64 >= self.cap(routes, i, c)
+    }
+
+    /// Counts the end of a request routed to node `node` of `routes` (answered, or given up
+    /// before it was sent).
     #[inline]
     pub(crate) fn release(&self, routes: &Routes<S>, node: usize) {
         routes.stats[node].in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -179,6 +248,8 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
         self.rebuild()
     }
 
+    /// New routes for the current topology and services. Runs no user code: services still to
+    /// make are left to the first request routed to their node.
     #[cold]
     fn rebuild(&self) -> Arc<Routes<S>> {
         let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -188,19 +259,18 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
             return cur;
         }
         let (generation, topology) = self.handle.load_with_generation();
-        let mut services = Vec::with_capacity(topology.len());
-        let mut stats = Vec::with_capacity(topology.len());
+        let n = topology.len();
+        let (mut services, mut stats) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for node in topology.nodes() {
-            let svc = match (reg.services.get(node.id()), &self.make) {
-                (Some(s), _) => Some(s.clone()),
-                (None, Some(make)) => {
-                    let s = make(node);
-                    reg.services.insert(node.id_arc().clone(), s.clone());
-                    Some(s)
+            services.push(match reg.services.get(node.id()) {
+                Some(cell) => Some(cell.clone()),
+                None if self.make.is_some() => {
+                    let cell = Cell::default();
+                    reg.services.insert(node.id_arc().clone(), cell.clone());
+                    Some(cell)
                 }
-                (None, None) => None,
-            };
-            services.push(svc);
+                None => None,
+            });
             let st = reg
                 .stats
                 .entry(node.id_arc().clone())
@@ -221,6 +291,23 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
         });
         self.routes.store(routes.clone());
         routes
+    }
+
+    /// The service of node `i` of `routes`; made here (once, by the first request that needs
+    /// it, outside every lock) if it was not made yet.
+    #[inline]
+    pub(crate) fn service(&self, routes: &Routes<S>, i: usize) -> Option<S> {
+        let cell = routes.services[i].as_ref()?;
+        match cell.get() {
+            Some(svc) => Some(svc.clone()),
+            None => self.make_into(cell, &routes.topology.nodes()[i]),
+        }
+    }
+
+    #[cold]
+    fn make_into(&self, cell: &OnceLock<S>, node: &Node) -> Option<S> {
+        let make = self.make.as_ref()?;
+        Some(cell.get_or_init(|| make(node)).clone())
     }
 
     /// The hash `req` is routed by: its key's, or for a request without a key a spread hash
@@ -251,21 +338,16 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
 
     fn usable(&self, routes: &Routes<S>, i: usize, tried: &[Arc<str>]) -> bool {
         let node = &routes.topology.nodes()[i];
-        routes.services[i].is_some()
+        routes.has_service(i)
             && !tried.iter().any(|t| **t == *node.id())
             && self.cfg.available.as_ref().is_none_or(|f| f(node))
     }
 
-    fn overloaded(&self, routes: &Routes<S>, i: usize, c: f64) -> bool {
-        let t = &routes.topology;
-        let total = self.total_in_flight.load(Ordering::Relaxed) + 1;
-        let w = f64::from(t.nodes()[i].weight());
-        let all = t.total_weight() as f64;
-        let cap = (c * total as f64 * w / all).ceil();
-        routes.stats[i].in_flight.load(Ordering::Relaxed) as f64 >= cap
-    }
-
-    /// The node for `hash`, skipping `tried` nodes: the owner on the fast path.
+    /// The node for `hash`, skipping `tried` nodes, with the request counted on it (release
+    /// it with [`Shared::release`]). The owner on the fast path: one table read, the
+    /// availability check and, with bounded loads, one compare-and-swap; the key's preference
+    /// list is built only when the owner cannot take the request.
+    #[inline]
     pub(crate) fn pick(
         &self,
         routes: &Routes<S>,
@@ -277,22 +359,54 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
             return Err(ShardError::new(ShardErrorKind::NoNode));
         };
         if tried.is_empty()
-            && self.cfg.available.is_none()
-            && self.cfg.bound.is_none()
-            && routes.services[owner].is_some()
+            && routes.has_service(owner)
+            && self
+                .cfg
+                .available
+                .as_ref()
+                .is_none_or(|f| f(&t.nodes()[owner]))
         {
-            return Ok(owner);
+            match self.cfg.bound {
+                None => {
+                    self.reserve(routes, owner);
+                    return Ok(owner);
+                }
+                Some(c) if self.try_reserve(routes, owner, c) => return Ok(owner),
+                Some(_) => {}
+            }
+        }
+        self.pick_along(routes, hash, tried)
+    }
+
+    /// [`Shared::pick`] past the owner: with bounded loads the first node of the key's
+    /// preference order under its bound, else (or if none is) the first usable node of the
+    /// key's preference list within the failover count.
+    #[cold]
+    fn pick_along(
+        &self,
+        routes: &Routes<S>,
+        hash: u64,
+        tried: &[Arc<str>],
+    ) -> Result<usize, ShardError> {
+        let t = &routes.topology;
+        if let Some(c) = self.cfg.bound {
+            // A node found under its bound may fill up before it is counted (another thread):
+            // look again, at most once per node.
+            for _ in 0..=t.len() {
+                let next = t.next_index(hash, |i| {
+                    !self.usable(routes, i, tried) || self.overloaded(routes, i, c)
+                });
+                match next {
+                    Some(i) if self.try_reserve(routes, i, c) => return Ok(i),
+                    Some(_) => continue,
+                    None => break,
+                }
+            }
         }
         let mut candidates = Vec::new();
         t.preference_indices(hash, self.cfg.attempts, &mut candidates);
-        if let Some(c) = self.cfg.bound
-            && let Some(i) = t.next_index(hash, |i| {
-                !self.usable(routes, i, tried) || self.overloaded(routes, i, c)
-            })
-        {
-            return Ok(i);
-        }
         if let Some(&i) = candidates.iter().find(|&&i| self.usable(routes, i, tried)) {
+            self.reserve(routes, i);
             return Ok(i);
         }
         let mut err = ShardError::new(ShardErrorKind::Unavailable).with_tried(tried);
@@ -323,8 +437,14 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
     pub(crate) fn set_service(&self, id: &str, service: Option<S>) -> bool {
         let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let had = match service {
-            Some(s) => reg.services.insert(Arc::from(id), s).is_some(),
-            None => reg.services.remove(id).is_some(),
+            Some(s) => reg
+                .services
+                .insert(Arc::from(id), Arc::new(OnceLock::from(s)))
+                .is_some_and(|cell| cell.get().is_some()),
+            None => reg
+                .services
+                .remove(id)
+                .is_some_and(|cell| cell.get().is_some()),
         };
         self.registry_version.fetch_add(1, Ordering::AcqRel);
         had

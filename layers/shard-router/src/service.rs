@@ -24,8 +24,9 @@ use crate::topology::Topology;
 ///   bytes with the topology's hash.
 /// - **Readiness**: the router is always ready; the chosen node's service is made ready inside
 ///   the response future (a clone of it, as `tower::ServiceExt::oneshot` does), so a slow or
-///   unready node delays only its own requests (no head-of-line blocking). Node services must
-///   be cheap to clone and clones must share their state (a `Buffer`, an HTTP client, a
+///   unready node delays only its own requests (no head-of-line blocking), and for at most the
+///   [readiness timeout](crate::ShardRouterBuilder::readiness_timeout) per node. Node services
+///   must be cheap to clone and clones must share their state (a `Buffer`, an HTTP client, a
 ///   circuit breaker with shared state).
 /// - **Topology changes** (through the [`TopologyHandle`], Redis, or a `Discover` stream) take
 ///   effect for the next request; a request whose node leaves while its service was becoming

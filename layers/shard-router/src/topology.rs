@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::error::{TopologyError, TopologyErrorKind};
-use crate::hash::{ShardKey, hash_key, ketama_hash, neg_log2_fixed, node_seed, score};
+use crate::hash::{ShardKey, hash_key, neg_log2_fixed, node_seed, score};
 use crate::node::{Algorithm, Change, MAX_NODES, Node};
 use crate::ring::Ring;
 use crate::table::SlotTable;
@@ -65,7 +65,7 @@ impl Topology {
         algorithm.validate()?;
         let router = match algorithm {
             Algorithm::Table { bits } => Router::Table(SlotTable::empty(bits)),
-            Algorithm::Ring { .. } | Algorithm::Ketama => Router::Ring(Ring::build(1, &[], &[])),
+            Algorithm::Ring { .. } | Algorithm::Ketama(_) => Router::Ring(Ring::build(1, &[], &[])),
             Algorithm::Rendezvous => Router::Rendezvous,
         };
         Ok(Topology {
@@ -138,9 +138,9 @@ impl Topology {
             Algorithm::Ring { vnodes } => {
                 self.router = Router::Ring(Ring::build(vnodes, &weights, &self.seeds));
             }
-            Algorithm::Ketama => {
+            Algorithm::Ketama(flavour) => {
                 let addrs: Vec<&str> = self.nodes.iter().map(|n| n.address()).collect();
-                self.router = Router::Ring(Ring::build_ketama(&weights, &addrs));
+                self.router = Router::Ring(Ring::build_ketama(flavour.points(&weights, &addrs)));
             }
             Algorithm::Rendezvous => self.router = Router::Rendezvous,
             Algorithm::Table { .. } => {}
@@ -274,8 +274,9 @@ impl Topology {
         self.find(id).ok()
     }
 
-    /// The hash this topology routes `key` by: XXH3-64, or the ketama MD5 hash in the top 32
-    /// bits in ketama mode.
+    /// The hash this topology routes `key` by: XXH3-64, or in ketama mode the memcached
+    /// client's 32-bit key hash ([`KetamaFlavor::key_hash`](crate::KetamaFlavor::key_hash)) in
+    /// the top 32 bits.
     #[inline]
     pub fn hash<K: ShardKey + ?Sized>(&self, key: &K) -> u64 {
         key.with_bytes(|b| self.hash_bytes(b))
@@ -285,7 +286,7 @@ impl Topology {
     #[inline]
     pub fn hash_bytes(&self, bytes: &[u8]) -> u64 {
         match self.algorithm {
-            Algorithm::Ketama => u64::from(ketama_hash(bytes)) << 32,
+            Algorithm::Ketama(flavour) => u64::from(flavour.key_hash(bytes)) << 32,
             _ => hash_key(bytes),
         }
     }

@@ -4,7 +4,7 @@
 //! key) to a node service that does not allocate itself. Counted by a global allocator that
 //! counts this thread's allocations.
 
-use omega_shard_router::{Algorithm, Node, Topology, TopologyHandle};
+use omega_shard_router::{Algorithm, KetamaFlavor, Node, Topology, TopologyHandle};
 use omega_testkit::alloc::{CountingAlloc, allocations};
 
 #[global_allocator]
@@ -22,7 +22,8 @@ fn lookups_allocate_nothing() {
     for alg in [
         Algorithm::Table { bits: 16 },
         Algorithm::Ring { vnodes: 40 },
-        Algorithm::Ketama,
+        Algorithm::Ketama(KetamaFlavor::Libketama),
+        Algorithm::Ketama(KetamaFlavor::Libmemcached),
         Algorithm::Rendezvous,
     ] {
         let handle = TopologyHandle::new(Topology::new(alg, nodes(20)).unwrap());
@@ -110,4 +111,53 @@ fn routing_a_request_allocates_nothing() {
     assert_eq!(answered.len(), 1_000);
     let served: u64 = router.counters().iter().map(|c| c.requests).sum();
     assert_eq!(served, 1_001);
+}
+
+/// A healthy request allocates nothing when an availability check (and bounded loads) are set:
+/// the owner is checked first, and the key's preference list is only built when the owner
+/// cannot take the request.
+#[test]
+fn a_healthy_request_with_availability_and_bounded_loads_allocates_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use omega_shard_router::ShardRouter;
+    use tower::{Service, service_fn};
+
+    for bounded in [false, true] {
+        let handle = TopologyHandle::new(Topology::new(Algorithm::table(), nodes(20)).unwrap());
+        let builder = ShardRouter::builder(handle.clone())
+            .key(|k: &u64| Some(*k))
+            .failover(3)
+            .is_available(|n: &Node| !n.id().is_empty());
+        let builder = if bounded {
+            builder.bounded_load(1.25)
+        } else {
+            builder
+        };
+        let mut router = builder.build(|node: &Node| {
+            let w = node.weight();
+            service_fn(move |k: u64| std::future::ready(Ok::<_, std::convert::Infallible>((w, k))))
+        });
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut send = |router: &mut ShardRouter<_, _>, k: u64| {
+            let mut fut = std::pin::pin!(router.call(k));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(out)) => out,
+                _ => panic!("a ready node answers at once"),
+            }
+        };
+        let _ = send(&mut router, 0);
+        let mut answered = Vec::with_capacity(1_000);
+        let n = allocations(|| {
+            for k in 1..=1_000u64 {
+                answered.push(send(&mut router, k));
+            }
+        });
+        println!("bounded={bounded}: {n} allocations for 1,000 healthy requests");
+        assert_eq!(n, 0, "bounded={bounded}");
+        let c = router.counters();
+        assert_eq!(c.iter().map(|c| c.requests).sum::<u64>(), 1_001);
+        assert_eq!(c.iter().map(|c| c.failovers).sum::<u64>(), 0);
+    }
 }

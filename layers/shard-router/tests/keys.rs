@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use omega_core::key::MissingKey;
 use omega_shard_router::{
-    Algorithm, BoxError, Node, ShardError, ShardErrorKind, ShardRouter, Topology, TopologyHandle,
+    Algorithm, BoxError, KetamaFlavor, Node, ShardError, ShardErrorKind, ShardRouter, Topology,
+    TopologyHandle,
 };
 use tower::{ServiceExt, service_fn};
 
@@ -34,7 +35,12 @@ fn echo<Req: Send + 'static>(
 
 #[tokio::test]
 async fn closures_route_where_lookups_say() {
-    for algorithm in [Algorithm::table(), Algorithm::ring(), Algorithm::Ketama] {
+    for algorithm in [
+        Algorithm::table(),
+        Algorithm::ring(),
+        Algorithm::Ketama(KetamaFlavor::LibmemcachedWeighted),
+        Algorithm::Ketama(KetamaFlavor::Libmemcached),
+    ] {
         let h = TopologyHandle::new(
             Topology::new(
                 algorithm,

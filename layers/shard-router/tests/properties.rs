@@ -1,7 +1,7 @@
 //! Properties of the algorithms: keys move only to or from the changed node, the table moves
 //! the minimum, shares follow weights, and the table is a function of the change history.
 
-use omega_shard_router::{Algorithm, Change, Node, Topology};
+use omega_shard_router::{Algorithm, Change, KetamaFlavor, Node, Topology};
 use proptest::prelude::*;
 
 fn nodes(weights: &[u32]) -> Vec<Node> {
@@ -282,7 +282,10 @@ fn preference_lists_are_distinct_and_start_with_the_owner() {
     for alg in [
         Algorithm::Table { bits: 12 },
         Algorithm::ring(),
-        Algorithm::Ketama,
+        Algorithm::Ketama(KetamaFlavor::Libketama),
+        Algorithm::Ketama(KetamaFlavor::LibmemcachedWeighted),
+        Algorithm::Ketama(KetamaFlavor::Libmemcached),
+        Algorithm::Ketama(KetamaFlavor::Spymemcached),
         Algorithm::Rendezvous,
     ] {
         let t = Topology::new(alg, nodes(&[1, 2, 3, 1, 1, 2])).unwrap();
@@ -298,7 +301,7 @@ fn preference_lists_are_distinct_and_start_with_the_owner() {
         // Removing the owner sends a key to the second node of its list: always on a ring
         // (the next distinct point) and with rendezvous; for most keys with the table (freed
         // slots go to their rendezvous favourite among the nodes still below their quota).
-        if matches!(alg, Algorithm::Ketama) {
+        if matches!(alg, Algorithm::Ketama(_)) {
             continue;
         }
         let mut same = 0;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use omega_core::redis::{RedisBackend, RedisConfig};
 use omega_shard_router::redis::{RedisTopology, SyncError, decode, encode};
 use omega_shard_router::{
-    Algorithm, BoxError, Change, Node, ShardRouter, Topology, TopologyErrorKind, TopologyHandle,
+    Algorithm, BoxError, Change, KetamaFlavor, Node, ShardRouter, Topology, TopologyErrorKind,
+    TopologyHandle,
 };
 use omega_testkit::{RedisCluster, RedisServer};
 use tower::{ServiceExt, service_fn};
@@ -181,7 +182,9 @@ fn encoding_round_trips_and_rejects_damage() {
     for alg in [
         Algorithm::table(),
         Algorithm::ring(),
-        Algorithm::Ketama,
+        Algorithm::Ketama(KetamaFlavor::Libketama),
+        Algorithm::Ketama(KetamaFlavor::Libmemcached),
+        Algorithm::Ketama(KetamaFlavor::SpymemcachedWeighted),
         Algorithm::Rendezvous,
     ] {
         let t = Topology::new(

@@ -1,10 +1,11 @@
 //! Committed test vectors: the hash functions and each algorithm's routing, so that a change
 //! of hash, placement or table algorithm (which would re-route keys across a fleet) fails here.
-//! The ketama vectors were computed independently of this crate (Python's `hashlib.md5`
-//! following libketama's placement rules).
+//! The libketama vectors were computed independently of this crate (Python's `hashlib.md5`
+//! following libketama's placement rules); the other ketama flavours are checked against the
+//! real memcached clients in `ketama_clients.rs`.
 
 use omega_shard_router::hash::{hash_key, ketama_hash, mix64, node_seed};
-use omega_shard_router::{Algorithm, Node, Topology};
+use omega_shard_router::{Algorithm, KetamaFlavor, Node, Topology};
 
 fn ten(algorithm: Algorithm) -> Topology {
     Topology::new(
@@ -125,7 +126,7 @@ fn ketama_servers() -> Topology {
         ("10.0.1.8:11211", 100),
     ];
     Topology::new(
-        Algorithm::Ketama,
+        Algorithm::Ketama(KetamaFlavor::Libketama),
         servers
             .iter()
             .map(|(a, w)| Node::new(*a, *a).with_weight(*w)),

@@ -7,9 +7,19 @@ use crate::redis::{RedisServer, require_redis_server, run_cli};
 
 /// How long the cluster may take to reach `cluster_state:ok` after `--cluster create`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The command line of every node.
+const NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+];
 
-/// A local Redis Cluster of 3 masters and no replicas, each node a [`RedisServer`] in its own
-/// directory. Dropping it kills every node.
+/// A local Redis Cluster of 3 masters and no replicas (more with
+/// [`add_node`](Self::add_node)), each node a [`RedisServer`] in its own directory. Dropping it
+/// kills every node.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -27,16 +37,8 @@ impl RedisCluster {
     /// includes the nodes' log tails).
     pub fn start() -> RedisCluster {
         require_redis_server();
-        let args = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-        ];
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_on(free_cluster_port, &args))
+            .map(|_| RedisServer::start_on(free_cluster_port, &NODE_ARGS))
             .collect();
         let cluster = RedisCluster { nodes };
 
@@ -83,6 +85,82 @@ impl RedisCluster {
     /// The nodes, mutably (for [`RedisServer::kill`] and [`RedisServer::restart`]).
     pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
         &mut self.nodes
+    }
+
+    /// Starts one more node like the others, joins it to the cluster (`CLUSTER MEET`) as a
+    /// primary without slots, waits until every node knows it and reports `cluster_state:ok`
+    /// (a node answers `CLUSTERDOWN` for about 2 s after it starts), and returns its index. A
+    /// test then moves slots to it (`CLUSTER SETSLOT`, `MIGRATE`) to show a client a node its
+    /// topology does not know yet.
+    ///
+    /// # Panics
+    ///
+    /// If the node does not start, or the others do not know it within about 20 s.
+    pub fn add_node(&mut self) -> usize {
+        let node = RedisServer::start_on(free_cluster_port, &NODE_ARGS);
+        let seed = self.nodes[0].port().to_string();
+        node.cli(&["CLUSTER", "MEET", "127.0.0.1", &seed]);
+        self.nodes.push(node);
+        let known = self.nodes.len().to_string();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let infos: Vec<String> = self.nodes.iter().map(cluster_info).collect();
+            let all_know = infos.iter().all(|info| {
+                let has = |want: &str| info.lines().any(|l| l.trim() == want);
+                has(&format!("cluster_known_nodes:{known}")) && has("cluster_state:ok")
+            });
+            if all_know {
+                return self.nodes.len() - 1;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the new node was not known to every node within {} s; CLUSTER INFO per \
+                     node:\n{}\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    infos.join("\n---\n"),
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes node `index` tell clients to reach it on `port` (`CONFIG SET
+    /// cluster-announce-port`), for example the port of a [`FaultProxy`](crate::FaultProxy) in
+    /// front of it, so a cluster client that discovers the topology keeps going through the
+    /// proxy. The cluster bus keeps the node's real bus port. Waits until every node's
+    /// `CLUSTER SLOTS` names the new port (gossip spreads it within about a second).
+    ///
+    /// The setting is not persisted: a [restarted](RedisServer::restart) node announces its
+    /// real port again.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-cli` fails, or the nodes do not agree within about 20 s.
+    pub fn announce_port(&self, index: usize, port: u16) {
+        let node = &self.nodes[index];
+        node.cli(&["CONFIG", "SET", "cluster-announce-port", &port.to_string()]);
+        let needle = format!("\n{port}\n");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let seen = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .all(|n| format!("\n{}\n", n.cli(&["CLUSTER", "SLOTS"])).contains(&needle));
+            if seen {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {} announces port {port}, but not every node's CLUSTER SLOTS says so \
+                     within {} s",
+                    node.addr(),
+                    READY_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Seed URLs, one `redis://127.0.0.1:<port>` per node.

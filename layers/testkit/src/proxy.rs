@@ -2,6 +2,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -50,6 +52,7 @@ enum End {
 pub struct FaultProxy {
     addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    cut_replies: Arc<AtomicU32>,
     accept: JoinHandle<()>,
 }
 
@@ -67,8 +70,14 @@ impl FaultProxy {
             .local_addr()
             .unwrap_or_else(|err| panic!("FaultProxy has no local address: {err}"));
         let (mode, rx) = watch::channel(Mode::default());
-        let accept = tokio::spawn(accept_loop(listener, upstream, rx));
-        FaultProxy { addr, mode, accept }
+        let cut_replies = Arc::new(AtomicU32::new(0));
+        let accept = tokio::spawn(accept_loop(listener, upstream, rx, cut_replies.clone()));
+        FaultProxy {
+            addr,
+            mode,
+            cut_replies,
+            accept,
+        }
     }
 
     /// The address clients connect to.
@@ -93,8 +102,9 @@ impl FaultProxy {
         self.mode.send_modify(|mode| mode.blackhole = true);
     }
 
-    /// Back to normal forwarding: no latency, no blackhole, no refusing.
+    /// Back to normal forwarding: no latency, no blackhole, no refusing, no armed reply drop.
     pub fn pass(&self) {
+        self.cut_replies.store(0, Ordering::SeqCst);
         self.mode.send_modify(|mode| {
             mode.latency = Duration::ZERO;
             mode.blackhole = false;
@@ -111,6 +121,21 @@ impl FaultProxy {
         self.mode.send_modify(|mode| mode.reset_generation += 1);
     }
 
+    /// Lets the next request through and loses its reply: the next chunk the server sends
+    /// (on any connection) is discarded and that connection is reset on both sides. The
+    /// server has run the request; the client sees its connection drop while waiting for the
+    /// answer, the case where a client must not blindly send the request again. Each call
+    /// arms one more cut; [`pass`](Self::pass) disarms them.
+    pub fn drop_next_reply(&self) {
+        self.cut_replies.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many cuts armed by [`drop_next_reply`](Self::drop_next_reply) have not happened
+    /// yet.
+    pub fn pending_reply_drops(&self) -> u32 {
+        self.cut_replies.load(Ordering::SeqCst)
+    }
+
     /// When `on`, new connections are accepted and immediately reset; open ones are kept.
     pub fn refuse(&self, on: bool) {
         self.mode.send_modify(|mode| mode.refuse = on);
@@ -125,7 +150,12 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    cut_replies: Arc<AtomicU32>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -139,7 +169,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mut mode: watc
                     abort(&client);
                     continue;
                 }
-                tokio::spawn(connection(client, upstream, mode.clone()));
+                tokio::spawn(connection(client, upstream, mode.clone(), cut_replies.clone()));
             }
             changed = mode.changed() => {
                 if changed.is_err() {
@@ -167,7 +197,12 @@ async fn interrupted(mut mode: watch::Receiver<Mode>, generation: u64) -> End {
     }
 }
 
-async fn connection(mut client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+async fn connection(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    cut_replies: Arc<AtomicU32>,
+) {
     let generation = mode.borrow().reset_generation;
 
     let dialed = tokio::select! {
@@ -198,8 +233,8 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, mode: watch::Re
         let (server_read, server_write) = server.split();
         let pipes = async {
             tokio::try_join!(
-                pipe(client_read, server_write, mode.clone()),
-                pipe(server_read, client_write, mode.clone()),
+                pipe(client_read, server_write, mode.clone(), None),
+                pipe(server_read, client_write, mode.clone(), Some(cut_replies)),
             )
         };
         tokio::select! {
@@ -239,9 +274,22 @@ struct Chunk {
     data: Vec<u8>,
 }
 
+/// Takes one armed cut, if any.
+fn take_cut(cuts: &AtomicU32) -> bool {
+    cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 /// Forwards one direction: a reader stamps each chunk with its due time, a writer writes
-/// chunks in order once due. At end of stream the writer shuts down its side.
-async fn pipe<R, W>(mut from: R, mut to: W, mode: watch::Receiver<Mode>) -> io::Result<()>
+/// chunks in order once due. At end of stream the writer shuts down its side. With `cuts`
+/// (the server-to-client direction), an armed cut discards the chunk read and fails the
+/// connection, which then resets both sides.
+async fn pipe<R, W>(
+    mut from: R,
+    mut to: W,
+    mode: watch::Receiver<Mode>,
+    cuts: Option<Arc<AtomicU32>>,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -261,6 +309,12 @@ where
             };
             if blackhole {
                 continue;
+            }
+            if cuts.as_deref().is_some_and(take_cut) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "reply dropped by FaultProxy::drop_next_reply",
+                ));
             }
             let chunk = Chunk {
                 due: Instant::now() + latency,

@@ -209,6 +209,32 @@ fn cluster_starts_and_is_ok() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 
+#[test]
+fn cluster_grows_by_a_node_and_announces_another_port() {
+    let mut cluster = RedisCluster::start();
+    let new = cluster.add_node();
+    assert_eq!(
+        (new, cluster.nodes().len(), cluster.urls().len()),
+        (3, 4, 4)
+    );
+    for node in cluster.nodes() {
+        let info = node.cli(&["CLUSTER", "INFO"]);
+        assert!(info.contains("cluster_known_nodes:4"), "{info}");
+    }
+    // The new node owns no slot yet: CLUSTER SLOTS still names three primaries.
+    let slots = cluster.nodes()[new].cli(&["CLUSTER", "SLOTS"]);
+    let new_port = cluster.nodes()[new].port().to_string();
+    assert!(!slots.lines().any(|l| l == new_port), "{slots}");
+
+    // Node 1 announces a made-up port: every node's CLUSTER SLOTS names it.
+    let announced = free_port();
+    cluster.announce_port(1, announced);
+    for node in cluster.nodes() {
+        let slots = node.cli(&["CLUSTER", "SLOTS"]);
+        assert!(slots.lines().any(|l| l == announced.to_string()), "{slots}");
+    }
+}
+
 #[tokio::test]
 async fn proxy_forwards() {
     let server = RedisServer::start();
@@ -312,6 +338,40 @@ async fn proxy_reset_fails_open_connections() {
 
     // New connections work normally.
     let mut fresh = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut fresh).await.unwrap(), "+PONG");
+}
+
+#[tokio::test]
+async fn proxy_drops_the_next_reply_after_the_request_ran() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut client).await.unwrap(), "+PONG");
+
+    proxy.drop_next_reply();
+    assert_eq!(proxy.pending_reply_drops(), 1);
+    client
+        .write_all(b"*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n")
+        .await
+        .unwrap();
+    let err = read_line(&mut client)
+        .await
+        .expect_err("the reply must be lost with the connection");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+        ),
+        "{err}"
+    );
+    // The server ran the request; the cut was used up and new connections work.
+    assert_eq!(server.cli(&["GET", "n"]), "1");
+    assert_eq!(proxy.pending_reply_drops(), 0);
+    let mut fresh = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(ping(&mut fresh).await.unwrap(), "+PONG");
+    // `pass` disarms cuts not used yet.
+    proxy.drop_next_reply();
+    proxy.pass();
     assert_eq!(ping(&mut fresh).await.unwrap(), "+PONG");
 }
 

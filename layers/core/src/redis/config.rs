@@ -133,14 +133,16 @@ impl RedisConfig {
         }
     }
 
-    /// The bound on every operation (default 50 ms). An operation that takes longer fails with
-    /// [`ErrorKind::Timeout`]; its outcome is unknown.
+    /// The bound on every operation (default 50 ms), redirects on a cluster included. An
+    /// operation that takes longer fails with [`ErrorKind::Timeout`]; its outcome is unknown.
+    /// The same bound applies to the probe `PING` of a server marked down.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout;
         self
     }
 
-    /// The bound on one connection attempt (default 500 ms).
+    /// The bound on one connection attempt (default 500 ms): TCP connect, handshake and a
+    /// `PING`; on a cluster also the bound on reading the topology (`CLUSTER SLOTS`).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -155,8 +157,11 @@ impl RedisConfig {
         self
     }
 
-    /// After this many timeouts in a row (default 3) a standalone connection is considered hung:
-    /// it is dropped and re-established, and operations fail fast until then.
+    /// After this many timeouts in a row (default 3) a server's connection (on a cluster, each
+    /// primary's, counted apart) is considered hung: it is dropped and re-established, and
+    /// operations on that server fail fast with [`ErrorKind::Unavailable`] until it answers a
+    /// `PING` again. The first timeout already marks the server down; a probe `PING` then
+    /// marks it up again as soon as it answers.
     pub fn timeouts_before_reconnect(mut self, n: u32) -> Self {
         self.timeouts_before_reconnect = n;
         self

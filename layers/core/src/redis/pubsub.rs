@@ -11,19 +11,24 @@
 //! what it may have missed).
 //!
 //! On Redis Cluster, channels are sharded (`SSUBSCRIBE` / `SPUBLISH`, Redis 7): a channel
-//! lives on the node that owns its hash slot, and the subscription follows slot moves and
-//! reconnects through redis-rs's cluster connection (RESP3 pushes).
+//! lives on the primary that owns its hash slot. The subscription connects to that primary
+//! alone (RESP3 pushes), so a hung or dead other primary does not keep it from being
+//! established; it follows slot moves (the node unsubscribes it, or the backend's topology
+//! names a new owner) by subscribing again where the slot is.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::ConnectionLike;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::{RedisBackend, jitter};
+use super::route::Route;
+use super::{Mode, RedisBackend, jitter};
 use crate::error::Result;
+use crate::keyspace::hash_slot;
 
-/// How often a standalone subscription checks its connection.
+/// How often a subscription checks its connection.
 const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// What a [`Subscription`] yields.
@@ -122,7 +127,7 @@ async fn keep_subscribed(
     channel: Arc<str>,
     tx: mpsc::Sender<SubscriptionEvent>,
 ) {
-    let cfg = backend.shared.cfg.clone();
+    let cfg = backend.shared.ctx.cfg.clone();
     let mut backoff = cfg.backoff_min;
     loop {
         let connected = if backend.is_cluster() {
@@ -151,10 +156,11 @@ async fn single_session(
     channel: &str,
     tx: &mpsc::Sender<SubscriptionEvent>,
 ) -> bool {
-    let super::Connector::Single(client) = &backend.shared.connector else {
+    let Mode::Single(node) = &backend.shared.mode else {
         return false;
     };
-    let connect_timeout = backend.shared.cfg.connect_timeout;
+    let client = node.client();
+    let connect_timeout = backend.shared.ctx.cfg.connect_timeout;
     let attempt = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
@@ -190,82 +196,97 @@ async fn single_session(
     }
 }
 
-/// One cluster connection's life (RESP3 pushes, sharded channel); `true` if the consumer was
-/// last told `Subscribed`. A session whose connection stays unsubscribed for a few seconds
-/// (redis-rs did not re-subscribe) ends, and a fresh one starts.
+/// One sharded subscription's life on a cluster: a RESP3 connection of its own to the primary
+/// that owns the channel's slot (from the backend's topology), so the other primaries' state
+/// does not matter; `true` if the consumer was last told `Subscribed`. It ends when the
+/// connection breaks or stops answering the keepalive `PING`, when the node unsubscribes it
+/// (its slot moved away), or when the topology names another owner; the next session
+/// subscribes where the slot is then.
 async fn cluster_session(
     backend: &RedisBackend,
     channel: &str,
     tx: &mpsc::Sender<SubscriptionEvent>,
 ) -> bool {
-    let cfg = &backend.shared.cfg;
-    let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-    let client = redis::cluster::ClusterClient::builder(cfg.seeds().iter().map(String::as_str))
-        .connection_timeout(cfg.connect_timeout)
-        .response_timeout(cfg.connect_timeout)
-        .use_protocol(redis::ProtocolVersion::RESP3)
-        .push_sender(push_tx)
-        .build();
-    let Ok(client) = client else { return false };
-    let attempt = async {
-        let mut conn = client.get_async_connection().await?;
-        conn.ssubscribe(channel).await?;
-        Ok::<_, redis::RedisError>(conn)
-    };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(cfg.connect_timeout, attempt).await else {
+    let Mode::Cluster(cluster) = &backend.shared.mode else {
         return false;
     };
-    let mut subscribed = false;
-    let mut unsubscribed_since = Some(tokio::time::Instant::now());
+    let ctx = &backend.shared.ctx;
+    let timeout = ctx.cfg.connect_timeout;
+    let route = Route::Slot(hash_slot(channel.as_bytes()));
+    let Some(node) = cluster.node_for(route) else {
+        ctx.refresh.notify_one();
+        return false;
+    };
+    let info = node.client().get_connection_info().clone();
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(resp3);
+    let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    let attempt = async {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None)
+            .set_push_sender(push_tx);
+        let mut conn = redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        // SSUBSCRIBE is confirmed by a push; the PING after it is the reply the pipeline waits
+        // for, unless SSUBSCRIBE itself fails (MOVED: the topology is stale).
+        let mut subscribe = redis::pipe();
+        subscribe.cmd("SSUBSCRIBE").arg(channel).cmd("PING");
+        let reply = conn.req_packed_commands(&subscribe, 0, 1).await?;
+        if let Some(Value::ServerError(e)) = reply.first() {
+            return Err(redis::RedisError::from(e.clone()));
+        }
+        loop {
+            match pushes.recv().await.map(|p| p.kind) {
+                Some(PushKind::SSubscribe) => return Ok(conn),
+                Some(_) => continue,
+                None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "closed"))),
+            }
+        }
+    };
+    let mut conn = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(conn)) => conn,
+        _ => {
+            ctx.refresh.notify_one();
+            return false;
+        }
+    };
+    if tx.send(SubscriptionEvent::Subscribed).await.is_err() {
+        return true;
+    }
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.tick().await;
     loop {
         tokio::select! {
             push = pushes.recv() => {
-                let Some(push) = push else { return subscribed };
-
-                let event = match push.kind {
-                    PushKind::SMessage | PushKind::Message => match push.data.get(1) {
-                        Some(Value::BulkString(b)) => SubscriptionEvent::Message(b.clone()),
-                        _ => continue,
-                    },
-                    PushKind::SSubscribe | PushKind::Subscribe => SubscriptionEvent::Subscribed,
-                    // The cluster connection re-subscribes by itself once the node is back.
-                    PushKind::Disconnection if subscribed => SubscriptionEvent::Lost,
-                    _ => continue,
-                };
-                match event {
-                    SubscriptionEvent::Subscribed => {
-                        subscribed = true;
-                        unsubscribed_since = None;
+                let Some(push) = push else { return true };
+                match push.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        let Some(Value::BulkString(b)) = push.data.get(1) else { continue };
+                        if tx.send(SubscriptionEvent::Message(b.clone())).await.is_err() {
+                            return true;
+                        }
                     }
-                    SubscriptionEvent::Lost => {
-                        subscribed = false;
-                        unsubscribed_since = Some(tokio::time::Instant::now());
+                    // The slot moved away, or the connection closed.
+                    PushKind::SUnsubscribe | PushKind::Disconnection => {
+                        ctx.refresh.notify_one();
+                        return true;
                     }
-                    SubscriptionEvent::Message(_) => {}
-                }
-                if tx.send(event).await.is_err() {
-                    return true;
+                    _ => {}
                 }
             }
             _ = keepalive.tick() => {
-                // A command through the connection makes it notice a dead node (and reconnect
-                // and re-subscribe). `EXISTS channel` reads nothing of ours: it is routed by
-                // the channel's slot (keys and shard channels hash alike) to the channel's node.
-                let mut probe = redis::cmd("EXISTS");
-                probe.arg(channel);
-                let ping = probe.query_async::<Value>(&mut conn);
-                let alive = matches!(tokio::time::timeout(cfg.connect_timeout, ping).await, Ok(Ok(_)));
-                if !alive && subscribed {
-                    subscribed = false;
-                    unsubscribed_since = Some(tokio::time::Instant::now());
-                    if tx.send(SubscriptionEvent::Lost).await.is_err() {
-                        return true;
-                    }
-                }
-                if unsubscribed_since.is_some_and(|t| t.elapsed() > 5 * KEEPALIVE) {
-                    return false;
+                let ping = redis::cmd("PING");
+                let ping = ping.query_async::<Value>(&mut conn);
+                let alive = matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)));
+                let moved = cluster.node_for(route).is_some_and(|n| !Arc::ptr_eq(&n, &node));
+                if !alive || moved {
+                    return true;
                 }
             }
             () = tx.closed() => return true,

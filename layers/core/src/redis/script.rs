@@ -88,6 +88,11 @@ impl ScriptCall {
         &self.script
     }
 
+    /// The first key, which decides the node on a cluster.
+    pub(crate) fn first_key(&self) -> Option<&[u8]> {
+        self.keys.first().map(Vec::as_slice)
+    }
+
     pub(crate) fn command(&self, with_source: bool) -> redis::Cmd {
         let mut cmd = if with_source {
             let mut c = redis::cmd("EVAL");

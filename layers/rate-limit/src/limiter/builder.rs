@@ -8,8 +8,10 @@ use omega_core::key::{KeyMissing, MissingKey, check_name};
 use omega_core::{Backend, Clock};
 
 use super::{CostFn, Inner, RateLimiter, Store};
-use crate::error::ConfigError;
-use crate::limit::{HotGcra, Limit, LimitState, MAX_LIMITS, OnBackendFailure, Params};
+use crate::error::{ConfigError, PeerAddrMissing};
+use crate::limit::{
+    HotGcra, Limit, LimitState, MAX_LIMITS, Missing, Named, OnBackendFailure, Params, Policy,
+};
 use crate::memory::{DEFAULT_MAX_KEYS, LocalBuckets};
 
 /// Builds a [`RateLimiter`].
@@ -118,11 +120,17 @@ impl<Req: 'static> RateLimiterBuilder<Req> {
             .limits
             .into_iter()
             .map(|l| {
-                let reject_missing =
-                    (l.key.is_some() && l.missing == MissingKey::Reject).then(|| {
-                        let what = l.key.as_ref().map(|k| k.describe()).unwrap_or_default();
-                        KeyMissing::new(format!("{what} (limit {:?})", l.name))
-                    });
+                let missing = if l.key.is_some() && l.client_ip {
+                    Some(Missing::PeerAddr(PeerAddrMissing::new(l.name.clone())))
+                } else if l.key.is_some() && l.missing == MissingKey::Reject {
+                    let what = l.key.as_ref().map(|k| k.describe()).unwrap_or_default();
+                    Some(Missing::Key(KeyMissing::new(format!(
+                        "{what} (limit {:?})",
+                        l.name
+                    ))))
+                } else {
+                    None
+                };
                 LimitState {
                     #[cfg(feature = "redis")]
                     leases: l
@@ -131,20 +139,22 @@ impl<Req: 'static> RateLimiterBuilder<Req> {
                         .map(|lease| crate::lease::Leases::new(lease, max_keys)),
                     params: ArcSwap::from_pointee(Params::new(l.quota, l.on_failure)),
                     hot: HotGcra::new(l.quota.gcra(), l.shadow),
+                    quota_lock: std::sync::Mutex::new(()),
                     key: l.key,
-                    reject_missing,
+                    missing,
                     shadow: l.shadow,
                     on_failure: l.on_failure,
                     local: LocalBuckets::new(max_keys),
                     metrics: crate::metrics::LimitMetrics::new(&l.name),
-                    #[cfg(feature = "http")]
-                    policy: crate::headers::PolicyCache::default(),
                     #[cfg(feature = "redis")]
                     redis_name: match &scope {
                         Some(scope) => format!("rl:{scope}:{}", l.name),
                         None => format!("rl:{}", l.name),
                     },
-                    name: l.name,
+                    name: Named {
+                        policy: Policy::new(&l.name, &l.quota),
+                        text: l.name,
+                    },
                 }
             })
             .collect();
@@ -156,6 +166,8 @@ impl<Req: 'static> RateLimiterBuilder<Req> {
                 cost: self.cost,
                 clock: self.clock,
                 store,
+                #[cfg(feature = "http")]
+                policies: crate::headers::Policies::default(),
             }),
         })
     }

@@ -1,12 +1,12 @@
 //! What a check says: admitted or not, why, and the figures of the binding limit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use omega_core::Nanos;
 use omega_core::key::KeyMissing;
 
-use crate::error::RateLimited;
+use crate::error::{PeerAddrMissing, RateLimited};
+use crate::limit::{MAX_LIMITS, Missing, Named};
 use crate::quota::Gcra;
 
 /// The outcome of checking one request. It borrows the limiter's limit names, so making one
@@ -18,10 +18,16 @@ pub struct Decision<'a> {
     pub(crate) binding: Option<Bind<'a>>,
     shadow_denied: u32,
     degraded: bool,
+    /// The limits whose policies the request is under (enforcing limits it has a key for),
+    /// as far as the decision checked them: bit `i` for limit `i`.
+    pub(crate) policies: u16,
+    /// Limits from this index on were not checked (a denial ended the decision).
+    pub(crate) unchecked_from: u8,
 }
 
 /// Why a request was refused, borrowed from the limiter: making one allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Refused<'a> {
     /// A limit denied it: it is over the limit's quota.
     Limited(Denied<'a>),
@@ -33,6 +39,14 @@ pub enum Refused<'a> {
         /// The refusal.
         refusal: &'a KeyMissing,
     },
+    /// A limit keyed by the client's IP address saw a request without a peer address: the
+    /// server does not record them (feature `http`; see [`PeerAddrMissing`]).
+    PeerAddrMissing {
+        /// The limit's name.
+        limit: &'a str,
+        /// The refusal, which names the fix.
+        refusal: &'a PeerAddrMissing,
+    },
 }
 
 impl Refused<'_> {
@@ -40,16 +54,16 @@ impl Refused<'_> {
     pub fn limit(&self) -> &str {
         match self {
             Refused::Limited(d) => d.limit(),
-            Refused::KeyMissing { limit, .. } => limit,
+            Refused::KeyMissing { limit, .. } | Refused::PeerAddrMissing { limit, .. } => limit,
         }
     }
 
-    /// How long until the same request would be admitted: [`Duration::MAX`] for never (its
-    /// cost is above the burst, or it lacks the key).
-    pub fn retry_after(&self) -> Duration {
+    /// How long until the same request would be admitted: `None` when it never will be (its
+    /// cost is above the burst, it lacks the key, or the server records no peer address).
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Refused::Limited(d) => d.retry_after(),
-            Refused::KeyMissing { .. } => Duration::MAX,
+            Refused::KeyMissing { .. } | Refused::PeerAddrMissing { .. } => None,
         }
     }
 }
@@ -58,13 +72,58 @@ impl Refused<'_> {
 /// touches no reference count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denied<'a> {
-    pub(crate) limit: &'a Arc<str>,
-    /// Nanoseconds until admitted; `u64::MAX` for never (kept raw: the deny path makes no
-    /// `Duration` unless asked).
-    pub(crate) retry_nanos: u64,
-    pub(crate) burst: u32,
+    /// The limit (its name and policy value, read only when an error is made).
+    pub(crate) limit: &'a Named,
+    /// Nanoseconds until admitted, or, when `never`, until the bucket is full again (kept
+    /// raw: the deny path makes no `Duration` unless asked).
+    pub(crate) nanos: u64,
     /// The limit's capacity (`burst` intervals), in nanoseconds.
     pub(crate) window: u64,
+    pub(crate) burst: u32,
+    /// The request's cost is above the burst: it is never admitted.
+    pub(crate) never: bool,
+}
+
+impl<'a> Denied<'a> {
+    /// A denial by `limit` under `g`: admitted in `retry` ns (`u64::MAX`: never), the bucket
+    /// full again in `reset` ns (read only for never).
+    #[inline]
+    pub(crate) fn new(limit: &'a Named, g: &Gcra, retry: u64, reset: u64) -> Self {
+        let never = retry == u64::MAX;
+        Denied {
+            limit,
+            nanos: if never { reset } else { retry },
+            window: g.capacity,
+            burst: g.burst,
+            never,
+        }
+    }
+
+    /// A denial of `cost` by an in-memory step of `limit` under `g` ([`Step::Deny`]'s
+    /// `retry_after`). Only `cost > burst` is compared on the way: the figures of a request
+    /// that is never admitted are computed when read.
+    ///
+    /// [`Step::Deny`]: crate::quota::Step::Deny
+    #[inline]
+    pub(crate) fn local(limit: &'a Named, g: &Gcra, cost: u32, retry_after: u64) -> Self {
+        let never = cost > g.burst;
+        Denied {
+            limit,
+            nanos: if never {
+                never_reset(g, cost, retry_after)
+            } else {
+                retry_after
+            },
+            window: g.capacity,
+            burst: g.burst,
+            never,
+        }
+    }
+
+    /// Nanoseconds until admitted, `u64::MAX` for never: the order of denials.
+    fn retry_nanos(&self) -> u64 {
+        if self.never { u64::MAX } else { self.nanos }
+    }
 }
 
 impl Denied<'_> {
@@ -73,27 +132,52 @@ impl Denied<'_> {
         self.limit
     }
 
-    /// How long until the same request would be admitted ([`Duration::MAX`]: never, its cost
-    /// is above the burst).
-    pub fn retry_after(&self) -> Duration {
-        if self.retry_nanos == u64::MAX {
-            Duration::MAX
-        } else {
-            Duration::from_nanos(self.retry_nanos)
+    /// How long until the same request would be admitted; `None` when it never will be (its
+    /// cost is above the limit's burst).
+    pub fn retry_after(&self) -> Option<Duration> {
+        (!self.never).then(|| Duration::from_nanos(self.nanos))
+    }
+
+    /// What the `RateLimit` field reports: no cell left and the retry-after; for a request
+    /// that can never be admitted, the bucket's real state (cells left, time until full).
+    fn state(&self) -> (u32, Duration) {
+        if !self.never {
+            return (0, Duration::from_nanos(self.nanos));
         }
+        let interval = (self.window / u64::from(self.burst.max(1))).max(1);
+        let free = self.window.saturating_sub(self.nanos) / interval;
+        (
+            u32::try_from(free).unwrap_or(u32::MAX).min(self.burst),
+            Duration::from_nanos(self.nanos),
+        )
     }
 
     /// The owned error, for returning from a service.
     pub fn to_error(&self) -> RateLimited {
+        #[cfg(feature = "http")]
+        let (remaining, reset) = self.state();
         RateLimited {
-            limit: self.limit.clone(),
+            limit: self.limit.text.clone(),
             retry_after: self.retry_after(),
             quota_burst: self.burst,
             window: Duration::from_nanos(self.window),
             #[cfg(feature = "http")]
+            remaining,
+            #[cfg(feature = "http")]
+            reset,
+            #[cfg(feature = "http")]
+            policy: self.limit.policy.header(),
+            #[cfg(feature = "http")]
             fields: None,
         }
     }
+}
+
+/// The reset of a request that is never admitted (off the deny path's way).
+#[cold]
+#[inline(never)]
+fn never_reset(g: &Gcra, cost: u32, retry_after: u64) -> u64 {
+    g.denial(cost, retry_after).1
 }
 
 /// The binding limit as recorded: figures known (Redis, denials) or a local TAT to turn into
@@ -102,7 +186,7 @@ impl Denied<'_> {
 pub(crate) enum Bind<'a> {
     Known(Binding<'a>),
     Local {
-        limit: &'a Arc<str>,
+        limit: &'a Named,
         g: Gcra,
         tat: Nanos,
         now: Nanos,
@@ -131,8 +215,8 @@ impl<'a> Bind<'a> {
     }
 }
 
-/// The limit with the fewest cells left after a decision: what the `RateLimit` header fields
-/// report.
+/// The limit with the fewest cells left after a decision: what the `RateLimit` header field
+/// reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding<'a> {
     /// The limit's name.
@@ -143,7 +227,8 @@ pub struct Binding<'a> {
     pub window: Duration,
     /// Cells left.
     pub remaining: u32,
-    /// Time until its bucket is full again.
+    /// Time until its bucket is full again (for a denied request: until it would be
+    /// admitted).
     pub reset_after: Duration,
 }
 
@@ -154,8 +239,8 @@ impl<'a> Decision<'a> {
     }
 
     /// Why a limit denied the request (the limit that frees up last, when several denied).
-    /// `None` when the request was admitted, or refused for lacking a key
-    /// ([`Decision::key_missing`]).
+    /// `None` when the request was admitted, or refused for another reason
+    /// ([`Decision::key_missing`], [`Decision::refused`]).
     pub fn denied(&self) -> Option<RateLimited> {
         match &self.refused {
             Some(Refused::Limited(d)) => Some(d.to_error()),
@@ -200,14 +285,16 @@ impl<'a> Decision<'a> {
     }
 
     /// A decision made in place: one local limit admitted the request (or, with `binding`
-    /// `None`, no limit applied).
+    /// `None`, no limit applied), under the policies of `policies`.
     #[inline]
-    pub(crate) fn admitted(binding: Option<Bind<'a>>) -> Self {
+    pub(crate) fn admitted(binding: Option<Bind<'a>>, policies: u16) -> Self {
         Decision {
             refused: None,
             binding,
             shadow_denied: 0,
             degraded: false,
+            policies,
+            unchecked_from: MAX_LIMITS as u8,
         }
     }
 }
@@ -217,6 +304,8 @@ pub(crate) struct Tally<'a> {
     refused: Option<Refused<'a>>,
     binding: Option<Bind<'a>>,
     shadow_denied: u32,
+    policies: u16,
+    unchecked_from: u8,
 }
 
 impl<'a> Tally<'a> {
@@ -225,6 +314,8 @@ impl<'a> Tally<'a> {
             refused: None,
             binding: None,
             shadow_denied: 0,
+            policies: 0,
+            unchecked_from: MAX_LIMITS as u8,
         }
     }
 
@@ -234,11 +325,38 @@ impl<'a> Tally<'a> {
         self.refused.is_some()
     }
 
+    /// The request is under limit `i` (it has the limit's key); a shadow limit is nobody's
+    /// policy.
+    #[inline]
+    pub(crate) fn applies(&mut self, i: usize, shadow: bool) {
+        if !shadow {
+            self.policies |= 1 << i;
+        }
+    }
+
+    /// The policies the request is under, as far as checked.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn policies(&self) -> u16 {
+        self.policies
+    }
+
+    /// The request is under the policies of `policies` (all known beforehand).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_policies(&mut self, policies: u16) {
+        self.policies = policies;
+    }
+
+    /// The decision ended at limit `i`: later ones were not checked.
+    #[inline]
+    pub(crate) fn stopped_at(&mut self, i: usize) {
+        self.unchecked_from = (i + 1) as u8;
+    }
+
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[inline]
     pub(crate) fn allow(
         &mut self,
-        name: &'a Arc<str>,
+        name: &'a Named,
         g: &Gcra,
         remaining: u32,
         reset_after: Duration,
@@ -267,7 +385,7 @@ impl<'a> Tally<'a> {
     #[inline]
     pub(crate) fn allow_local(
         &mut self,
-        name: &'a Arc<str>,
+        name: &'a Named,
         g: &Gcra,
         tat: Nanos,
         now: Nanos,
@@ -290,46 +408,45 @@ impl<'a> Tally<'a> {
         }
     }
 
-    pub(crate) fn deny(
-        &mut self,
-        name: &'a Arc<str>,
-        g: &Gcra,
-        retry_after: Duration,
-        shadow: bool,
-    ) {
+    /// A limit denied: admitted no earlier than `retry` ns from now (`u64::MAX`: never), its
+    /// bucket full again in `reset` ns.
+    pub(crate) fn deny(&mut self, name: &'a Named, g: &Gcra, retry: u64, reset: u64, shadow: bool) {
         if shadow {
             self.shadow_denied += 1;
             return;
         }
         let later = match &self.refused {
             None => true,
-            Some(Refused::Limited(d)) => retry_after > d.retry_after(),
-            Some(Refused::KeyMissing { .. }) => false,
+            Some(Refused::Limited(d)) => retry > d.retry_nanos(),
+            Some(_) => false,
         };
         if later {
-            self.refused = Some(Refused::Limited(Denied {
-                limit: name,
-                retry_nanos: omega_core::clock::duration_nanos(retry_after),
-                burst: g.burst,
-                window: g.capacity,
-            }));
+            let denied = Denied::new(name, g, retry, reset);
             // The headers report the limit the denial names.
+            let (remaining, reset_after) = denied.state();
             self.binding = Some(Bind::Known(Binding {
                 limit: name,
                 burst: g.burst,
                 window: Duration::from_nanos(g.capacity),
-                remaining: 0,
-                reset_after: retry_after,
+                remaining,
+                reset_after,
             }));
+            self.refused = Some(Refused::Limited(denied));
         }
     }
 
     /// The request lacks the key of a limit that refuses such requests: that refusal stands,
     /// whatever the other limits say.
-    pub(crate) fn key_missing(&mut self, name: &'a str, refusal: &'a KeyMissing) {
-        self.refused = Some(Refused::KeyMissing {
-            limit: name,
-            refusal,
+    pub(crate) fn key_missing(&mut self, name: &'a str, missing: &'a Missing) {
+        self.refused = Some(match missing {
+            Missing::Key(refusal) => Refused::KeyMissing {
+                limit: name,
+                refusal,
+            },
+            Missing::PeerAddr(refusal) => Refused::PeerAddrMissing {
+                limit: name,
+                refusal,
+            },
         });
         self.binding = None;
     }
@@ -340,15 +457,8 @@ impl<'a> Tally<'a> {
             binding: self.binding,
             shadow_denied: self.shadow_denied,
             degraded,
+            policies: self.policies,
+            unchecked_from: self.unchecked_from,
         }
-    }
-}
-
-/// The retry-after of a denial: never, when the cost is above the burst.
-pub(crate) fn retry_after(g: &Gcra, cost: u32, nanos: u64) -> Duration {
-    if cost > g.burst {
-        Duration::MAX
-    } else {
-        Duration::from_nanos(nanos)
     }
 }

@@ -3,9 +3,18 @@
 use omega_core::{Clock, Nanos};
 
 use super::RateLimiter;
-use super::decision::{Bind, Decision, Denied, Refused, Tally, retry_after};
-use crate::limit::{KeyOf, LimitState};
+use super::decision::{Bind, Decision, Denied, Refused, Tally};
+use crate::limit::{KeyOf, LimitState, MAX_LIMITS, Missing};
 use crate::quota::Step;
+
+/// The refusal of a request without the key of a limit that refuses such requests.
+#[cold]
+pub(crate) fn missing<'a>(limit: &'a str, missing: &'a Missing) -> Refused<'a> {
+    match missing {
+        Missing::Key(refusal) => Refused::KeyMissing { limit, refusal },
+        Missing::PeerAddr(refusal) => Refused::PeerAddrMissing { limit, refusal },
+    }
+}
 
 impl<Req: 'static> RateLimiter<Req> {
     /// Decides in memory: the limiter's own buckets (in-memory backend) or the local fallback
@@ -47,14 +56,9 @@ impl<Req: 'static> RateLimiter<Req> {
         let key = match l.local_key(req) {
             KeyOf::Bucket(key) => key,
             KeyOf::Skip => return Ok(()),
-            KeyOf::Missing(refusal) => {
-                return Err(Refused::KeyMissing {
-                    limit: &l.name,
-                    refusal,
-                });
-            }
+            KeyOf::Missing(m) => return Err(missing(&l.name, m)),
         };
-        let g = l.hot.load();
+        let g = l.gcra();
         // The clock last: everything that does not depend on the time is ready when it
         // returns (a clock read is the slowest step, and on some VMs it serialises).
         let now = self.inner.clock.now();
@@ -69,12 +73,7 @@ impl<Req: 'static> RateLimiter<Req> {
             }
             Step::Deny { retry_after: r } => {
                 l.metrics.denied();
-                Err(Refused::Limited(Denied {
-                    limit: &l.name,
-                    retry_nanos: if cost > g.burst { u64::MAX } else { r },
-                    burst: g.burst,
-                    window: g.capacity,
-                }))
+                Err(Refused::Limited(Denied::local(&l.name, &g, cost, r)))
             }
         }
     }
@@ -84,30 +83,35 @@ impl<Req: 'static> RateLimiter<Req> {
     fn check_one<'a>(l: &'a LimitState<Req>, req: &Req, clock: &Clock, cost: u32) -> Decision<'a> {
         let key = match l.local_key(req) {
             KeyOf::Bucket(key) => key,
-            KeyOf::Skip => return Decision::admitted(None),
-            KeyOf::Missing(refusal) => {
+            KeyOf::Skip => return Decision::admitted(None, 0),
+            KeyOf::Missing(m) => {
                 let mut tally = Tally::new();
-                tally.key_missing(&l.name, refusal);
+                tally.key_missing(&l.name, m);
                 return tally.finish(false);
             }
         };
-        let g = l.hot.load();
+        let g = l.gcra();
         // The clock last, as in `admit`.
         let now = clock.now();
         match l.local.step(key, &g, now, cost) {
             Step::Allow { tat } => {
                 l.metrics.allowed();
-                // A shadow limit never binds (see `Tally::allow`).
-                Decision::admitted((!l.shadow).then_some(Bind::Local {
-                    limit: &l.name,
-                    g,
-                    tat,
-                    now,
-                }))
+                // A shadow limit never binds (see `Tally::allow`), nor is it a policy.
+                Decision::admitted(
+                    (!l.shadow).then_some(Bind::Local {
+                        limit: &l.name,
+                        g,
+                        tat,
+                        now,
+                    }),
+                    u16::from(!l.shadow),
+                )
             }
             Step::Deny { retry_after: r } => {
                 let mut tally = Tally::new();
-                tally.deny(&l.name, &g, retry_after(&g, cost, r), l.shadow);
+                tally.applies(0, l.shadow);
+                let (retry, reset) = g.denial(cost, r);
+                tally.deny(&l.name, &g, retry, reset, l.shadow);
                 if l.shadow {
                     l.metrics.shadow_denied();
                 } else {
@@ -118,33 +122,40 @@ impl<Req: 'static> RateLimiter<Req> {
         }
     }
 
-    /// Several limits: all must admit; a refusal gives back what the earlier ones took.
+    /// Several limits: all must admit; a refusal gives back what the earlier ones took, the
+    /// very amount each took (a quota may change meanwhile).
     #[inline(never)]
     fn check_many(&self, req: &Req, now: Nanos, cost: u32) -> Decision<'_> {
         let mut tally = Tally::new();
-        // Limits that took cells, as a bit set: refunds re-derive their keys (denials only).
+        // Limits that took cells, as a bit set, and what each took: refunds re-derive their
+        // keys (denials only).
         let mut taken: u16 = 0;
+        let mut amounts = [0u64; MAX_LIMITS];
         for (i, l) in self.inner.limits.iter().enumerate() {
             let key = match l.local_key(req) {
                 KeyOf::Bucket(key) => key,
                 KeyOf::Skip => continue,
-                KeyOf::Missing(refusal) => {
-                    tally.key_missing(&l.name, refusal);
+                KeyOf::Missing(m) => {
+                    tally.key_missing(&l.name, m);
                     break;
                 }
             };
-            let g = &l.hot.load();
+            tally.applies(i, l.shadow);
+            let g = &l.gcra();
             match l.local.step(key, g, now, cost) {
                 Step::Allow { tat } => {
                     taken |= 1 << i;
+                    amounts[i] = g.interval.saturating_mul(u64::from(cost));
                     tally.allow_local(&l.name, g, tat, now, l.shadow);
                 }
                 Step::Deny { retry_after: r } => {
-                    tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
+                    let (retry, reset) = g.denial(cost, r);
+                    tally.deny(&l.name, g, retry, reset, l.shadow);
                     if l.shadow {
                         l.metrics.shadow_denied();
                     } else {
                         l.metrics.denied();
+                        tally.stopped_at(i);
                         break;
                     }
                 }
@@ -158,7 +169,7 @@ impl<Req: 'static> RateLimiter<Req> {
                     continue;
                 }
                 if let KeyOf::Bucket(key) = l.local_key(req) {
-                    l.local.refund(key, &l.hot.load(), now, cost);
+                    l.local.refund(key, amounts[i], now);
                 }
             }
         }

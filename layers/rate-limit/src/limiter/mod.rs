@@ -66,6 +66,9 @@ pub(crate) struct Inner<Req> {
     pub(crate) cost: Option<CostFn<Req>>,
     pub(crate) clock: Clock,
     pub(crate) store: Store,
+    /// The `RateLimit-Policy` lists of requests, per set of policies.
+    #[cfg(feature = "http")]
+    pub(crate) policies: crate::headers::Policies,
 }
 
 /// Where the buckets live.
@@ -94,6 +97,10 @@ impl<Req: 'static> RateLimiter<Req> {
     /// Changes a limit's quota while serving. The next decision uses it; every key keeps its
     /// state (a key that used its burst under the old quota stays as far behind under the new
     /// one, in time).
+    ///
+    /// The change is atomic: a decision racing it uses the old quota or the new one, never a
+    /// mix of the two, and a request denied by a later limit gives back to this one exactly
+    /// what it took, whichever quota is current by then.
     pub fn set_quota(&self, limit: &str, quota: Quota) -> Result<(), ConfigError> {
         let l = self
             .inner
@@ -101,8 +108,14 @@ impl<Req: 'static> RateLimiter<Req> {
             .iter()
             .find(|l| &*l.name == limit)
             .ok_or_else(|| ConfigError(format!("no limit is named {limit:?}")))?;
+        let _writer = l
+            .quota_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         l.params.store(Arc::new(Params::new(quota, l.on_failure)));
         l.hot.store(quota.gcra());
+        #[cfg(feature = "http")]
+        self.inner.policies.changed(l, quota);
         Ok(())
     }
 
@@ -111,7 +124,7 @@ impl<Req: 'static> RateLimiter<Req> {
         self.inner
             .limits
             .iter()
-            .map(|l| (l.name.clone(), l.params.load().quota))
+            .map(|l| (l.name.text.clone(), l.params.load().quota))
             .collect()
     }
 
@@ -122,24 +135,20 @@ impl<Req: 'static> RateLimiter<Req> {
         Some(l.local.len())
     }
 
-    /// Decides for `req` on the limiter's backend. In memory this never waits; with Redis it
-    /// makes one script call (one per slot on a cluster), bounded by the backend's operation
-    /// timeout, and applies each limit's failure policy when Redis fails.
+    /// Decides for `req` on the limiter's backend. In memory this never waits. With Redis,
+    /// leased limits pay from their leases in this process and exact limits make one script
+    /// call (one per slot on a cluster, all at once); the whole decision has one deadline, the
+    /// backend's operation timeout, after which each limit's failure policy decides.
     pub async fn check(&self, req: &Req) -> Decision<'_> {
         match &self.inner.store {
             Store::Memory => self.check_local(req),
             #[cfg(feature = "redis")]
-            Store::Redis(store) => {
-                if let Some(decision) = self.check_leased_locally(store, req) {
-                    return decision;
-                }
-                match self.prepare_remote(store, req) {
-                    // Boxed so that `check`'s own future stays small: lease mode mostly
-                    // decides above without it.
-                    Ok(prepared) => Box::pin(self.check_prepared(prepared)).await,
-                    Err(refused) => refused,
-                }
-            }
+            Store::Redis(store) => match self.decide_redis(store, req) {
+                remote::Split::Decided(decision) => decision,
+                // Boxed so that `check`'s own future stays small: lease mode mostly decides
+                // above without it.
+                remote::Split::Remote(prepared) => Box::pin(self.check_prepared(prepared)).await,
+            },
         }
     }
 

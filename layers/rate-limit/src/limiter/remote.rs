@@ -1,29 +1,61 @@
-//! Decisions on Redis (feature `redis`): leased limits spend locally, exact limits in one
-//! script call, and each limit's failure policy decides when Redis fails.
+//! Decisions on Redis (feature `redis`): leased limits pay from their leases in this process,
+//! exact limits in one script call, and each limit's failure policy decides when Redis fails.
+//!
+//! One pass over the limits ([`RateLimiter::decide_redis`]) pays every leased limit it can from
+//! its lease, in place (starting a background top-up when a lease runs low), and collects the
+//! exact limits. When no exact limit applies and every lease paid, the decision is made there,
+//! without waiting or allocating. Otherwise the rest ([`Prepared`]) goes to Redis with one
+//! deadline (the backend's operation timeout from the start): leases that must be fetched
+//! first, then the exact limits' call, each bounded by what is left of it. Waiters on a lease
+//! being fetched wait until the deadline at most, and share the fetch's failure rather than
+//! fetch one after another. Whatever fails, the decision ends by its deadline and the failure
+//! policies decide.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use omega_core::Nanos;
+use tokio::time::Instant;
 
 use super::RateLimiter;
-use super::decision::{Decision, Tally, retry_after};
+use super::decision::{Decision, Tally};
 use crate::lease::{FetchGuard, Lease, Slot, Spend};
-use crate::limit::{KeyOf, LimitState, MAX_LIMITS, OnBackendFailure};
+use crate::limit::{LimitState, MAX_LIMITS, OnBackendFailure};
 use crate::quota::{Gcra, Step};
-use crate::redis_store::{Item, LeaseGrant, RedisStore, RemoteStep, from_micros, redis_key};
+use crate::redis_store::{Item, LeaseGrant, RedisStore, RemoteStep, redis_key};
+
+/// What [`RateLimiter::decide_redis`] left: a decision, or the part Redis decides.
+pub(crate) enum Split<'a> {
+    Decided(Decision<'a>),
+    Remote(Prepared),
+}
 
 /// A request's keys and parameters, extracted so that the request need not be borrowed
 /// across the await.
 pub(crate) struct Prepared {
     store: Arc<RedisStore>,
-    /// The limits decided by the script.
+    /// The decision's deadline.
+    deadline: Instant,
+    /// The exact limits, decided by the script.
     items: Vec<Item>,
     /// For each item, the limit it belongs to and its in-memory key (for the fallback).
     owners: Vec<(usize, Option<u64>)>,
-    /// The leased limits, decided in this process.
+    /// Leased limits that paid in place: given back if the decision ends denied.
+    paid: Vec<PaidLease>,
+    /// Leased limits that could not pay in place: they fetch (or wait for a fetch).
     leases: Vec<LeaseItem>,
     cost: u32,
+    /// The policies the request is under.
+    policies: u16,
+}
+
+struct PaidLease {
+    owner: usize,
+    local_key: Option<u64>,
+    from_old: u32,
+    remaining: u32,
+    reset: Nanos,
+    gcra: Gcra,
 }
 
 struct LeaseItem {
@@ -38,74 +70,127 @@ enum LeaseStep {
     Paid {
         remaining: u32,
         reset_after: Duration,
+        from_old: u32,
     },
-    Denied {
-        retry_after: Duration,
-    },
+    /// Redis had no cell for it before `retry` ns from now.
+    Denied { retry: u64 },
 }
 
+/// Redis failed for a leased limit, or its deadline came.
+struct Failed;
+
 impl<Req: 'static> RateLimiter<Req> {
-    /// Decides without Redis and without waiting when every limit is leased and every lease
-    /// involved can pay; `None` otherwise (nothing is taken then). This is the common case of
-    /// lease mode, and it allocates nothing.
-    pub(crate) fn check_leased_locally(
-        &self,
-        store: &Arc<RedisStore>,
-        req: &Req,
-    ) -> Option<Decision<'_>> {
+    /// Decides in place what needs no wait: every leased limit pays from its lease when it
+    /// can; if no exact limit applies and every lease paid (lease mode's common case), the
+    /// decision is made here and allocates nothing. Otherwise returns the part Redis decides.
+    /// A request without the key of a limit that refuses such requests is refused here,
+    /// before anything is taken.
+    pub(crate) fn decide_redis(&self, store: &Arc<RedisStore>, req: &Req) -> Split<'_> {
         let limits = &self.inner.limits;
-        if !limits.iter().all(|l| l.leases.is_some()) {
-            return None;
-        }
         let now = self.inner.clock.now();
         let cost = self.cost(req);
         let mut tally = Tally::new();
         let mut paid: u16 = 0;
         let mut keys = [None; MAX_LIMITS];
+        let mut from_old = [0u32; MAX_LIMITS];
+        let mut figures = [(0u32, 0 as Nanos); MAX_LIMITS];
+        // Allocated on first push only: a leased-only limiter never allocates here.
+        let (mut items, mut owners, mut leases) = (Vec::new(), Vec::new(), Vec::new());
+        let ks = store.backend().keyspace();
         for (i, l) in limits.iter().enumerate() {
-            let key = match l.local_key(req) {
-                KeyOf::Bucket(key) => key,
-                KeyOf::Skip => continue,
-                KeyOf::Missing(refusal) => {
-                    self.give_back_leases(paid, &keys, cost, now);
-                    tally.key_missing(&l.name, refusal);
-                    return Some(tally.finish(false));
-                }
+            let key = match &l.key {
+                None => None,
+                Some(source) => match source.key(req) {
+                    Some(k) => Some(k),
+                    None => match &l.missing {
+                        Some(missing) => {
+                            self.give_back_paid(paid, &keys, &from_old, cost, now);
+                            tally.key_missing(&l.name, missing);
+                            return Split::Decided(tally.finish(false));
+                        }
+                        None => continue,
+                    },
+                },
             };
-            let leases = l.leases.as_ref()?;
-            let g = l.hot.load();
+            tally.applies(i, l.shadow);
+            let bytes = key.as_ref().map(|k| k.as_bytes());
+            let local_key = bytes.map(|b| l.local.hash(b));
+            let g = l.gcra();
+            let Some(l_leases) = &l.leases else {
+                items.push(Item {
+                    key: redis_key(ks, &l.redis_name, bytes),
+                    gcra: g,
+                    cost,
+                    shadow: l.shadow,
+                });
+                owners.push((i, local_key));
+                continue;
+            };
             if cost > g.burst {
-                // Never admitted: the full path reports it.
-                self.give_back_leases(paid, &keys, cost, now);
-                return None;
+                // This limit never admits the request, whatever its lease holds.
+                tally.deny(&l.name, &g, u64::MAX, 0, l.shadow);
+                if l.shadow {
+                    l.metrics.shadow_denied();
+                    continue;
+                }
+                l.metrics.denied();
+                tally.stopped_at(i);
+                self.give_back_paid(paid, &keys, &from_old, cost, now);
+                return Split::Decided(tally.finish(false));
             }
-            match leases.try_pay(key, cost, now) {
-                Some((remaining, reset, top_up)) => {
-                    if let Some(guard) = top_up {
-                        self.top_up(store, guard, g, leases.lease);
+            match l_leases.try_pay(local_key, cost, now) {
+                Some(p) => {
+                    if let Some(guard) = p.top_up {
+                        self.top_up(store, guard, g, l_leases.lease);
                     }
                     paid |= 1 << i;
-                    keys[i] = key;
+                    (keys[i], from_old[i], figures[i]) =
+                        (local_key, p.from_old, (p.remaining, p.reset));
                     tally.allow(
                         &l.name,
                         &g,
-                        remaining,
-                        Duration::from_nanos(reset),
+                        p.remaining,
+                        Duration::from_nanos(p.reset),
                         l.shadow,
                     );
                 }
-                None => {
-                    self.give_back_leases(paid, &keys, cost, now);
-                    return None;
-                }
+                None => leases.push(LeaseItem {
+                    owner: i,
+                    local_key,
+                    slot: l_leases.slot(local_key, now, || redis_key(ks, &l.redis_name, bytes)),
+                    gcra: g,
+                }),
             }
         }
-        self.count_allowed(paid);
-        Some(tally.finish(false))
+        if items.is_empty() && leases.is_empty() {
+            self.count_allowed(paid);
+            return Split::Decided(tally.finish(false));
+        }
+        let paid = (0..limits.len())
+            .filter(|&i| paid & (1 << i) != 0)
+            .map(|i| PaidLease {
+                owner: i,
+                local_key: keys[i],
+                from_old: from_old[i],
+                remaining: figures[i].0,
+                reset: figures[i].1,
+                gcra: limits[i].gcra(),
+            })
+            .collect();
+        Split::Remote(Prepared {
+            store: store.clone(),
+            deadline: store.deadline(),
+            items,
+            owners,
+            paid,
+            leases,
+            cost,
+            policies: tally.policies(),
+        })
     }
 
     /// Tops a lease up in the background (dropping the guard, without a runtime, lets the
-    /// next caller fetch instead).
+    /// next caller fetch instead). Its cells are held for `max_hold` from when it is sent.
     fn top_up(&self, store: &Arc<RedisStore>, guard: FetchGuard, g: Gcra, lease: Lease) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -113,133 +198,94 @@ impl<Req: 'static> RateLimiter<Req> {
         let (store, clock) = (store.clone(), self.inner.clock.clone());
         runtime.spawn(async move {
             let want = lease.batch.min(g.burst).max(1);
-            let result = store.lease(guard.redis_key(), &g, 1, want).await;
+            let sent = clock.now();
+            let result = store.lease(guard.redis_key(), &g, 1, want, None).await;
             let now = clock.now();
             match result {
                 Ok(LeaseGrant::Granted {
                     cells,
-                    full_after_us,
-                }) => guard.topped_up(
-                    cells,
-                    full_after_us.saturating_mul(1_000),
-                    now,
-                    omega_core::clock::duration_nanos(lease.max_hold),
-                ),
-                Ok(LeaseGrant::Denied { retry_us }) => {
-                    guard.denied(retry_us.saturating_mul(1_000), now)
-                }
-                Err(_) => drop(guard),
+                    full_after_ns,
+                }) => guard.topped_up(cells, full_after_ns, sent, now, lease.hold_nanos()),
+                Ok(LeaseGrant::Denied { retry_ns }) => guard.denied(retry_ns, now),
+                Err(_) => guard.failed(),
             }
         });
     }
 
-    fn give_back_leases(&self, paid: u16, keys: &[Option<u64>; MAX_LIMITS], cost: u32, now: Nanos) {
+    /// Gives back what the leases in `paid` paid in place.
+    fn give_back_paid(
+        &self,
+        paid: u16,
+        keys: &[Option<u64>; MAX_LIMITS],
+        from_old: &[u32; MAX_LIMITS],
+        cost: u32,
+        now: Nanos,
+    ) {
         for (i, l) in self.inner.limits.iter().enumerate() {
             if paid & (1 << i) != 0
                 && let Some(leases) = &l.leases
             {
-                leases.give_back(keys[i], cost, now);
+                leases.give_back(keys[i], cost, from_old[i], now);
             }
         }
     }
 
-    /// Extracts keys and parameters, so the request need not be borrowed across the await.
-    /// A request without the key of a limit that refuses such requests is refused here, before
-    /// anything is taken.
-    pub(crate) fn prepare_remote(
-        &self,
-        store: &Arc<RedisStore>,
-        req: &Req,
-    ) -> Result<Prepared, Decision<'_>> {
-        let ks = store.backend().keyspace();
-        let cost = self.cost(req);
-        // Allocated on first push only: a leased-only limiter fills one vector.
-        let mut items = Vec::new();
-        let mut owners = Vec::new();
-        let mut leases = Vec::new();
-        for (i, l) in self.inner.limits.iter().enumerate() {
-            let key = match &l.key {
-                None => None,
-                Some(source) => match source.key(req) {
-                    Some(k) => Some(k),
-                    None => match &l.reject_missing {
-                        Some(refusal) => {
-                            let mut tally = Tally::new();
-                            tally.key_missing(&l.name, refusal);
-                            return Err(tally.finish(false));
-                        }
-                        None => continue,
-                    },
-                },
-            };
-            let bytes = key.as_ref().map(|k| k.as_bytes());
-            let local_key = bytes.map(|k| l.local.hash(k));
-            let full_key = || redis_key(ks, &l.redis_name, bytes);
-            if let Some(l_leases) = &l.leases {
-                // The key is built only the first time this process sees it.
-                leases.push(LeaseItem {
-                    owner: i,
-                    local_key,
-                    slot: l_leases.slot(local_key, full_key),
-                    gcra: l.hot.load(),
-                });
-                continue;
-            }
-            items.push(Item {
-                key: full_key(),
-                gcra: l.hot.load(),
-                cost,
-                shadow: l.shadow,
-            });
-            owners.push((i, local_key));
-        }
-        Ok(Prepared {
-            store: store.clone(),
+    /// Decides a prepared request on Redis, by its deadline.
+    pub(crate) async fn check_prepared(&self, prepared: Prepared) -> Decision<'_> {
+        let Prepared {
+            store,
+            deadline,
             items,
             owners,
+            paid,
             leases,
             cost,
-        })
-    }
-
-    /// Decides a prepared request on Redis.
-    pub(crate) async fn check_prepared(&self, prepared: Prepared) -> Decision<'_> {
-        let store = prepared.store.clone();
-        self.check_remote(&store, prepared).await
-    }
-
-    async fn check_remote(&self, store: &RedisStore, prepared: Prepared) -> Decision<'_> {
-        let cost = prepared.cost;
+            policies,
+        } = prepared;
+        let limits = &self.inner.limits;
         let mut tally = Tally::new();
+        tally.set_policies(policies);
         // Limits that admitted the request, for the `allowed` counters.
         let mut admitted: u16 = 0;
         let mut degraded = false;
-        // What to give back if a later limit denies: leases paid, fallback buckets taken.
-        let mut paid: u16 = 0; // indices into `prepared.leases`
-        let mut fallback_taken: Vec<(usize, Option<u64>)> = Vec::new();
+        for p in &paid {
+            let l = &limits[p.owner];
+            admitted |= 1 << p.owner;
+            tally.allow(
+                &l.name,
+                &p.gcra,
+                p.remaining,
+                Duration::from_nanos(p.reset),
+                l.shadow,
+            );
+        }
+        // What to give back if a limit denies: leases fetched, fallback buckets taken.
+        let mut fetched: Vec<(usize, u32)> = Vec::new();
+        let mut fallback_taken: Vec<(usize, Option<u64>, u64)> = Vec::new();
 
-        // 1. Leased limits: decided here; a round trip only to renew a lease.
-        for (i, item) in prepared.leases.iter().enumerate() {
-            let l = &self.inner.limits[item.owner];
+        // 1. Leased limits that fetch; a round trip only to renew a lease.
+        for (i, item) in leases.iter().enumerate() {
+            let l = &limits[item.owner];
             let g = &item.gcra;
-            match self.spend_lease(store, l, item, cost).await {
+            match self.spend_lease(&store, l, item, cost, deadline).await {
                 Ok(LeaseStep::Paid {
                     remaining,
                     reset_after,
+                    from_old,
                 }) => {
                     admitted |= 1 << item.owner;
-                    paid |= 1 << i;
+                    fetched.push((i, from_old));
                     tally.allow(&l.name, g, remaining, reset_after, l.shadow);
                 }
-                Ok(LeaseStep::Denied { retry_after }) => {
+                Ok(LeaseStep::Denied { retry }) => {
                     if l.shadow {
                         l.metrics.shadow_denied();
                     } else {
                         l.metrics.denied();
                     }
-                    tally.deny(&l.name, g, retry_after, l.shadow);
+                    tally.deny(&l.name, g, retry_nanos(g, cost, retry), 0, l.shadow);
                 }
-                Err(_) => {
+                Err(Failed) => {
                     degraded = true;
                     let now = self.inner.clock.now();
                     let key = (item.owner, item.local_key);
@@ -253,36 +299,36 @@ impl<Req: 'static> RateLimiter<Req> {
             }
         }
 
-        // 2. Exact limits: one script call (one per slot on a cluster).
-        if !tally.is_refused() && !prepared.items.is_empty() {
+        // 2. Exact limits: one script call (one per slot on a cluster), within what is left
+        // of the deadline.
+        if !tally.is_refused() && !items.is_empty() {
             #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
             let started = crate::metrics::StoreMetrics::start();
             // Boxed: the call's state is large, and leased decisions never need it.
-            let (items, result) = Box::pin(store.take(prepared.items)).await;
+            let (items, result) = Box::pin(store.take(items, Some(deadline))).await;
             store.metrics().decision(started);
             match result {
                 Ok(steps) => {
-                    for ((step, &(owner, _)), item) in
-                        steps.iter().zip(&prepared.owners).zip(&items)
-                    {
-                        let l = &self.inner.limits[owner];
+                    for ((step, &(owner, _)), item) in steps.iter().zip(&owners).zip(&items) {
+                        let l = &limits[owner];
                         let g = &item.gcra;
                         match *step {
                             RemoteStep::Allow {
                                 remaining,
-                                reset_us,
+                                reset_ns,
                             } => {
                                 admitted |= 1 << owner;
-                                tally.allow(&l.name, g, remaining, from_micros(reset_us), l.shadow)
+                                let reset = Duration::from_nanos(reset_ns);
+                                tally.allow(&l.name, g, remaining, reset, l.shadow)
                             }
-                            RemoteStep::Deny { retry_us, .. } => {
+                            RemoteStep::Deny { retry_ns, reset_ns } => {
                                 if l.shadow {
                                     l.metrics.shadow_denied();
                                 } else {
                                     l.metrics.denied();
                                 }
-                                let retry = retry_after(g, cost, retry_us * 1_000);
-                                tally.deny(&l.name, g, retry, l.shadow)
+                                let retry = retry_nanos(g, cost, retry_ns);
+                                tally.deny(&l.name, g, retry, reset_ns, l.shadow)
                             }
                         }
                     }
@@ -290,7 +336,7 @@ impl<Req: 'static> RateLimiter<Req> {
                 Err(_) => {
                     degraded = true;
                     let now = self.inner.clock.now();
-                    for &key in &prepared.owners {
+                    for &key in &owners {
                         if self.fallback_step(key, now, cost, &mut tally, &mut fallback_taken) {
                             admitted |= 1 << key.0;
                         }
@@ -303,33 +349,32 @@ impl<Req: 'static> RateLimiter<Req> {
             self.count_allowed(admitted);
         } else {
             let now = self.inner.clock.now();
-            for (i, item) in prepared.leases.iter().enumerate() {
-                if paid & (1 << i) != 0 {
-                    item.slot.give_back(cost, now);
+            for p in &paid {
+                if let Some(l_leases) = &limits[p.owner].leases {
+                    l_leases.give_back(p.local_key, cost, p.from_old, now);
                 }
             }
-            for (owner, key) in fallback_taken {
-                let l = &self.inner.limits[owner];
-                l.local.refund(key, &l.params.load().fallback, now, cost);
+            for (i, from_old) in fetched {
+                leases[i].slot.give_back(cost, from_old, now);
+            }
+            for (owner, key, amount) in fallback_taken {
+                limits[owner].local.refund(key, amount, now);
             }
         }
         tally.finish(degraded)
     }
 
-    /// Spends `cost` from a leased limit, renewing its lease from Redis when it cannot pay.
+    /// Spends `cost` from a leased limit, renewing its lease from Redis when it cannot pay,
+    /// by `deadline`.
     async fn spend_lease(
         &self,
         store: &RedisStore,
         l: &LimitState<Req>,
         item: &LeaseItem,
         cost: u32,
-    ) -> omega_core::Result<LeaseStep> {
+        deadline: Instant,
+    ) -> Result<LeaseStep, Failed> {
         let g = &item.gcra;
-        if cost > g.burst {
-            return Ok(LeaseStep::Denied {
-                retry_after: Duration::MAX,
-            });
-        }
         let lease = l
             .leases
             .as_ref()
@@ -341,48 +386,55 @@ impl<Req: 'static> RateLimiter<Req> {
                 Spend::Paid {
                     remaining,
                     reset_after,
+                    from_old,
                 } => {
                     return Ok(LeaseStep::Paid {
                         remaining,
                         reset_after: Duration::from_nanos(reset_after),
+                        from_old,
                     });
                 }
                 Spend::Denied { retry_after } => {
-                    return Ok(LeaseStep::Denied {
-                        retry_after: Duration::from_nanos(retry_after),
-                    });
+                    return Ok(LeaseStep::Denied { retry: retry_after });
                 }
-                Spend::Wait => item.slot.wait_for_fetch().await,
+                // Until the deadline at most; a failed fetch fails its waiters too.
+                Spend::Wait => item
+                    .slot
+                    .wait_for_fetch(deadline)
+                    .await
+                    .map_err(|_| Failed)?,
                 Spend::Fetch(guard) => {
                     let want = lease.batch.max(cost).min(g.burst);
                     #[allow(clippy::let_unit_value)] // unit without the `metrics` feature
                     let started = crate::metrics::StoreMetrics::start();
+                    let sent = self.inner.clock.now();
                     // Boxed: the call's state is large and most spends never need it.
-                    let result = Box::pin(store.lease(&item.slot.redis_key, g, cost, want)).await;
+                    let result =
+                        Box::pin(store.lease(&item.slot.redis_key, g, cost, want, Some(deadline)))
+                            .await;
                     store.metrics().decision(started);
-                    // On error the guard drops here and the next caller may fetch.
-                    let grant = result?;
+                    let Ok(grant) = result else {
+                        guard.failed();
+                        return Err(Failed);
+                    };
                     let now = self.inner.clock.now();
                     return Ok(match grant {
                         LeaseGrant::Granted {
                             cells,
-                            full_after_us,
-                        } => LeaseStep::Paid {
-                            remaining: guard.granted(
-                                cells,
-                                cost,
-                                full_after_us.saturating_mul(1_000),
-                                now,
-                                omega_core::clock::duration_nanos(lease.max_hold),
-                            ),
-                            reset_after: Duration::from_micros(full_after_us),
-                        },
-                        LeaseGrant::Denied { retry_us } => {
-                            let retry = retry_us.saturating_mul(1_000);
-                            guard.denied(retry, now);
-                            LeaseStep::Denied {
-                                retry_after: Duration::from_nanos(retry),
+                            full_after_ns,
+                        } => {
+                            let hold = lease.hold_nanos();
+                            let (remaining, from_old) =
+                                guard.granted(cells, cost, full_after_ns, sent, now, hold);
+                            LeaseStep::Paid {
+                                remaining,
+                                reset_after: Duration::from_nanos(full_after_ns),
+                                from_old,
                             }
+                        }
+                        LeaseGrant::Denied { retry_ns } => {
+                            guard.denied(retry_ns, now);
+                            LeaseStep::Denied { retry: retry_ns }
                         }
                     });
                 }
@@ -391,35 +443,36 @@ impl<Req: 'static> RateLimiter<Req> {
     }
 
     /// Redis failed for limit `owner` (its bucket `key`): its failure policy decides. Returns
-    /// `true` when the limit admitted the request; fallback cells taken are recorded in
-    /// `taken`.
+    /// `true` when the limit admitted the request; fallback cells taken (and how much) are
+    /// recorded in `taken`.
     fn fallback_step<'a>(
         &'a self,
         (owner, key): (usize, Option<u64>),
         now: Nanos,
         cost: u32,
         tally: &mut Tally<'a>,
-        taken: &mut Vec<(usize, Option<u64>)>,
+        taken: &mut Vec<(usize, Option<u64>, u64)>,
     ) -> bool {
         let l = &self.inner.limits[owner];
         let params = l.params.load();
         let denied = match l.on_failure {
             OnBackendFailure::Open => false,
             OnBackendFailure::Closed => {
-                let retry = Duration::from_nanos(params.gcra.interval);
-                tally.deny(&l.name, &params.gcra, retry, l.shadow);
+                let g = &params.gcra;
+                tally.deny(&l.name, g, g.interval, 0, l.shadow);
                 true
             }
             OnBackendFailure::Local { .. } => {
                 let g = &params.fallback;
                 match l.local.step(key, g, now, cost) {
                     Step::Allow { tat } => {
-                        taken.push((owner, key));
+                        taken.push((owner, key, g.interval.saturating_mul(u64::from(cost))));
                         tally.allow_local(&l.name, g, tat, now, l.shadow);
                         false
                     }
                     Step::Deny { retry_after: r } => {
-                        tally.deny(&l.name, g, retry_after(g, cost, r), l.shadow);
+                        let (retry, reset) = g.denial(cost, r);
+                        tally.deny(&l.name, g, retry, reset, l.shadow);
                         true
                     }
                 }
@@ -434,4 +487,10 @@ impl<Req: 'static> RateLimiter<Req> {
         }
         !denied
     }
+}
+
+/// The retry-after of a denial Redis made, in nanoseconds: `u64::MAX` (never) when the cost
+/// is above the burst.
+fn retry_nanos(g: &Gcra, cost: u32, nanos: u64) -> u64 {
+    if cost > g.burst { u64::MAX } else { nanos }
 }

@@ -9,7 +9,7 @@ use omega_core::key::KeyMissing;
 
 use super::decision::{Decision, Refused};
 use super::{RateLimiter, Store};
-use crate::error::RateLimited;
+use crate::error::{PeerAddrMissing, RateLimited};
 #[cfg(feature = "http")]
 use crate::headers::Fields;
 
@@ -25,6 +25,8 @@ pub(crate) enum Settled {
     Limited(RateLimited),
     /// It has no key for a limit that refuses such requests.
     KeyMissing(KeyMissing),
+    /// A client-IP limit saw no peer address: the server does not record them.
+    PeerAddrMissing(PeerAddrMissing),
 }
 
 /// A request as [`RateLimiter::decide_now`] leaves it.
@@ -43,31 +45,29 @@ impl<Req: 'static> RateLimiter<Req> {
     #[inline]
     pub(crate) fn decide_now(&self, req: &Req, advise: bool) -> Now {
         match &self.inner.store {
-            Store::Memory if advise => Now::Settled(self.settle(&self.check_local(req), advise)),
+            Store::Memory if advise => {
+                Now::Settled(self.settle(req, &self.check_local(req), advise))
+            }
             Store::Memory => Now::Settled(match self.admit(req) {
                 Ok(()) => Settled::Admit,
                 Err(refused) => refusal(&refused),
             }),
             #[cfg(feature = "redis")]
-            Store::Redis(store) => match self.check_leased_locally(store, req) {
-                Some(decision) => Now::Settled(self.settle(&decision, advise)),
-                None => match self.prepare_remote(store, req) {
-                    Ok(prepared) => Now::Remote(prepared),
-                    Err(refused) => Now::Settled(self.settle(&refused, advise)),
-                },
+            Store::Redis(store) => match self.decide_redis(store, req) {
+                super::remote::Split::Decided(decision) => {
+                    Now::Settled(self.settle(req, &decision, advise))
+                }
+                super::remote::Split::Remote(prepared) => Now::Remote(prepared),
             },
         }
     }
 
-    /// What the service does with `decision`; with `advise`, the header fields of its binding
-    /// limit go with it (the limit's cached policy value), admitted or denied.
-    pub(crate) fn settle(&self, decision: &Decision<'_>, advise: bool) -> Settled {
+    /// What the service does with `decision` on `req`; with `advise`, the header fields go
+    /// with it, admitted or denied: every policy the request is under, and the binding limit.
+    pub(crate) fn settle(&self, req: &Req, decision: &Decision<'_>, advise: bool) -> Settled {
         #[cfg(feature = "http")]
         if advise {
-            let fields = decision
-                .binding
-                .as_ref()
-                .and_then(|b| self.fields(&b.resolve()));
+            let fields = self.fields(req, decision);
             return match (&decision.refused, fields) {
                 (None, Some(fields)) => Settled::AdmitWith(fields),
                 (None, None) => Settled::Admit,
@@ -80,30 +80,33 @@ impl<Req: 'static> RateLimiter<Req> {
             };
         }
         #[cfg(not(feature = "http"))]
-        let _ = advise;
+        let _ = (advise, req);
         match &decision.refused {
             None => Settled::Admit,
             Some(refused) => refusal(refused),
         }
     }
 
-    /// The header fields of a binding limit, with the limit's cached policy value.
+    /// The header fields of `decision`: the cached list of the request's policies (limits a
+    /// denial kept the decision from reaching are added by their keys, so the list does not
+    /// depend on where it stopped) and the binding limit's state.
     #[cfg(feature = "http")]
-    fn fields(&self, binding: &super::decision::Binding<'_>) -> Option<Fields> {
-        let cache = self
-            .inner
-            .limits
-            .iter()
-            .find(|l| std::ptr::eq(l.name.as_ptr(), binding.limit.as_ptr()))
-            .map(|l| &l.policy);
-        Fields::new(
-            cache,
-            binding.limit,
-            binding.burst,
-            binding.window,
-            binding.remaining,
-            binding.reset_after,
-        )
+    fn fields(&self, req: &Req, decision: &Decision<'_>) -> Option<Fields> {
+        let limits = &self.inner.limits;
+        let mut mask = decision.policies;
+        let unchecked = usize::from(decision.unchecked_from);
+        for (i, l) in limits.iter().enumerate().skip(unchecked) {
+            if !l.shadow && matches!(l.local_key(req), crate::limit::KeyOf::Bucket(_)) {
+                mask |= 1 << i;
+            }
+        }
+        let binding = decision.binding.as_ref().map(|b| b.resolve());
+        if mask == 0 && binding.is_none() {
+            return None;
+        }
+        let state =
+            binding.and_then(|b| crate::headers::state(b.limit, b.remaining, b.reset_after));
+        Some(Fields::new(self.inner.policies.list(limits, mask), state))
     }
 }
 
@@ -113,6 +116,7 @@ fn refusal(refused: &Refused<'_>) -> Settled {
     match refused {
         Refused::Limited(denied) => Settled::Limited(denied.to_error()),
         Refused::KeyMissing { refusal, .. } => Settled::KeyMissing((*refusal).clone()),
+        Refused::PeerAddrMissing { refusal, .. } => Settled::PeerAddrMissing((*refusal).clone()),
     }
 }
 
@@ -130,7 +134,7 @@ mod tests {
             .unwrap();
         let policy = |limiter: &RateLimiter<()>| {
             let mut headers = http::HeaderMap::new();
-            match limiter.settle(&limiter.check_local(&()), true) {
+            match limiter.settle(&(), &limiter.check_local(&()), true) {
                 Settled::AdmitWith(fields) => fields.apply(&mut headers),
                 Settled::Limited(denied) => {
                     omega_core::reject::Refusal::write_headers(&denied, &mut headers)
@@ -145,7 +149,7 @@ mod tests {
         assert_eq!(policy(&limiter), r#""g";q=5;w=60"#);
         // Without `advise`, no figures are computed.
         assert!(matches!(
-            limiter.settle(&limiter.check_local(&()), false),
+            limiter.settle(&(), &limiter.check_local(&()), false),
             Settled::Admit
         ));
     }

@@ -1,25 +1,39 @@
 //! Limits in Redis: one Lua script per decision, on the Redis server's clock.
 //!
-//! On a standalone Redis, decisions that are made at the same time share one script call:
-//! while calls are in flight, new decisions queue, and the next call carries every queued
-//! decision (`GCRA_BATCH`). The script decides them one after the other, in arrival order,
-//! each all-or-none exactly as if it ran alone; a key that several decisions touch is read
-//! and written once. An idle limiter sends each decision at once, so batching adds no wait;
-//! under load it cuts Redis's work per decision (one `EVALSHA`, one `TIME`, one `MGET`, one
-//! `SET` per distinct key) and the client's. A decision waits at most the backend's operation
-//! timeout, queue included.
+//! On a standalone Redis, decisions that are made at the same time share one script call
+//! ([`batch`]): while calls are in flight, new decisions queue, and the next call carries
+//! every queued decision (`GCRA_BATCH`). The script decides them one after the other, in
+//! arrival order, each all-or-none exactly as if it ran alone; a key that several decisions
+//! touch is read and written once. An idle limiter sends each decision at once, so batching
+//! adds no wait; under load it cuts Redis's work per decision (one `EVALSHA`, one `TIME`, one
+//! `MGET`, one `SET` per distinct key) and the client's.
 //!
 //! The script receives every limit that applies to a request and admits the request only when
-//! all enforcing limits have room; then it takes from all of them, otherwise from none. TATs
-//! are kept in microseconds (`TIME`), and each key expires when its bucket is full again, so
-//! Redis holds only active keys.
+//! all enforcing limits have room; then it takes from all of them, otherwise from none. The
+//! arithmetic is the in-memory GCRA's, exactly (integer nanoseconds relative to now; see
+//! `scripts`), and each key expires when its bucket is full again, so Redis holds only active
+//! keys.
 //!
 //! On Redis Cluster the keys of one request usually live in different slots (each limit key is
 //! its own hash tag, so one hot key does not pin every limit to one node). The store then runs
-//! the script once per slot, in limit order; when a later slot denies, it runs the script in
-//! refund mode on the slots that already took, so a denial gives back what the other limits
-//! took. Between the two calls another request may briefly see those cells as taken: a
-//! cluster can deny a little more than a single server, never admit more.
+//! the script once per slot, all slots at once; when a slot denies (or fails), it gives back
+//! in the background what the other slots took (refund mode). Until the refund lands another
+//! request may see those cells as taken: a cluster can deny a little more than a single
+//! server, never admit more.
+//!
+//! # One deadline per decision
+//!
+//! Each decision has one deadline, the backend's operation timeout from when it started:
+//! the queue for a batched call, the per-slot calls of a cluster and a lease fetch before them
+//! all end by it, and refunds run in the background, so no decision waits longer than the
+//! timeout (plus scheduling), whatever fails.
+//!
+//! # Scripts that run twice
+//!
+//! redis-rs's cluster client re-sends a request whose connection dropped after it was sent,
+//! so a script could run twice within one timeout. Every call carries a decision id that the
+//! script remembers for a few seconds: a second run takes nothing and answers as the first
+//! did (see `scripts`).
 //!
 //! When a cluster node is down (or the cluster refuses commands while it is incomplete), the
 //! decisions whose keys live there fail within the operation timeout and each limit follows
@@ -27,35 +41,30 @@
 //! the cluster again by themselves (`tests/redis.rs` kills a node of a 3-node cluster). A node
 //! that restarts without persistence comes back empty: its keys start with full buckets.
 
-use std::time::Duration;
-
-use omega_core::redis::{RedisBackend, Script};
-use omega_core::{Keyspace, hash_slot};
-
-use crate::limit::MAX_LIMITS;
-use crate::quota::Gcra;
-use scripts::{GCRA_BATCH, GCRA_LEASE, GCRA_MULTI};
-
+mod batch;
 mod scripts;
 
-/// The most decisions one batched call carries.
-const MAX_BATCH: usize = 256;
-/// Batched calls in flight at once (per limiter).
-const MAX_IN_FLIGHT: usize = 4;
-// Key and parameter indices travel as u16 (see `GCRA_BATCH`).
-const _: () = assert!(MAX_BATCH * MAX_LIMITS <= u16::MAX as usize);
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use omega_core::redis::{RedisBackend, Script, ScriptCall};
+use omega_core::{Keyspace, hash_slot};
+use tokio::time::Instant;
+
+use crate::quota::Gcra;
+use scripts::{GCRA_BATCH, GCRA_LEASE, GCRA_MULTI};
 
 /// What a lease call gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LeaseGrant {
-    /// `cells` taken; the bucket is full again `full_after_us` from now.
-    Granted { cells: u32, full_after_us: u64 },
-    /// Fewer cells than asked for are available; µs until there are enough.
-    Denied { retry_us: u64 },
+    /// `cells` taken; the bucket is full again `full_after_ns` from now.
+    Granted { cells: u32, full_after_ns: u64 },
+    /// Fewer cells than asked for are available; ns until there are enough.
+    Denied { retry_ns: u64 },
 }
 
 /// One limit's part in a Redis decision.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Item {
     /// The Redis key (binary-safe: it embeds the request's key bytes).
     pub(crate) key: Vec<u8>,
@@ -67,10 +76,48 @@ pub(crate) struct Item {
 /// What the script said about one limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RemoteStep {
-    /// Admitted; cells left and time until full, in µs.
-    Allow { remaining: u32, reset_us: u64 },
-    /// Over the limit (a shadow limit reports this without denying); µs until admitted.
-    Deny { retry_us: u64, reset_us: u64 },
+    /// Admitted; cells left and time until full, in ns.
+    Allow { remaining: u32, reset_ns: u64 },
+    /// Over the limit (a shadow limit reports this without denying); ns until admitted.
+    Deny { retry_ns: u64, reset_ns: u64 },
+}
+
+/// Decision ids: a random per-store prefix and a counter, 16 bytes.
+struct DecisionIds {
+    nonce: u64,
+    next: AtomicU64,
+}
+
+impl DecisionIds {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        DecisionIds {
+            nonce: seed.hash_one((std::process::id(), now)),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The id key of a call whose first key is `first`: in its hash slot.
+    fn key(&self, first: &[u8]) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut k = Vec::with_capacity(first.len() + 19);
+        k.extend_from_slice(first);
+        k.extend_from_slice(b":d:");
+        k.extend_from_slice(&self.nonce.to_le_bytes());
+        k.extend_from_slice(&n.to_le_bytes());
+        k
+    }
+}
+
+/// How long a script remembers a decision id (ms): four operation timeouts and at least 2 s,
+/// longer than a re-send of a call whose caller still waits (a client drops a request whose
+/// caller gave up).
+fn id_lifetime(op_timeout: Duration) -> u64 {
+    (op_timeout.as_millis() as u64).saturating_mul(4).max(2_000)
 }
 
 pub(crate) struct RedisStore {
@@ -78,9 +125,13 @@ pub(crate) struct RedisStore {
     script: Script,
     batch_script: Script,
     /// The queue of the batching task, started on first use (standalone Redis only).
-    batcher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Pending>>,
+    batcher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Pending>>,
     lease_script: Script,
+    ids: std::sync::Arc<DecisionIds>,
     metrics: crate::metrics::StoreMetrics,
+    /// Tests decide at a time they choose (µs since the epoch; 0: the server's clock).
+    #[cfg(test)]
+    pub(crate) test_now_us: std::sync::Arc<AtomicU64>,
 }
 
 impl RedisStore {
@@ -90,7 +141,10 @@ impl RedisStore {
             lease_script: Script::new("rate_limit_lease", GCRA_LEASE),
             batch_script: Script::new("rate_limit_batch", GCRA_BATCH),
             batcher: std::sync::OnceLock::new(),
+            ids: std::sync::Arc::new(DecisionIds::new()),
             metrics: crate::metrics::StoreMetrics::new(backend.target()),
+            #[cfg(test)]
+            test_now_us: Default::default(),
             backend,
         }
     }
@@ -103,23 +157,68 @@ impl RedisStore {
         &self.backend
     }
 
-    /// Takes a lease of up to `want` cells (at least `min`) from `key`.
+    /// The deadline of a decision starting now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.backend.op_timeout()
+    }
+
+    /// The time the scripts decide at: 0, the server's clock; tests choose their own.
+    fn now_arg(&self) -> u64 {
+        #[cfg(test)]
+        return self.test_now_us.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        0
+    }
+
+    /// A call of `script` with its common arguments (the time, the id's lifetime).
+    fn call(&self, script: &Script) -> ScriptCall {
+        script
+            .call()
+            .arg(self.now_arg())
+            .arg(id_lifetime(self.backend.op_timeout()))
+    }
+
+    /// Runs `call` by `deadline` (default: one operation timeout from now).
+    async fn eval(
+        &self,
+        call: &ScriptCall,
+        deadline: Option<Instant>,
+    ) -> omega_core::Result<Vec<i64>> {
+        let timeout = self.backend.op_timeout();
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + timeout);
+        if Instant::now() >= deadline {
+            // Nothing is sent: a call that cannot be answered in time must not take anything.
+            return Err(omega_core::Error::timeout(timeout)
+                .during(format!("script {} (no time left)", call.script().name())));
+        }
+        match tokio::time::timeout_at(deadline, self.backend.eval(call)).await {
+            Ok(result) => result,
+            Err(_) => Err(omega_core::Error::timeout(timeout).during(format!(
+                "script {} at {}",
+                call.script().name(),
+                self.backend.target()
+            ))),
+        }
+    }
+
+    /// Takes a lease of up to `want` cells (at least `min`) from `key`, by `deadline`.
     pub(crate) async fn lease(
         &self,
         key: &[u8],
         gcra: &Gcra,
         min: u32,
         want: u32,
+        deadline: Option<Instant>,
     ) -> omega_core::Result<LeaseGrant> {
         let call = self
-            .lease_script
-            .call()
-            .key(key)
-            .arg(micros(gcra.interval))
-            .arg(micros(gcra.capacity))
+            .call(&self.lease_script)
+            .arg(gcra.interval)
+            .arg(gcra.capacity)
             .arg(min)
-            .arg(want);
-        let raw: Vec<i64> = self.backend.eval(&call).await?;
+            .arg(want)
+            .key(key)
+            .key(self.ids.key(key));
+        let raw = self.eval(&call, deadline).await?;
         let (first, second) = (
             raw.first().copied().unwrap_or(0),
             raw.get(1).copied().unwrap_or(0).max(0) as u64,
@@ -127,288 +226,157 @@ impl RedisStore {
         Ok(if first > 0 {
             LeaseGrant::Granted {
                 cells: u32::try_from(first).unwrap_or(u32::MAX),
-                full_after_us: second,
+                full_after_ns: second,
             }
         } else {
-            LeaseGrant::Denied { retry_us: second }
+            LeaseGrant::Denied { retry_ns: second }
         })
     }
 
-    /// Takes from every item or from none, and hands the items back. Errors are the
-    /// backend's, or a timeout when the decision waited longer than the operation timeout.
+    /// Takes from every item or from none, by `deadline`, and hands the items back. Errors
+    /// are the backend's, or a timeout when the decision reached its deadline.
     pub(crate) async fn take(
         &self,
         items: Vec<Item>,
+        deadline: Option<Instant>,
     ) -> (Vec<Item>, omega_core::Result<Vec<RemoteStep>>) {
+        let deadline = deadline.unwrap_or_else(|| self.deadline());
         if self.backend.is_cluster() {
-            let result = self.take_on_cluster(&items).await;
+            let result = self.take_on_cluster(&items, deadline).await;
             return (items, result);
         }
         let queue = self.batcher.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(run_batches(
-                self.backend.clone(),
-                self.batch_script.clone(),
-                rx,
-            ));
-            tx
+            batch::start(batch::Batcher {
+                backend: self.backend.clone(),
+                script: self.batch_script.clone(),
+                ids: self.ids.clone(),
+                #[cfg(test)]
+                test_now_us: self.test_now_us.clone(),
+            })
         });
-        let n = items.len();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let timeout = self.backend.op_timeout();
-        let lost = || omega_core::Error::timeout(timeout).during("script rate_limit_batch");
-        let pending = Pending {
-            items,
-            reply,
-            queued: std::time::Instant::now(),
-        };
-        if let Err(unsent) = queue.send(pending) {
-            return (unsent.0.items, Err(lost()));
-        }
-        // The batching task answers within the operation timeout, counted from `queued`.
-        match answer.await {
-            Ok(done) => done,
-            Err(_) => (placeholder_items(n), Err(lost())),
-        }
+        batch::submit(queue, items, deadline, self.backend.op_timeout()).await
     }
 
-    async fn take_on_cluster(&self, items: &[Item]) -> omega_core::Result<Vec<RemoteStep>> {
+    /// One call per slot, all at once; a denial or a failure gives back, in the background,
+    /// what the other slots took.
+    async fn take_on_cluster(
+        &self,
+        items: &[Item],
+        deadline: Instant,
+    ) -> omega_core::Result<Vec<RemoteStep>> {
+        let groups = by_slot(items, 0..items.len());
+        let calls = groups.iter().map(|members| {
+            let group: Vec<&Item> = members.iter().map(|&i| &items[i]).collect();
+            async move { self.run_refs(&group, false, Some(deadline)).await }
+        });
+        let results = futures_util::future::join_all(calls).await;
         let mut steps = vec![
             RemoteStep::Allow {
-                remaining: 0,
-                reset_us: 0
+                remaining: u32::MAX,
+                reset_ns: 0
             };
             items.len()
         ];
-        let mut taken: Vec<usize> = Vec::new();
-        for members in by_slot(items, 0..items.len()) {
-            let group: Vec<&Item> = members.iter().map(|&i| &items[i]).collect();
-            let (admitted, group_steps) = match self.run_refs(&group, false).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.refund(items, &taken).await;
-                    return Err(e);
+        let (mut error, mut denied) = (None, false);
+        let mut taken: Vec<Item> = Vec::new();
+        for (members, result) in groups.iter().zip(results) {
+            match result {
+                Ok((admitted, group_steps)) => {
+                    for (&i, step) in members.iter().zip(group_steps) {
+                        steps[i] = step;
+                        if admitted && matches!(step, RemoteStep::Allow { .. }) {
+                            taken.push(items[i].clone());
+                        }
+                    }
+                    denied |= !admitted;
                 }
-            };
-            for (&i, step) in members.iter().zip(group_steps) {
-                steps[i] = step;
+                Err(e) => error = Some(e),
             }
-            if !admitted {
-                // Slots not asked yet report a full bucket and took nothing.
-                self.refund(items, &taken).await;
-                return Ok(steps);
-            }
-            taken.extend(
-                members
-                    .into_iter()
-                    .filter(|&i| matches!(steps[i], RemoteStep::Allow { .. })),
-            );
         }
-        Ok(steps)
-    }
-
-    /// Gives back what the `taken` items took. A failed refund leaves those cells taken until
-    /// they replenish: it can cost admissions, never add any.
-    async fn refund(&self, items: &[Item], taken: &[usize]) {
-        for members in by_slot(items, taken.iter().copied()) {
-            let group: Vec<&Item> = members.iter().map(|&i| &items[i]).collect();
-            let _ = self.run_refs(&group, true).await;
+        if (denied || error.is_some()) && !taken.is_empty() {
+            self.refund_later(taken);
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(steps),
         }
     }
 
-    async fn run_refs(
+    /// Gives back what `taken` took, in the background (one call per slot, each within the
+    /// operation timeout). A failed refund leaves those cells taken until they replenish: it
+    /// can cost admissions, never add any.
+    fn refund_later(&self, taken: Vec<Item>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = RefundStore {
+            backend: self.backend.clone(),
+            script: self.script.clone(),
+            ids: self.ids.clone(),
+        };
+        runtime.spawn(async move {
+            let calls = by_slot(&taken, 0..taken.len()).into_iter().map(|members| {
+                let group: Vec<&Item> = members.iter().map(|&i| &taken[i]).collect();
+                let call = multi_call(&store.script, &store.ids, &group, true, 0, &store.backend);
+                let backend = store.backend.clone();
+                async move { backend.eval::<Vec<i64>>(&call).await }
+            });
+            futures_util::future::join_all(calls).await;
+        });
+    }
+
+    /// One `GCRA_MULTI` call over `items` (one slot), by `deadline`: whether every enforcing
+    /// limit admitted, and each item's step.
+    pub(crate) async fn run_refs(
         &self,
         items: &[&Item],
         refund: bool,
+        deadline: Option<Instant>,
     ) -> omega_core::Result<(bool, Vec<RemoteStep>)> {
-        let mut call = self
-            .script
-            .call()
-            .arg(if refund { "refund" } else { "take" });
-        for item in items {
-            call = call
-                .key(item.key.as_slice())
-                .arg(micros(item.gcra.interval))
-                .arg(micros(item.gcra.capacity))
-                .arg(item.cost)
-                .arg(if item.shadow { "1" } else { "0" });
-        }
-        let raw: Vec<i64> = self.backend.eval(&call).await?;
+        let call = multi_call(
+            &self.script,
+            &self.ids,
+            items,
+            refund,
+            self.now_arg(),
+            &self.backend,
+        );
+        let raw = self.eval(&call, deadline).await?;
         let admitted = raw.first().copied() == Some(1);
         Ok((admitted, parse_steps(raw.get(1..).unwrap_or_default())))
     }
 }
 
-/// A decision waiting for a batched call.
-struct Pending {
-    items: Vec<Item>,
-    /// When the decision was queued: its time budget runs from here.
-    queued: std::time::Instant,
-    reply: tokio::sync::oneshot::Sender<(Vec<Item>, omega_core::Result<Vec<RemoteStep>>)>,
-}
-
-/// Items whose originals were not handed back (the decision timed out); only their count
-/// matters to the caller, which then decides by the failure policies.
-fn placeholder_items(n: usize) -> Vec<Item> {
-    (0..n)
-        .map(|_| Item {
-            key: Vec::new(),
-            gcra: Gcra {
-                interval: 1,
-                capacity: 1,
-                burst: 1,
-            },
-            cost: 0,
-            shadow: false,
-        })
-        .collect()
-}
-
-/// The batching task: takes what is queued, up to `MAX_BATCH` decisions, whenever one of
-/// `MAX_IN_FLIGHT` calls is free; ends when the limiter is dropped.
-async fn run_batches(
+/// What a background refund needs of the store.
+struct RefundStore {
     backend: RedisBackend,
     script: Script,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>,
-) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let (backend, script) = (backend.clone(), script.clone());
-        tokio::spawn(async move {
-            run_batch(&backend, &script, batch).await;
-            drop(slot);
-        });
-    }
+    ids: std::sync::Arc<DecisionIds>,
 }
 
-/// One call for a batch of decisions; each gets its own steps back.
-async fn run_batch(backend: &RedisBackend, script: &Script, batch: Vec<Pending>) {
-    // Distinct keys and distinct limit parameters, numbered from 1 as Lua counts.
-    let mut keys: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
-    let mut ordered: Vec<&[u8]> = Vec::new();
-    let mut params: Vec<(u64, u64, bool)> = Vec::new();
-    // Every decision in one binary string (see `GCRA_BATCH`): indices fit in u16, as a
-    // batch holds at most MAX_BATCH × MAX_LIMITS keys and parameter sets.
-    let mut decisions: Vec<u8> = Vec::with_capacity(batch.len() * (6 + 4 * 3));
-    for p in &batch {
-        decisions.extend_from_slice(&(p.items.len() as u16).to_le_bytes());
-        decisions.extend_from_slice(&p.items.first().map_or(0, |i| i.cost).to_le_bytes());
-        for item in &p.items {
-            let g = (item.gcra.interval, item.gcra.capacity, item.shadow);
-            let param = match params.iter().position(|&q| q == g) {
-                Some(i) => i + 1,
-                None => {
-                    params.push(g);
-                    params.len()
-                }
-            };
-            let next = ordered.len() + 1;
-            let key = *keys.entry(item.key.as_slice()).or_insert_with(|| {
-                ordered.push(item.key.as_slice());
-                next
-            });
-            decisions.extend_from_slice(&(param as u16).to_le_bytes());
-            decisions.extend_from_slice(&(key as u16).to_le_bytes());
-        }
-    }
-    let mut call = script.call().arg(params.len());
-    for (interval, capacity, shadow) in &params {
+/// A `GCRA_MULTI` call: `take` or `refund` over `items`, at `now` (0: the server's clock).
+fn multi_call(
+    script: &Script,
+    ids: &DecisionIds,
+    items: &[&Item],
+    refund: bool,
+    now: u64,
+    backend: &RedisBackend,
+) -> ScriptCall {
+    let mut call = script
+        .call()
+        .arg(now)
+        .arg(id_lifetime(backend.op_timeout()))
+        .arg(if refund { "refund" } else { "take" });
+    for item in items {
         call = call
-            .arg(micros(*interval))
-            .arg(micros(*capacity))
-            .arg(if *shadow { "1" } else { "0" });
+            .key(item.key.as_slice())
+            .arg(item.gcra.interval)
+            .arg(item.gcra.capacity)
+            .arg(item.cost)
+            .arg(if item.shadow { "1" } else { "0" });
     }
-    call = call.arg(&decisions[..]);
-    for key in ordered {
-        call = call.key(key);
-    }
-    drop(keys);
-    // The oldest decision's budget bounds the call, so no decision waits past the timeout.
-    let timeout = backend.op_timeout();
-    let waited = batch
-        .iter()
-        .map(|p| p.queued.elapsed())
-        .max()
-        .unwrap_or_default();
-    let result: omega_core::Result<Vec<i64>> =
-        match tokio::time::timeout(timeout.saturating_sub(waited), backend.eval(&call)).await {
-            Ok(result) => result,
-            Err(_) => Err(omega_core::Error::timeout(timeout).during("script rate_limit_batch")),
-        };
-    match result {
-        Ok(raw) => {
-            let mut at = 0;
-            for p in batch {
-                let steps = raw
-                    .get(at..at + 5)
-                    .map(|summary| batch_steps(&p.items, summary))
-                    .ok_or_else(|| {
-                        omega_core::Error::timeout(backend.op_timeout())
-                            .during("script rate_limit_batch: short reply")
-                    });
-                at += 5;
-                let _ = p.reply.send((p.items, steps));
-            }
-        }
-        Err(e) => {
-            for p in batch {
-                let _ = p.reply.send((p.items, Err(e.clone())));
-            }
-        }
-    }
-}
-
-/// Per-limit steps from one decision's summary in a batched reply. Limits other than the
-/// binding (or denying) one report as admitted with room to spare, so that the binding one
-/// is what the headers show; shadow limits that would have denied report so.
-fn batch_steps(items: &[Item], summary: &[i64]) -> Vec<RemoteStep> {
-    let (admitted, j, a, b, shadows) = (
-        summary[0] == 1,
-        summary[1],
-        summary[2].max(0) as u64,
-        summary[3].max(0) as u64,
-        summary[4],
-    );
-    (0..items.len())
-        .map(|i| {
-            if i as i64 + 1 == j {
-                if admitted {
-                    RemoteStep::Allow {
-                        remaining: u32::try_from(a).unwrap_or(u32::MAX),
-                        reset_us: b,
-                    }
-                } else {
-                    RemoteStep::Deny {
-                        retry_us: a,
-                        reset_us: b,
-                    }
-                }
-            } else if i < 63 && shadows & (1 << i) != 0 {
-                RemoteStep::Deny {
-                    retry_us: 0,
-                    reset_us: 0,
-                }
-            } else {
-                RemoteStep::Allow {
-                    remaining: u32::MAX,
-                    reset_us: 0,
-                }
-            }
-        })
-        .collect()
+    call.key(ids.key(items.first().map_or(&b""[..], |i| &i.key)))
 }
 
 /// Steps from `(flag, a, b)` triples.
@@ -417,11 +385,11 @@ fn parse_steps(raw: &[i64]) -> Vec<RemoteStep> {
         .map(|c| match c[0] {
             1 => RemoteStep::Allow {
                 remaining: u32::try_from(c[1].max(0)).unwrap_or(u32::MAX),
-                reset_us: c[2].max(0) as u64,
+                reset_ns: c[2].max(0) as u64,
             },
             _ => RemoteStep::Deny {
-                retry_us: c[1].max(0) as u64,
-                reset_us: c[2].max(0) as u64,
+                retry_ns: c[1].max(0) as u64,
+                reset_ns: c[2].max(0) as u64,
             },
         })
         .collect()
@@ -438,16 +406,6 @@ fn by_slot(items: &[Item], indices: impl Iterator<Item = usize>) -> Vec<Vec<usiz
         }
     }
     groups.into_iter().map(|(_, members)| members).collect()
-}
-
-/// Nanoseconds as fractional microseconds, for the script.
-fn micros(nanos: u64) -> f64 {
-    nanos as f64 / 1_000.0
-}
-
-/// Microseconds from the script as a duration.
-pub(crate) fn from_micros(us: u64) -> Duration {
-    Duration::from_micros(us)
 }
 
 /// The Redis key of a limit's bucket: `prefix:{rl:limit:key}` (or `prefix:{rl:limit}` for a
@@ -481,6 +439,11 @@ pub(crate) fn redis_key(ks: &Keyspace, limit: &str, key: Option<&[u8]>) -> Vec<u
     out.push(b'}');
     out
 }
+
+#[cfg(test)]
+mod consistency;
+#[cfg(test)]
+mod replay;
 
 #[cfg(test)]
 mod tests {

@@ -2,12 +2,14 @@
 //! whole when decoded.
 
 use crate::error::{TopologyError, TopologyErrorKind};
+use crate::ketama::KetamaFlavor;
 use crate::node::{Algorithm, MAX_NODES, Node};
 use crate::topology::Topology;
 
 const MAGIC: &[u8; 4] = b"OSR1";
 
-/// Encodes a topology: `OSR1`, epoch (u64), algorithm (u8 tag, u32 parameter), node count
+/// Encodes a topology: `OSR1`, epoch (u64), algorithm (u8 tag, u32 parameter: table bits, ring
+/// vnodes, ketama flavour code (0 = libketama)), node count
 /// (u32), each node as id (u16 length + bytes), weight (u32), address (u16 length + bytes),
 /// then for a slot table each slot's node index (u16); all little-endian.
 pub fn encode(t: &Topology) -> Vec<u8> {
@@ -17,7 +19,7 @@ pub fn encode(t: &Topology) -> Vec<u8> {
     let (tag, param) = match t.algorithm() {
         Algorithm::Table { bits } => (0u8, u32::from(bits)),
         Algorithm::Ring { vnodes } => (1, vnodes),
-        Algorithm::Ketama => (2, 0),
+        Algorithm::Ketama(flavour) => (2, flavour.code()),
         Algorithm::Rendezvous => (3, 0),
     };
     out.push(tag);
@@ -68,7 +70,9 @@ pub fn decode(mut b: &[u8]) -> Result<Topology, TopologyError> {
             bits: u8::try_from(param).map_err(|_| bad("table bits"))?,
         },
         1 => Algorithm::Ring { vnodes: param },
-        2 => Algorithm::Ketama,
+        2 => Algorithm::Ketama(
+            KetamaFlavor::from_code(param).ok_or_else(|| bad("unknown ketama flavour"))?,
+        ),
         3 => Algorithm::Rendezvous,
         _ => return Err(bad("unknown algorithm")),
     };

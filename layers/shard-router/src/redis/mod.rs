@@ -8,11 +8,28 @@
 //! reconnects; every time the subscription is (re)established the stored topology is read
 //! again, so a change announced while a router was not listening is never missed for long.
 //! Nothing here opens a connection of its own: the one [`RedisBackend`] handle serves it all.
+//!
+//! **Epochs only move forward.** A router adopts a stored topology only when its epoch is newer
+//! than the one it routes on. When Redis loses the topology (a restart without persistence) it
+//! comes back empty, or re-seeded by a router joining with its initial map: a router holding a
+//! newer epoch then stores its own map again ([`Refresh::Reseeded`]), so the stored topology
+//! converges on the newest epoch any router holds, and changes build on that map. A router
+//! re-seeds only from the newest epoch it knows of (stored, announced, or its own): one that
+//! heard of a newer epoch than it holds leaves the re-seed to a router that holds it
+//! ([`Refresh::Stale`], [`SyncError::Stale`]). Every re-seed is reported: by
+//! [`RedisTopology::refresh`], [`RedisTopology::reseeds`] and (feature `metrics`) the
+//! [`METRIC_RESEEDS`] counter.
+//!
+//! One case is left: a router that never heard of the newest epoch (it was cut off while the
+//! others changed the topology) and changes the topology right after Redis lost it re-seeds
+//! from its own map; the routers holding a newer epoch replace that map within a poll
+//! interval, and the change is lost (their refreshes report the re-seed).
 
 mod codec;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use omega_core::redis::{RedisBackend, Script, SubscriptionEvent, cmd};
@@ -40,6 +57,11 @@ fn cas_script() -> &'static Script {
     SCRIPT.get_or_init(|| Script::new("shard_topology_cas", CAS))
 }
 
+/// Re-seeds of stored topologies through the `metrics` crate (feature `metrics`): Redis had
+/// lost a topology (or held an older epoch than a router) and a router stored its own again;
+/// label `topology` (the stored key).
+pub const METRIC_RESEEDS: &str = "omega_shard_router_topology_reseeds_total";
+
 /// A shared-topology operation failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -48,6 +70,16 @@ pub enum SyncError {
     Redis(omega_core::Error),
     /// The change was invalid, or the stored topology could not be decoded.
     Topology(TopologyError),
+    /// Redis lost the topology (none stored, or an older epoch than this router's) and this
+    /// router knows of a newer epoch than the one it holds: it does not re-seed Redis from its
+    /// stale map, and the change is not applied. A router holding the newest epoch re-seeds
+    /// Redis on its next refresh; this router adopts it then, and the change can be retried.
+    Stale {
+        /// The epoch this router holds.
+        local: u64,
+        /// The newest epoch it knows of.
+        newest: u64,
+    },
 }
 
 impl fmt::Display for SyncError {
@@ -55,6 +87,11 @@ impl fmt::Display for SyncError {
         match self {
             SyncError::Redis(e) => write!(f, "shared topology: {e}"),
             SyncError::Topology(e) => write!(f, "shared topology: {e}"),
+            SyncError::Stale { local, newest } => write!(
+                f,
+                "shared topology: Redis lost the topology, and this router holds epoch {local} \
+                 while epoch {newest} exists: it leaves the re-seed to a router that holds it"
+            ),
         }
     }
 }
@@ -64,8 +101,52 @@ impl std::error::Error for SyncError {
         match self {
             SyncError::Redis(e) => Some(e),
             SyncError::Topology(e) => Some(e),
+            SyncError::Stale { .. } => None,
         }
     }
+}
+
+/// What [`RedisTopology::refresh`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refresh {
+    /// Nothing to do: the stored topology has the local epoch (or none is stored and the
+    /// local topology is empty, or another router stored one meanwhile).
+    Unchanged,
+    /// The stored topology was newer and replaced the local one.
+    Adopted {
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// Redis had lost the topology (none stored, or an older epoch than the local one): the
+    /// local topology, the newest this router knows of, was stored again.
+    Reseeded(Reseed),
+    /// Redis lost the topology, but this router knows of a newer epoch than it holds: it left
+    /// Redis alone (see [`SyncError::Stale`]).
+    Stale {
+        /// The epoch this router holds.
+        local: u64,
+        /// The newest epoch it knows of.
+        newest: u64,
+    },
+}
+
+/// A re-seed: Redis held no topology (`found: None`) or an older one (`found: Some(epoch)`),
+/// and a router stored its own (of epoch `epoch`) again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reseed {
+    /// The epoch Redis held, if any.
+    pub found: Option<u64>,
+    /// The epoch stored again.
+    pub epoch: u64,
+}
+
+/// What every clone of a [`RedisTopology`] knows.
+#[derive(Debug, Default)]
+struct Known {
+    /// The newest epoch seen: stored, announced, or written by this router.
+    newest: AtomicU64,
+    reseeds: AtomicU64,
 }
 
 impl From<omega_core::Error> for SyncError {
@@ -83,9 +164,11 @@ impl From<TopologyError> for SyncError {
 /// A topology kept in Redis (or Redis Cluster) and mirrored into a local [`TopologyHandle`].
 ///
 /// Redis is the source of truth: change the topology through [`RedisTopology::apply`], not
-/// through the handle (a local change would be replaced by the stored topology on the next
-/// refresh). If Redis is down when a process starts, [`join`](RedisTopology::join) fails;
-/// the process can route on a topology it stores in the handle itself and join later.
+/// through the handle. A change made through the handle alone gives the local topology a
+/// newer epoch than the stored one, so the next refresh stores it as a re-seed, without the
+/// compare-and-set of `apply` against changes made meanwhile by other routers. If Redis is down
+/// when a process starts, [`join`](RedisTopology::join) fails; the process can route on a
+/// topology it stores in the handle itself and join later.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -110,6 +193,7 @@ pub struct RedisTopology {
     key: Arc<str>,
     channel: Arc<str>,
     handle: TopologyHandle,
+    known: Arc<Known>,
 }
 
 impl fmt::Debug for RedisTopology {
@@ -140,7 +224,31 @@ impl RedisTopology {
             key: Arc::from(key),
             channel: Arc::from(channel),
             handle,
+            known: Arc::default(),
         })
+    }
+
+    /// The newest epoch this router knows of: stored in Redis, announced on the channel, or
+    /// written by it.
+    pub fn newest_known_epoch(&self) -> u64 {
+        self.known.newest.load(Ordering::Relaxed)
+    }
+
+    /// How many times this router (any clone of this `RedisTopology`) re-seeded Redis with
+    /// its own topology after Redis had lost the stored one.
+    pub fn reseeds(&self) -> u64 {
+        self.known.reseeds.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, epoch: u64) {
+        self.known.newest.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    fn reseeded(&self, found: Option<u64>, epoch: u64) -> Reseed {
+        self.known.reseeds.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(METRIC_RESEEDS, "topology" => self.key.to_string()).increment(1);
+        Reseed { found, epoch }
     }
 
     /// The local handle.
@@ -161,40 +269,67 @@ impl RedisTopology {
     /// Joins the shared topology: adopts the stored one if there is one, else stores
     /// `initial` (the first router to join seeds it; the others adopt it). Returns the
     /// topology now in the handle.
+    ///
+    /// The stored topology replaces the handle's when its epoch is the same or newer (at the
+    /// same epoch Redis wins: a handle built from a local file holds epoch 1 too). A stored
+    /// topology older than the handle's is what Redis keeps after losing its data: the handle's
+    /// is stored again, as [`refresh`](Self::refresh) does.
     pub async fn join(&self, initial: Topology) -> Result<Arc<Topology>, SyncError> {
-        if let Some(stored) = self.load().await? {
-            self.handle.store(stored.clone());
-            return Ok(stored);
+        let stored = match self.load().await? {
+            Some(stored) => stored,
+            None => {
+                let initial = Arc::new(initial);
+                if self.cas(None, &initial).await? {
+                    self.handle.store_unless_older(initial);
+                    return Ok(self.handle.load());
+                }
+                self.load().await?.ok_or_else(|| {
+                    TopologyError::new(TopologyErrorKind::Conflict, "the stored topology vanished")
+                })?
+            }
+        };
+        if !self.handle.store_unless_older(stored) {
+            self.refresh().await?;
         }
-        let initial = Arc::new(initial);
-        if self.cas(None, &initial).await? {
-            self.handle.store(initial.clone());
-            return Ok(initial);
-        }
-        let stored = self.load().await?.ok_or_else(|| {
-            TopologyError::new(TopologyErrorKind::Conflict, "the stored topology vanished")
-        })?;
-        self.handle.store(stored.clone());
-        Ok(stored)
+        Ok(self.handle.load())
     }
 
     /// Applies `changes` to the stored topology (compare-and-set on its epoch, retried on a
     /// concurrent change), announces the change, and updates the local handle. Once the
     /// change is stored it stands: if the announcement fails, the other routers pick the
     /// change up when their subscription is back or on their next poll.
+    ///
+    /// If Redis lost the topology (none stored, or an older epoch than the local one), the
+    /// change is applied to the local topology, the newest known, which re-seeds Redis
+    /// (counted in [`reseeds`](Self::reseeds)); if this router knows of a newer epoch than it
+    /// holds, it fails with [`SyncError::Stale`] instead.
     pub async fn apply(&self, changes: &[Change]) -> Result<Arc<Topology>, SyncError> {
         for _ in 0..16 {
-            // Redis lost the topology (a restart without persistence): re-seed it from the
-            // local one.
-            let (current, expected) = match self.load().await? {
-                Some(t) => {
+            let stored = self.load().await?;
+            let local = self.handle.load();
+            let (base, expected, reseed) = match stored {
+                Some(t) if t.epoch() >= local.epoch() => {
                     let e = t.epoch();
-                    (t, Some(e))
+                    (t, Some(e), None)
                 }
-                None => (self.handle.load(), None),
+                lost => {
+                    let found = lost.map(|t| t.epoch());
+                    let newest = self.newest_known_epoch();
+                    if local.epoch() < newest {
+                        return Err(SyncError::Stale {
+                            local: local.epoch(),
+                            newest,
+                        });
+                    }
+                    let reseed = (local.epoch() > 0).then_some(found);
+                    (local, found, reseed)
+                }
             };
-            let next = Arc::new(current.apply(changes)?);
+            let next = Arc::new(base.apply(changes)?);
             if self.cas(expected, &next).await? {
+                if let Some(found) = reseed {
+                    self.reseeded(found, base.epoch());
+                }
                 self.handle.store_if_newer(next.clone());
                 return Ok(next);
             }
@@ -206,29 +341,49 @@ impl RedisTopology {
         .into())
     }
 
-    /// Reads the stored epoch and, when it differs from the local one, the stored topology,
-    /// which then replaces the local one. Returns whether the local topology changed. When
-    /// Redis lost the topology (a restart without persistence), the local one (if it is not
-    /// empty) is stored again, so that routers joining later adopt it.
-    pub async fn refresh(&self) -> Result<bool, SyncError> {
+    /// Brings the local topology and Redis in step: reads the stored epoch and, when it is
+    /// newer than the local one, adopts the stored topology. When Redis lost the topology (a
+    /// restart without persistence: none stored, or an older epoch, such as a joining
+    /// router's initial map), stores the local one again if it is the newest this router knows
+    /// of, so that the fleet converges on the newest epoch and routers joining later adopt
+    /// it. Never moves the local topology to an older epoch. See [`Refresh`].
+    pub async fn refresh(&self) -> Result<Refresh, SyncError> {
         let mut hget = cmd("HGET");
         hget.arg(&*self.key).arg("epoch");
-        let epoch: Option<u64> = self.backend.query(&hget).await?;
-        match epoch {
-            Some(e) if e != self.handle.epoch() => match self.load().await? {
+        let stored: Option<u64> = self.backend.query(&hget).await?;
+        if let Some(e) = stored {
+            self.note(e);
+        }
+        let local = self.handle.load();
+        match stored {
+            Some(e) if e > local.epoch() => match self.load().await? {
                 Some(t) => {
-                    self.handle.store(t);
-                    Ok(true)
+                    let epoch = t.epoch();
+                    Ok(if self.handle.store_if_newer(t) {
+                        Refresh::Adopted { epoch }
+                    } else {
+                        Refresh::Unchanged
+                    })
                 }
-                None => Ok(false),
+                None => Ok(Refresh::Unchanged),
             },
-            Some(_) => Ok(false),
-            None => {
-                let local = self.handle.load();
-                if local.epoch() > 0 {
-                    self.cas(None, &local).await?;
+            Some(e) if e == local.epoch() => Ok(Refresh::Unchanged),
+            found => {
+                if local.epoch() == 0 {
+                    return Ok(Refresh::Unchanged);
                 }
-                Ok(false)
+                let newest = self.newest_known_epoch();
+                if local.epoch() < newest {
+                    return Ok(Refresh::Stale {
+                        local: local.epoch(),
+                        newest,
+                    });
+                }
+                if self.cas(found, &local).await? {
+                    Ok(Refresh::Reseeded(self.reseeded(found, local.epoch())))
+                } else {
+                    Ok(Refresh::Unchanged)
+                }
             }
         }
     }
@@ -269,11 +424,14 @@ impl RedisTopology {
     }
 
     /// Whether an announced epoch differs from the local one (an unreadable announcement
-    /// counts as news).
+    /// counts as news). The epoch is known from then on.
     fn is_news(&self, announced: &[u8]) -> bool {
         let epoch = std::str::from_utf8(announced)
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
+        if let Some(e) = epoch {
+            self.note(e);
+        }
         epoch != Some(self.handle.epoch())
     }
 
@@ -283,7 +441,11 @@ impl RedisTopology {
         let data: Option<Vec<u8>> = self.backend.query(&hget).await?;
         match data {
             None => Ok(None),
-            Some(bytes) => Ok(Some(Arc::new(decode(&bytes)?))),
+            Some(bytes) => {
+                let t = decode(&bytes)?;
+                self.note(t.epoch());
+                Ok(Some(Arc::new(t)))
+            }
         }
     }
 
@@ -298,6 +460,7 @@ impl RedisTopology {
             .arg(encode(next));
         let done: i64 = self.backend.eval(&call).await?;
         if done == 1 {
+            self.note(next.epoch());
             // Outside the script: on a cluster the channel lives in another slot.
             let _ = self.backend.publish(&self.channel, epoch.as_bytes()).await;
         }
