@@ -225,7 +225,7 @@ async fn remove_node(
 }
 
 async fn reload(State(shared): State<Arc<Shared>>) -> Reply {
-    match crate::reload(&shared).await {
+    match crate::table::reload(&shared).await {
         Ok(summary) => (StatusCode::OK, Json(json!({ "reloaded": summary }))),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }

@@ -14,7 +14,7 @@
 //!    `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` set, over pooled connections,
 //!    within the route's timeout (502 when the node cannot be reached, 504 when it is late).
 //!
-//! A new layer joins the pipeline as one more `tower::Layer` in [`Gateway`]'s route builder,
+//! A new layer joins the pipeline as one more `tower::Layer` in the route builder (`table.rs`),
 //! configured by its own section of the route or upstream configuration.
 //!
 //! Every layer refuses through omega-core's one rejection strategy, `Respond`, so refusals
@@ -36,24 +36,23 @@ use arc_swap::ArcSwap;
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use omega_penta::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer};
-use omega_penta::config::{ConfigError, RouteConfig, UpstreamConfig};
+use omega_penta::config::ConfigError;
 use omega_penta::core::Backend;
-use omega_penta::core::key::http::{AnyKey, ClientIp, PeerAddr, RouteTemplate};
+use omega_penta::core::key::http::PeerAddr;
 use omega_penta::core::redis::RedisConfig;
-use omega_penta::core::reject::Respond;
-use omega_penta::rate_limit::{RateLimitLayer, RateLimiter};
-use omega_penta::shard_router::{self as shard, NoRetry, Node, ShardRouter, TopologyHandle};
+use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt};
 
 mod admin;
 pub mod config;
 pub mod demo;
 pub mod proxy;
+mod table;
 
 pub use config::GatewayConfig;
 pub use proxy::RouteInfo;
+
+use table::{Table, build_table, config_error_at, reload};
 
 /// A service that answers every request (errors already turned into responses).
 pub type HttpService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -118,47 +117,6 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// A pool of upstream nodes: its shard map, its breakers and its router.
-pub(crate) struct Upstream {
-    pub(crate) name: String,
-    pub(crate) config: UpstreamConfig,
-    /// How client addresses were found when the router was built (a `client_ip` key).
-    pub(crate) client_ip: ClientIp,
-    pub(crate) topology: TopologyHandle,
-    pub(crate) breakers: BreakerRegistry<Arc<str>>,
-    pub(crate) router: ShardRouter<NodeService, AnyKey, NoRetry, Respond>,
-    /// The topology shared through Redis, and its sync task (with `redis` configured).
-    pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
-}
-
-type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
-    proxy::ProxyNode,
-    omega_penta::circuit_breaker::Single,
-    omega_penta::circuit_breaker::http::HttpClassifier,
-    Respond,
->;
-
-/// A route, ready to serve.
-pub(crate) struct Route {
-    pub(crate) config: RouteConfig,
-    pub(crate) info: Arc<RouteInfo>,
-    pub(crate) limiter: Option<RateLimiter<Request<Body>>>,
-    pub(crate) service: HttpService,
-    /// The route's template for `endpoint` keys: its prefix.
-    template: RouteTemplate,
-    /// `omega_gateway_requests_total` and `omega_gateway_request_seconds` of this route,
-    /// registered once so that a request records without allocating labels.
-    requests: metrics::Counter,
-    seconds: metrics::Histogram,
-}
-
-/// The routes and pools in use; replaced as a whole on reload.
-pub(crate) struct Table {
-    /// Longest prefix first.
-    pub(crate) routes: Vec<Route>,
-    pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
-}
-
 pub(crate) struct Shared {
     pub(crate) backend: Backend,
     /// Breaker OPEN transitions shared through Redis (with `redis` configured).
@@ -171,205 +129,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: PrometheusHandle,
     /// `false` for [`Gateway::proxy_only`]: routes forward with no layer.
     pub(crate) layers: bool,
-}
-
-impl Upstream {
-    async fn build(
-        name: &str,
-        config: &UpstreamConfig,
-        shared: &Shared,
-        client_ip: &ClientIp,
-    ) -> Result<Self, GatewayError> {
-        let client = &shared.client;
-        let at = format!("upstreams.{name}");
-        let mut registry = config
-            .breaker
-            .registry::<Arc<str>>()
-            .map_err(|e| nested(&format!("{at}.breaker"), e))?;
-        if let Some(sync) = &shared.breaker_sync {
-            registry = registry.shared(sync.clone());
-        }
-        let breakers = registry
-            .name_prefix(format!("{name}/"))
-            .max_breakers(10_000)
-            .idle_timeout(Duration::from_secs(365 * 24 * 3600))
-            .build()
-            .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))?;
-        let pool = config.pool();
-        let topology = TopologyHandle::new(pool.topology().map_err(|e| nested(&at, e))?);
-        // With Redis, every gateway instance routes on one stored topology: the first one to
-        // start seeds it from its file, the others adopt it, and changes reach all of them
-        // (Redis Cluster included).
-        let shared_topology = match shared.backend.as_redis() {
-            Some(redis) => {
-                let stored =
-                    shard::redis::RedisTopology::new(redis.clone(), name, topology.clone())
-                        .map_err(|e| config_error_at(&at, e.to_string()))?;
-                stored
-                    .join(pool.topology().map_err(|e| nested(&at, e))?)
-                    .await
-                    .map_err(|e| GatewayError::Redis(format!("topology of {name}: {e}")))?;
-                let task = stored.spawn_sync(Duration::from_secs(1));
-                Some((stored, task))
-            }
-            None => None,
-        };
-        // Every node's breaker exists from the start (node services, which hold them, are
-        // made on a node's first request): the admin API lists each node's circuit, and an
-        // opening shared by another gateway reaches this one before it routes there.
-        for node in topology.load().nodes() {
-            breakers.get_or_create(node.id_arc());
-        }
-        let make_breakers = breakers.clone();
-        let make_client = client.clone();
-        let upstream_name: Arc<str> = Arc::from(name);
-        let available = breakers.clone();
-        let router = pool
-            .router(topology.clone(), client_ip)
-            .is_available(move |node: &Node| available.is_call_permitted(node.id_arc()))
-            .respond()
-            .build(move |node: &Node| {
-                let breaker = make_breakers.get_or_create(node.id_arc());
-                let target = proxy::ProxyNode::new(
-                    make_client.clone(),
-                    upstream_name.clone(),
-                    node.id_arc().clone(),
-                    node.address(),
-                );
-                CircuitBreakerLayer::new(breaker).http().layer(target)
-            });
-        Ok(Upstream {
-            name: name.to_owned(),
-            config: config.clone(),
-            client_ip: client_ip.clone(),
-            topology,
-            breakers,
-            router,
-            shared_topology,
-        })
-    }
-
-    /// Brings the pool to `config` while serving: nodes added, removed or reweighted (keys
-    /// move only to or from them), breaker thresholds changed (state kept).
-    async fn reconcile(&self, config: &UpstreamConfig) -> Result<(), GatewayError> {
-        let at = format!("upstreams.{}", self.name);
-        let breaker = config
-            .breaker
-            .circuit_breaker()
-            .map_err(|e| nested(&format!("{at}.breaker"), e))?;
-        self.breakers
-            .reconfigure(breaker)
-            .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))?;
-        let current = self.topology.load();
-        let mut changes = Vec::new();
-        for node in current.nodes() {
-            match config.nodes.iter().find(|n| n.id == node.id()) {
-                None => changes.push(shard::Change::remove(node.id())),
-                Some(n) if n.url != node.address() => {
-                    changes.push(shard::Change::remove(node.id()));
-                    changes.push(shard::Change::Add(
-                        Node::new(n.id.as_str(), n.url.as_str()).with_weight(n.weight),
-                    ));
-                }
-                Some(n) if n.weight != node.weight() => {
-                    changes.push(shard::Change::reweight(node.id(), n.weight));
-                }
-                Some(_) => {}
-            }
-        }
-        for n in &config.nodes {
-            if current.node(&n.id).is_none() {
-                changes.push(shard::Change::Add(
-                    Node::new(n.id.as_str(), n.url.as_str()).with_weight(n.weight),
-                ));
-            }
-        }
-        if !changes.is_empty() {
-            self.apply(&changes)
-                .await
-                .map_err(|e| config_error_at(&format!("{at}.nodes"), e))?;
-        }
-        Ok(())
-    }
-
-    /// Changes the pool's nodes: through Redis when the topology is shared (every instance
-    /// follows), else locally.
-    pub(crate) async fn apply(
-        &self,
-        changes: &[shard::Change],
-    ) -> Result<Arc<shard::Topology>, String> {
-        match &self.shared_topology {
-            Some((stored, _)) => stored.apply(changes).await.map_err(|e| e.to_string()),
-            None => self.topology.apply(changes).map_err(|e| e.to_string()),
-        }
-    }
-}
-
-fn config_error_at(path: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::Config(ConfigError::new(path, message))
-}
-
-/// A section's own errors, placed under `path`.
-fn nested(path: &str, error: ConfigError) -> GatewayError {
-    let mut issues = omega_penta::config::Issues::new();
-    issues.absorb(path, error);
-    GatewayError::Config(issues.into_result().expect_err("an error was absorbed"))
-}
-
-impl Route {
-    fn build(
-        config: &RouteConfig,
-        upstream: &Upstream,
-        limiter: Option<RateLimiter<Request<Body>>>,
-        shared: &Shared,
-    ) -> Route {
-        let info = Arc::new(RouteInfo {
-            prefix: config.prefix.clone(),
-            strip_prefix: config.strip_prefix,
-            timeout: config.timeout.0,
-        });
-        let pool = upstream.router.clone();
-        let service = if !shared.layers {
-            Self::first_node_only(upstream, shared)
-        } else if let Some(l) = &limiter {
-            HttpService::new(RateLimitLayer::new(l.clone()).respond().layer(pool))
-        } else {
-            HttpService::new(pool)
-        };
-        let labels = [
-            ("route", config.prefix.clone()),
-            ("upstream", upstream.name.clone()),
-        ];
-        Route {
-            template: RouteTemplate(Arc::from(config.prefix.as_str())),
-            requests: metrics::counter!("omega_gateway_requests_total", &labels),
-            seconds: metrics::histogram!("omega_gateway_request_seconds", &labels),
-            config: config.clone(),
-            info,
-            limiter,
-            service,
-        }
-    }
-}
-
-impl Route {
-    /// [`Gateway::proxy_only`]'s pipeline: the proxy to the pool's first node, no layer.
-    fn first_node_only(upstream: &Upstream, shared: &Shared) -> HttpService {
-        match upstream.topology.load().nodes().first() {
-            Some(node) => HttpService::new(proxy::ProxyNode::new(
-                shared.client.clone(),
-                Arc::from(upstream.name.as_str()),
-                node.id_arc().clone(),
-                node.address(),
-            )),
-            None => HttpService::new(tower::service_fn(|_| async {
-                Ok(proxy::status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no upstream node",
-                ))
-            })),
-        }
-    }
 }
 
 /// A gateway built from a configuration, not yet listening.
@@ -552,99 +311,6 @@ impl Gateway {
     pub async fn reload(&self) -> Result<String, GatewayError> {
         reload(&self.shared).await
     }
-}
-
-/// Re-reads the configuration file and applies it: new quotas, thresholds and nodes take
-/// effect on the next request, and every key keeps its state. A route whose limits changed
-/// in kind (another key, a new or removed limit) gets new buckets. An invalid file changes
-/// nothing.
-pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError> {
-    let Some(path) = &shared.config_path else {
-        return Err(config_error_at(
-            "",
-            "the gateway was not started from a configuration file",
-        ));
-    };
-    let mut config = load_config(path)?;
-    // The listen addresses and Redis are fixed for the life of the process.
-    {
-        let old = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
-        config.listen = old.listen;
-        config.admin = old.admin;
-        config.stack.redis = old.stack.redis.clone();
-    }
-    let current = shared.table.load_full();
-    let table = build_table(shared, &config, Some(&current)).await?;
-    let summary = format!(
-        "reloaded {}: {} routes, {} upstreams",
-        path.display(),
-        table.routes.len(),
-        table.upstreams.len()
-    );
-    shared.table.store(Arc::new(table));
-    *shared.config.lock().unwrap_or_else(PoisonError::into_inner) = config;
-    Ok(summary)
-}
-
-/// Builds the route table of `config`, reusing the pools and limiters of `current` so that
-/// their state carries over.
-async fn build_table(
-    shared: &Arc<Shared>,
-    config: &GatewayConfig,
-    current: Option<&Table>,
-) -> Result<Table, GatewayError> {
-    let config = &config.stack;
-    let client_ip = config.client_ip();
-    let mut upstreams = BTreeMap::new();
-    for (name, up) in &config.upstreams {
-        let pool = match current.and_then(|t| t.upstreams.get(name)) {
-            Some(existing)
-                if existing.config.key == up.key
-                    && existing.config.failover == up.failover
-                    && existing.client_ip == client_ip =>
-            {
-                existing.reconcile(up).await?;
-                existing.clone()
-            }
-            _ => Arc::new(Upstream::build(name, up, shared, &client_ip).await?),
-        };
-        upstreams.insert(name.clone(), pool);
-    }
-    let mut routes = Vec::new();
-    for (i, rc) in config.routes.iter().enumerate() {
-        let upstream = &upstreams[&rc.upstream];
-        let reusable = current.and_then(|t| {
-            t.routes.iter().find(|r| {
-                r.config.prefix == rc.prefix
-                    && r.config.limits.len() == rc.limits.len()
-                    && r.config.limits.iter().zip(&rc.limits).all(|(a, b)| {
-                        a.name == b.name
-                            && a.key == b.key
-                            && a.lease == b.lease
-                            && a.shadow == b.shadow
-                    })
-            })
-        });
-        let limiter = match reusable.and_then(|r| r.limiter.clone()) {
-            Some(limiter) => {
-                for l in &rc.limits {
-                    let quota = l.quota().map_err(|e| {
-                        config_error_at(&format!("routes[{i}].limits"), e.to_string())
-                    })?;
-                    limiter.set_quota(&l.name, quota).map_err(|e| {
-                        config_error_at(&format!("routes[{i}].limits"), e.to_string())
-                    })?;
-                }
-                Some(limiter)
-            }
-            None => rc
-                .rate_limiter(&shared.backend, &client_ip)
-                .map_err(|e| nested(&format!("routes[{i}].limits"), e))?,
-        };
-        routes.push(Route::build(rc, upstream, limiter, shared));
-    }
-    routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
-    Ok(Table { routes, upstreams })
 }
 
 /// Answers one request: route, then the route's pipeline.
