@@ -162,7 +162,10 @@ pub async fn start(kind: Kind) -> Env {
         Kind::Redis => {
             let server = omega_testkit::RedisServer::start();
             let backend = omega_core::redis::RedisBackend::connect(
-                omega_core::redis::RedisConfig::url(server.url()),
+                omega_core::redis::RedisConfig::url(server.url())
+                    // Behaviour, not fault timing: a loaded machine must not turn a
+                    // slow script into a store error.
+                    .op_timeout(std::time::Duration::from_secs(2)),
             )
             .await
             .unwrap();
@@ -171,7 +174,10 @@ pub async fn start(kind: Kind) -> Env {
         Kind::Cluster => {
             let cluster = omega_testkit::RedisCluster::start();
             let backend = omega_core::redis::RedisBackend::connect(
-                omega_core::redis::RedisConfig::cluster(cluster.urls()),
+                omega_core::redis::RedisConfig::cluster(cluster.urls())
+                    // Behaviour, not fault timing: a loaded machine must not turn a
+                    // slow script into a store error.
+                    .op_timeout(std::time::Duration::from_secs(2)),
             )
             .await
             .unwrap();
