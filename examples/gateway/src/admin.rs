@@ -13,13 +13,17 @@
 //! | `DELETE /shards/{upstream}/nodes/{id}` | removes a node |
 //! | `POST /reload` | re-reads the configuration file (also on SIGHUP) |
 //!
+//! Changes (`POST`, `DELETE`) need `Authorization: Bearer <admin token>` (401 otherwise); a
+//! `Host` other than an IP address or `localhost` gets 421; a node URL must be on an allowed
+//! host (403 otherwise). See [`crate::guard`].
+//!
 //! Nodes added or removed here last until the next reload, which brings each pool back to
 //! the file's node list. With Redis, node changes go through the shared topology and reach
 //! every gateway instance.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -37,7 +41,7 @@ fn error(code: StatusCode, message: impl Into<String>) -> Reply {
     (code, Json(json!({ "error": message.into() })))
 }
 
-pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
+pub(crate) fn router(shared: Arc<Shared>, token: Arc<str>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -49,6 +53,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/shards/{upstream}/nodes", post(add_node))
         .route("/shards/{upstream}/nodes/{id}", delete(remove_node))
         .route("/reload", post(reload))
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::guard::check,
+        ))
         .with_state(shared)
 }
 
@@ -184,8 +192,23 @@ async fn add_node(
     let Some(up) = table.upstreams.get(&upstream) else {
         return error(StatusCode::NOT_FOUND, format!("no upstream {upstream:?}"));
     };
-    if let Err(e) = parse_base_url(&node.url) {
-        return error(StatusCode::BAD_REQUEST, format!("url: {e}"));
+    let url = match parse_base_url(&node.url) {
+        Ok(url) => url,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("url: {e}")),
+    };
+    let allowed = {
+        let config = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
+        crate::guard::allowed_node_hosts(&config)
+    };
+    if !crate::guard::node_allowed(&allowed, &url) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "url: {:?} is not a host of this gateway's pools; list it in \
+                 admin_api.node_hosts",
+                url.host().unwrap_or_default()
+            ),
+        );
     }
     if node.weight == 0 {
         return error(StatusCode::BAD_REQUEST, "weight: must be at least 1");

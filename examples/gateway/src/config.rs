@@ -29,6 +29,11 @@ pub struct GatewayConfig {
     /// How long in-flight requests may finish after a shutdown signal (`shutdown_grace`,
     /// default 10 s).
     pub shutdown_grace: Dur,
+    /// How long the gateway keeps serving after a shutdown signal while `/readyz` already
+    /// answers 503, so that load balancers stop sending first (`pre_drain`, default 0 s).
+    pub pre_drain: Dur,
+    /// Who may change the gateway through its admin API (`admin_api`).
+    pub admin_api: AdminApi,
     /// How breakers share their openings over Redis (`shared_breakers`).
     pub shared_breakers: SharedBreakers,
     /// The layer stack: upstream pools, routes, Redis, trusted proxies.
@@ -46,6 +51,78 @@ pub struct SharedBreakers {
     /// This gateway's stable name in the votes (`instance_id`, default the host name). Gateways
     /// that share a host and should vote apart each set their own.
     pub instance_id: Option<String>,
+}
+
+/// Who may change the gateway through its admin API: `"admin_api": { "token": "...",
+/// "token_file": "/run/omega/admin.token", "node_hosts": ["10.0.0.7"] }`.
+///
+/// Mutating endpoints need `Authorization: Bearer <token>`. The token is, in this order, the
+/// environment variable `OMEGA_ADMIN_TOKEN`, `token`, or one generated at start and written to
+/// `token_file` (default `$XDG_RUNTIME_DIR/omega-gateway-<admin port>.token`, or the temporary
+/// directory), readable by the user only; a generated token needs the admin API on loopback.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminApi {
+    /// The bearer token (`token`); prefer `OMEGA_ADMIN_TOKEN` to keep it out of the file.
+    pub token: Option<String>,
+    /// Where a generated token is written (`token_file`).
+    pub token_file: Option<std::path::PathBuf>,
+    /// The hosts that nodes added through the admin API may point at (`node_hosts`); by
+    /// default the hosts of the file's pools.
+    pub node_hosts: Option<Vec<String>>,
+}
+
+impl AdminApi {
+    fn from_value(value: Value, issues: &mut Issues) -> Self {
+        let mut out = AdminApi::default();
+        let Value::Object(mut fields) = value else {
+            issues.push(
+                "admin_api",
+                format!("{value} is not a map such as {{ \"token_file\": \"admin.token\" }}"),
+            );
+            return out;
+        };
+        let mut text =
+            |name: &str, fields: &mut serde_json::Map<String, Value>| match fields.remove(name) {
+                None => None,
+                Some(Value::String(s)) if !s.is_empty() => Some(s),
+                Some(other) => {
+                    issues.push(
+                        format!("admin_api.{name}"),
+                        format!("{other} is not a non-empty string"),
+                    );
+                    None
+                }
+            };
+        out.token = text("token", &mut fields);
+        out.token_file = text("token_file", &mut fields).map(Into::into);
+        match fields.remove("node_hosts") {
+            None => {}
+            Some(Value::Array(hosts)) => {
+                let mut list = Vec::new();
+                for (i, h) in hosts.into_iter().enumerate() {
+                    match h {
+                        Value::String(s) if !s.is_empty() => list.push(s.to_ascii_lowercase()),
+                        other => issues.push(
+                            format!("admin_api.node_hosts[{i}]"),
+                            format!("{other} is not a host name or address"),
+                        ),
+                    }
+                }
+                out.node_hosts = Some(list);
+            }
+            Some(other) => issues.push(
+                "admin_api.node_hosts",
+                format!("{other} is not a list of hosts"),
+            ),
+        }
+        for name in fields.keys() {
+            issues.push(
+                format!("admin_api.{name}"),
+                "unknown field (expected token, token_file, node_hosts)",
+            );
+        }
+        out
+    }
 }
 
 /// A quorum is a whole number of instances, 1 or more.
@@ -157,6 +234,21 @@ impl GatewayConfig {
                 Dur(DEFAULT_GRACE)
             }
         };
+        let pre_drain = match fields.remove("pre_drain") {
+            None => Dur(Duration::ZERO),
+            Some(Value::String(s)) => s.parse().unwrap_or_else(|e: String| {
+                issues.push("pre_drain", e);
+                Dur(Duration::ZERO)
+            }),
+            Some(other) => {
+                issues.push("pre_drain", format!("{other} is not a duration such as 5s"));
+                Dur(Duration::ZERO)
+            }
+        };
+        let admin_api = match fields.remove("admin_api") {
+            None => AdminApi::default(),
+            Some(v) => AdminApi::from_value(v, &mut issues),
+        };
         let shared_breakers = match fields.remove("shared_breakers") {
             None => SharedBreakers::default(),
             Some(v) => SharedBreakers::from_value(v, &mut issues),
@@ -167,6 +259,8 @@ impl GatewayConfig {
                 listen,
                 admin,
                 shutdown_grace,
+                pre_drain,
+                admin_api,
                 shared_breakers,
                 stack,
             }),
@@ -192,6 +286,9 @@ impl serde::Serialize for GatewayConfig {
                 "shutdown_grace".into(),
                 self.shutdown_grace.to_string().into(),
             );
+            if !self.pre_drain.0.is_zero() {
+                fields.insert("pre_drain".into(), self.pre_drain.to_string().into());
+            }
             let mut shared = serde_json::Map::new();
             if let Some(q) = self.shared_breakers.quorum {
                 shared.insert("quorum".into(), q.into());
@@ -201,6 +298,19 @@ impl serde::Serialize for GatewayConfig {
             }
             if !shared.is_empty() {
                 fields.insert("shared_breakers".into(), shared.into());
+            }
+            let mut admin = serde_json::Map::new();
+            if let Some(t) = &self.admin_api.token {
+                admin.insert("token".into(), t.clone().into());
+            }
+            if let Some(f) = &self.admin_api.token_file {
+                admin.insert("token_file".into(), f.display().to_string().into());
+            }
+            if let Some(h) = &self.admin_api.node_hosts {
+                admin.insert("node_hosts".into(), h.clone().into());
+            }
+            if !admin.is_empty() {
+                fields.insert("admin_api".into(), admin.into());
             }
         }
         value.serialize(s)
@@ -221,17 +331,45 @@ mod tests {
     #[test]
     fn the_gateway_takes_its_own_fields_and_the_stack_the_rest() {
         let c = GatewayConfig::from_json(&doc(
-            r#""listen": "0.0.0.0:80", "admin": "127.0.0.1:1", "shutdown_grace": "3s","#,
+            r#""listen": "0.0.0.0:80", "admin": "127.0.0.1:1", "shutdown_grace": "3s", "pre_drain": "2s","#,
         ))
         .unwrap();
         assert_eq!(c.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(c.shutdown_grace.0, Duration::from_secs(3));
+        assert_eq!(c.pre_drain.0, Duration::from_secs(2));
         assert_eq!(c.stack.routes[0].prefix, "/api");
         let written = serde_json::to_string(&c).unwrap();
         assert_eq!(GatewayConfig::from_json(&written).unwrap(), c);
         let c = GatewayConfig::from_json(&doc("")).unwrap();
         assert_eq!(c.admin, DEFAULT_ADMIN.parse().unwrap());
         assert_eq!(c.shared_breakers, SharedBreakers::default());
+    }
+
+    #[test]
+    fn the_admin_api_section_takes_a_token_a_file_and_node_hosts() {
+        let c = GatewayConfig::from_json(&doc(
+            r#""admin_api": { "token": "s3cret", "token_file": "/run/a.token", "node_hosts": ["10.0.0.7", "API.internal"] },"#,
+        ))
+        .unwrap();
+        assert_eq!(c.admin_api.token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            c.admin_api.node_hosts,
+            Some(vec!["10.0.0.7".into(), "api.internal".into()])
+        );
+        let written = serde_json::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::from_json(&written).unwrap(), c);
+        let e = GatewayConfig::from_json(&doc(
+            r#""admin_api": { "token": "", "node_hosts": [7], "tokn": "x" },"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "admin_api.token",
+            "admin_api.node_hosts[0]",
+            "admin_api.tokn",
+        ] {
+            assert!(e.contains(part), "{part} in {e}");
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ use tower::util::BoxCloneSyncService;
 mod admin;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod proxy;
 mod table;
 
@@ -125,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) table: ArcSwap<Table>,
     pub(crate) config: Mutex<GatewayConfig>,
     pub(crate) config_path: Option<PathBuf>,
+    /// Held for a whole reload: SIGHUP and `POST /reload` apply one after the other.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub(crate) draining: AtomicBool,
     pub(crate) metrics: PrometheusHandle,
     /// `false` for [`Gateway::proxy_only`]: routes forward with no layer.
@@ -153,6 +156,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin API's address.
     pub admin_addr: SocketAddr,
+    admin_token: guard::AdminToken,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -165,12 +169,26 @@ impl Running {
             let _ = tx.send(());
         }
         let _ = (&mut self.done).await;
+        if let Some(file) = &self.admin_token.file {
+            let _ = std::fs::remove_file(file);
+        }
     }
 
     /// Waits until the gateway stops (after [`Running::shutdown`] or a signal handled by the
     /// caller).
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+
+    /// The bearer token the admin API's changes need ([`guard`]).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token.token
+    }
+
+    /// The file a generated admin token was written to (`None` when the token came from
+    /// `OMEGA_ADMIN_TOKEN` or the configuration).
+    pub fn admin_token_file(&self) -> Option<&std::path::Path> {
+        self.admin_token.file.as_deref()
     }
 }
 
@@ -236,7 +254,9 @@ impl Gateway {
             table: ArcSwap::from_pointee(Table {
                 routes: Vec::new(),
                 upstreams: BTreeMap::new(),
+                client_ip: config.stack.client_ip(),
             }),
+            reload_lock: tokio::sync::Mutex::new(()),
             config: Mutex::new(config.clone()),
             config_path,
             draining: AtomicBool::new(false),
@@ -293,12 +313,22 @@ impl Gateway {
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|e| GatewayError::Bind(admin, e))?;
+        let admin_token = {
+            let config = self
+                .shared
+                .config
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            guard::admin_token(&config, admin_addr)?
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let shared = self.shared.clone();
-        let done = tokio::spawn(serve(shared, listener, admin_listener, rx));
+        let admin_app = admin::router(shared.clone(), admin_token.token.clone());
+        let done = tokio::spawn(serve(shared, listener, admin_listener, admin_app, rx));
         Ok(Running {
             addr,
             admin_addr,
+            admin_token,
             shutdown: Some(tx),
             done,
         })
@@ -344,14 +374,13 @@ async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
     admin_listener: tokio::net::TcpListener,
+    admin_app: axum::Router,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let grace = shared
-        .config
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .shutdown_grace
-        .0;
+    let (grace, pre_drain) = {
+        let c = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
+        (c.shutdown_grace.0, c.pre_drain.0)
+    };
     let proxy_shared = shared.clone();
     let app = axum::Router::new().fallback(
         move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
@@ -360,7 +389,6 @@ async fn serve(
             async move { handle(shared, peer, req).await }
         },
     );
-    let admin_app = admin::router(shared.clone());
     let upkeep = shared.metrics.clone();
     let upkeep = tokio::spawn(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
@@ -370,9 +398,8 @@ async fn serve(
             upkeep.run_upkeep();
         }
     });
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut stop_proxy = stop_tx.subscribe();
-    let mut stop_admin = stop_tx.subscribe();
+    let (stop_proxy_tx, stop_proxy) = tokio::sync::oneshot::channel::<()>();
+    let (stop_admin_tx, stop_admin) = tokio::sync::oneshot::channel::<()>();
     // A proxy writes each part of a response as it arrives: with Nagle's algorithm on, a part
     // written while the previous one is unacknowledged waits for the client's delayed ACK
     // (40 ms on Linux) on every keep-alive request whose response comes in several writes.
@@ -385,25 +412,30 @@ async fn serve(
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            let _ = stop_proxy.recv().await;
+            let _ = stop_proxy.await;
         })
         .await;
     });
     let admin = tokio::spawn(async move {
         let _ = axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(async move {
-                let _ = stop_admin.recv().await;
+                let _ = stop_admin.await;
             })
             .await;
     });
     let _ = stop.await;
+    // Not ready from now on; during the pre-drain delay the proxy still serves, so that load
+    // balancers polling `/readyz` stop sending before the listener closes.
     shared.draining.store(true, Ordering::Release);
-    let _ = stop_tx.send(());
-    // In-flight requests get `grace` to finish; then the gateway stops regardless.
+    tokio::time::sleep(pre_drain).await;
+    let _ = stop_proxy_tx.send(());
+    // In-flight requests get `grace` to finish; then the gateway stops regardless. The admin
+    // API outlives the proxy, answering 503 on `/readyz` until the end.
     let abort_proxy = proxy.abort_handle();
     if tokio::time::timeout(grace, proxy).await.is_err() {
         abort_proxy.abort();
     }
+    let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     upkeep.abort();
 }

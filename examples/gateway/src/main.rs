@@ -197,6 +197,15 @@ async fn run() -> Result<(), GatewayError> {
     } else {
         print_demo(&reloader, running.addr, running.admin_addr, &demo_nodes);
     }
+    match running.admin_token_file() {
+        Some(file) => println!(
+            "omega-gateway: admin token in {} (changes: curl -X POST -H \"Authorization: Bearer $(cat {})\" http://{}/reload)",
+            file.display(),
+            file.display(),
+            running.admin_addr
+        ),
+        None => println!("omega-gateway: admin changes need the configured bearer token"),
+    }
     wait_for_signals(&reloader).await;
     println!("omega-gateway: shutting down, finishing in-flight requests");
     running.shutdown().await;

@@ -9,6 +9,7 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use omega_penta::circuit_breaker::{BreakerRegistry, CircuitBreakerLayer};
 use omega_penta::config::{ConfigError, RouteConfig, UpstreamConfig};
+use omega_penta::core::config::KeyConfig;
 use omega_penta::core::key::http::{AnyKey, ClientIp, RouteTemplate};
 use omega_penta::core::reject::Respond;
 use omega_penta::rate_limit::{RateLimitLayer, RateLimiter};
@@ -58,6 +59,8 @@ pub(crate) struct Table {
     /// Longest prefix first.
     pub(crate) routes: Vec<Route>,
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// How client addresses are found (trusted proxies, forwarding header, IPv6 prefix).
+    pub(crate) client_ip: ClientIp,
 }
 
 impl Upstream {
@@ -136,16 +139,16 @@ impl Upstream {
         })
     }
 
-    /// Brings the pool to `config` while serving: nodes added, removed or reweighted (keys
-    /// move only to or from them), breaker thresholds changed (state kept).
-    async fn reconcile(&self, config: &UpstreamConfig) -> Result<(), GatewayError> {
+    /// What bringing the pool to `config` takes: the breakers' new thresholds (validated)
+    /// and the node changes. Nothing is changed yet.
+    fn stage(&self, config: &UpstreamConfig) -> Result<StagedPool, GatewayError> {
         let at = format!("upstreams.{}", self.name);
         let breaker = config
             .breaker
             .circuit_breaker()
             .map_err(|e| nested(&format!("{at}.breaker"), e))?;
-        self.breakers
-            .reconfigure(breaker)
+        breaker
+            .validate()
             .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))?;
         let current = self.topology.load();
         let mut changes = Vec::new();
@@ -171,12 +174,27 @@ impl Upstream {
                 ));
             }
         }
+        // The changes must apply to the map as it is (a node id twice, a weight of 0, ...).
         if !changes.is_empty() {
-            self.apply(&changes)
+            current
+                .preview(&changes)
+                .map_err(|e| config_error_at(&format!("{at}.nodes"), e.to_string()))?;
+        }
+        Ok(StagedPool { breaker, changes })
+    }
+
+    /// Applies what [`Upstream::stage`] prepared: node changes first (through Redis they can
+    /// still fail), then the thresholds, keeping every breaker's state.
+    async fn commit(&self, staged: StagedPool) -> Result<(), GatewayError> {
+        let at = format!("upstreams.{}", self.name);
+        if !staged.changes.is_empty() {
+            self.apply(&staged.changes)
                 .await
                 .map_err(|e| config_error_at(&format!("{at}.nodes"), e))?;
         }
-        Ok(())
+        self.breakers
+            .reconfigure(staged.breaker)
+            .map_err(|e| config_error_at(&format!("{at}.breaker"), e.to_string()))
     }
 
     /// Changes the pool's nodes: through Redis when the topology is shared (every instance
@@ -190,6 +208,12 @@ impl Upstream {
             None => self.topology.apply(changes).map_err(|e| e.to_string()),
         }
     }
+}
+
+/// A reused pool's part of a reload, built before anything changes.
+struct StagedPool {
+    breaker: omega_penta::circuit_breaker::CircuitBreakerConfig,
+    changes: Vec<shard::Change>,
 }
 
 pub(crate) fn config_error_at(path: &str, message: impl Into<String>) -> GatewayError {
@@ -270,6 +294,8 @@ pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError>
             "the gateway was not started from a configuration file",
         ));
     };
+    // One reload at a time (SIGHUP and `POST /reload` cannot interleave).
+    let _one_at_a_time = shared.reload_lock.lock().await;
     let mut config = load_config(path)?;
     // The listen addresses and Redis are fixed for the life of the process.
     {
@@ -292,7 +318,9 @@ pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError>
 }
 
 /// Builds the route table of `config`, reusing the pools and limiters of `current` so that
-/// their state carries over.
+/// their state carries over. Stage, then commit: every new piece is built and every change
+/// checked first; only then are reused pools and limiters changed, so a mistake anywhere
+/// changes nothing.
 pub(crate) async fn build_table(
     shared: &Arc<Shared>,
     config: &GatewayConfig,
@@ -300,7 +328,9 @@ pub(crate) async fn build_table(
 ) -> Result<Table, GatewayError> {
     let config = &config.stack;
     let client_ip = config.client_ip();
+    let same_client_ip = current.is_some_and(|t| t.client_ip == client_ip);
     let mut upstreams = BTreeMap::new();
+    let mut staged_pools = Vec::new();
     for (name, up) in &config.upstreams {
         let pool = match current.and_then(|t| t.upstreams.get(name)) {
             Some(existing)
@@ -308,16 +338,19 @@ pub(crate) async fn build_table(
                     && existing.config.failover == up.failover
                     && existing.client_ip == client_ip =>
             {
-                existing.reconcile(up).await?;
+                staged_pools.push((existing.clone(), existing.stage(up)?));
                 existing.clone()
             }
             _ => Arc::new(Upstream::build(name, up, shared, &client_ip).await?),
         };
         upstreams.insert(name.clone(), pool);
     }
-    let mut routes = Vec::new();
+    let mut staged_quotas = Vec::new();
+    let mut limiters = Vec::new();
     for (i, rc) in config.routes.iter().enumerate() {
-        let upstream = &upstreams[&rc.upstream];
+        let at = format!("routes[{i}].limits");
+        // A limiter keeps its buckets when its limits keep their names and keys (and client
+        // addresses are still found the same way, for a limit keyed by them).
         let reusable = current.and_then(|t| {
             t.routes.iter().find(|r| {
                 r.config.prefix == rc.prefix
@@ -327,27 +360,43 @@ pub(crate) async fn build_table(
                             && a.key == b.key
                             && a.lease == b.lease
                             && a.shadow == b.shadow
+                            && (same_client_ip || a.key != KeyConfig::ClientIp)
                     })
             })
         });
         let limiter = match reusable.and_then(|r| r.limiter.clone()) {
             Some(limiter) => {
                 for l in &rc.limits {
-                    let quota = l.quota().map_err(|e| {
-                        config_error_at(&format!("routes[{i}].limits"), e.to_string())
-                    })?;
-                    limiter.set_quota(&l.name, quota).map_err(|e| {
-                        config_error_at(&format!("routes[{i}].limits"), e.to_string())
-                    })?;
+                    let quota = l
+                        .quota()
+                        .map_err(|e| config_error_at(&at, e.to_string()))?;
+                    staged_quotas.push((limiter.clone(), l.name.clone(), quota, at.clone()));
                 }
                 Some(limiter)
             }
             None => rc
                 .rate_limiter(&shared.backend, &client_ip)
-                .map_err(|e| nested(&format!("routes[{i}].limits"), e))?,
+                .map_err(|e| nested(&at, e))?,
         };
-        routes.push(Route::build(rc, upstream, limiter, shared));
+        limiters.push(limiter);
+    }
+    // Commit: everything above was built or checked.
+    for (pool, staged) in staged_pools {
+        pool.commit(staged).await?;
+    }
+    for (limiter, name, quota, at) in staged_quotas {
+        limiter
+            .set_quota(&name, quota)
+            .map_err(|e| config_error_at(&at, e.to_string()))?;
+    }
+    let mut routes = Vec::new();
+    for (rc, limiter) in config.routes.iter().zip(limiters) {
+        routes.push(Route::build(rc, &upstreams[&rc.upstream], limiter, shared));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
-    Ok(Table { routes, upstreams })
+    Ok(Table {
+        routes,
+        upstreams,
+        client_ip,
+    })
 }

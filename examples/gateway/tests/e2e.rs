@@ -6,7 +6,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use omega_gateway::Gateway;
+use omega_gateway::{Gateway, GatewayConfig};
 use omega_testkit::http::{Connection, get, request};
 use support::{bytes_of, checksum, config, json, start, status_for, upstream};
 
@@ -325,9 +325,11 @@ async fn a_reload_changes_a_limit_while_serving_and_keeps_its_state() {
     assert_eq!(get(gw.addr, "/api/x", &ada).await.unwrap().status, 200);
     assert_eq!(get(gw.addr, "/api/x", &ada).await.unwrap().status, 429);
 
+    let bearer = format!("Bearer {}", gw.admin_token());
+    let bearer = [("authorization", bearer.as_str())];
     // Raise the burst to 5: Ada's bucket keeps its state (2 cells used), so 3 more pass.
     write(5);
-    let r = request(gw.admin_addr, "POST", "/reload", &[], b"")
+    let r = request(gw.admin_addr, "POST", "/reload", &bearer, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -343,7 +345,7 @@ async fn a_reload_changes_a_limit_while_serving_and_keeps_its_state() {
 
     // A broken file is refused and changes nothing.
     std::fs::write(&path, "{ \"routes\": 7 }").unwrap();
-    let r = request(gw.admin_addr, "POST", "/reload", &[], b"")
+    let r = request(gw.admin_addr, "POST", "/reload", &bearer, b"")
         .await
         .unwrap();
     assert_eq!(r.status, 400);
@@ -368,6 +370,109 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"slow done");
+    stopping.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "stopped accepting"
+    );
+}
+
+/// A reload that trusts a proxy from now on applies to limits keyed by the client address:
+/// the clients behind it get their own buckets (the limiter was reused with the old trust).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_a_changed_list_of_trusted_proxies() {
+    let a = upstream("a", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.json");
+    let write = |trusted: &[&str]| {
+        let mut doc = serde_json::to_value(config(
+            &[("a", a.addr)],
+            serde_json::json!([{ "name": "per_ip", "key": "client_ip", "rate": 1, "per": "1m" }]),
+        ))
+        .unwrap();
+        doc["trusted_proxies"] = serde_json::json!(trusted);
+        std::fs::write(&path, doc.to_string()).unwrap();
+        GatewayConfig::from_json(&doc.to_string()).unwrap()
+    };
+    let gw = Gateway::new(write(&[]), Some(path.clone()), None)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let from = |ip: &'static str| [("x-user-id", "u"), ("x-forwarded-for", ip)];
+    // No trusted proxy: the header is the client's own claim; everyone is 127.0.0.1.
+    assert_eq!(
+        get(gw.addr, "/api/x", &from("192.0.2.1"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(gw.addr, "/api/x", &from("192.0.2.2"))
+            .await
+            .unwrap()
+            .status,
+        429
+    );
+
+    write(&["127.0.0.1"]);
+    let bearer = format!("Bearer {}", gw.admin_token());
+    let r = request(
+        gw.admin_addr,
+        "POST",
+        "/reload",
+        &[("authorization", &bearer)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // 127.0.0.1 is a trusted proxy now: the clients it names count apart.
+    assert_eq!(
+        get(gw.addr, "/api/x", &from("192.0.2.3"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(gw.addr, "/api/x", &from("192.0.2.4"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(gw.addr, "/api/x", &from("192.0.2.3"))
+            .await
+            .unwrap()
+            .status,
+        429
+    );
+    gw.shutdown().await;
+}
+
+/// With `pre_drain`, a shutdown first only says "not ready": the proxy keeps serving new
+/// requests until the delay ends, the admin API answers 503 on `/readyz` all along, and only
+/// then does the proxy stop accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_drain_keeps_serving_while_readyz_says_not_ready() {
+    let a = upstream("a", false).await;
+    let mut doc = serde_json::to_value(config(&[("a", a.addr)], serde_json::json!([]))).unwrap();
+    doc["pre_drain"] = "1500ms".into();
+    let gw = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let (addr, admin) = (gw.addr, gw.admin_addr);
+    assert_eq!(get(admin, "/readyz", &[]).await.unwrap().status, 200);
+    let stopping = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(admin, "/readyz", &[]).await.unwrap().status, 503);
+    assert_eq!(
+        status_for(addr, "u").await,
+        200,
+        "still serving while pre-draining"
+    );
     stopping.await.unwrap();
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

@@ -54,10 +54,14 @@ async fn routes_keep_their_own_buckets_over_redis() {
     gw.shutdown().await;
 }
 
+/// The admin token of the gateway processes these tests start.
+const PROCESS_TOKEN: &str = "test-token-of-the-processes";
+
 /// Runs the gateway binary.
 fn spawn_gateway(args: &[&str]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_omega-gateway"))
         .args(args)
+        .env("OMEGA_ADMIN_TOKEN", PROCESS_TOKEN)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -125,7 +129,10 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
         admins[0],
         "POST",
         "/shards/pool/nodes",
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {PROCESS_TOKEN}")),
+        ],
         body.as_bytes(),
     )
     .await
@@ -267,11 +274,15 @@ async fn two_gateways_share_limits_circuits_and_shard_maps_over_redis_cluster() 
 
     // One shard map: a node added through the first gateway's admin API joins the second.
     let body = serde_json::json!({ "id": "d", "url": format!("http://{}", d.addr) });
+    let bearer = format!("Bearer {}", one.admin_token());
     let r = request(
         one.admin_addr,
         "POST",
         "/shards/pool/nodes",
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", bearer.as_str()),
+        ],
         body.to_string().as_bytes(),
     )
     .await
