@@ -345,6 +345,18 @@ impl Gateway {
 
 /// Answers one request: route, then the route's pipeline.
 async fn handle(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Body>) -> Response<Body> {
+    // A `Host` (or HTTP/2 `:authority`) that is not a host name or address is refused, as
+    // nginx does, before it can reach a forwarding header.
+    let host_ok = match req.headers().get(http::header::HOST) {
+        Some(h) => proxy::valid_host(h.as_bytes()),
+        None => req
+            .uri()
+            .authority()
+            .is_none_or(|a| proxy::valid_host(a.as_str().as_bytes())),
+    };
+    if !host_ok {
+        return proxy::status(StatusCode::BAD_REQUEST, "invalid Host");
+    }
     let table = shared.table.load_full();
     let path = req.uri().path();
     let Some(route) = table

@@ -21,6 +21,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use omega_penta::core::key::http::ClientIp;
 
 /// The pooled HTTP/1.1 client shared by every node.
 pub type Client = HyperClient<HttpConnector, Body>;
@@ -45,6 +46,9 @@ pub struct RouteInfo {
     pub strip_prefix: bool,
     /// The longest wait for the response head.
     pub timeout: Duration,
+    /// Which peers are trusted proxies: their forwarding headers are extended, anyone else's
+    /// are replaced.
+    pub client_ip: ClientIp,
 }
 
 /// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
@@ -211,18 +215,31 @@ impl NodeInner {
         if let Some(host) = &self.host_value {
             parts.headers.insert(header::HOST, host.clone());
         }
-        if let Some(host) = &original_host {
-            parts
-                .headers
-                .insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        let trusted = match (&route, peer) {
+            (Some(r), Some(p)) => r.client_ip.is_trusted(p.ip()),
+            _ => false,
+        };
+        if !trusted {
+            // What a client says about earlier hops is its own claim: the next tier gets
+            // only what this gateway saw.
+            for name in FORWARDING {
+                parts.headers.remove(name);
+            }
+        }
+        if let Some(host) = &original_host
+            && !parts.headers.contains_key(X_FORWARDED_HOST)
+        {
+            parts.headers.insert(X_FORWARDED_HOST, host.clone());
         }
         if let Some(peer) = peer {
             add_forwarded(&mut parts.headers, peer, original_host.as_ref());
         }
-        parts.headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        // A trusted TLS terminator's `X-Forwarded-Proto: https` is kept.
+        if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+            parts
+                .headers
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
@@ -286,22 +303,49 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The headers that describe earlier hops: kept from trusted proxies only.
+const FORWARDING: [HeaderName; 4] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    header::FORWARDED,
+];
+
+/// Whether `host` is a `Host` a request may carry (RFC 9110 §7.2: `uri-host [":" port]`),
+/// restricted to what DNS names and IP literals use, so that it can go into `Forwarded:
+/// host="…"` and `X-Forwarded-Host` unchanged: `a,for=203.0.113.9` is refused, not forwarded
+/// as a forged hop.
+pub fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+}
+
 /// Appends the client to `X-Forwarded-For` and `Forwarded` (RFC 7239).
 fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>) {
     let ip = peer.ip();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
         _ => ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     let node = match ip {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
     let mut element = format!("for={node};proto=http");
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+    if let Some(host) = host
+        .filter(|h| valid_host(h.as_bytes()))
+        .and_then(|h| h.to_str().ok())
+    {
         element.push_str(&format!(";host=\"{host}\""));
     }
     let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
@@ -339,6 +383,21 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hosts_that_could_forge_a_hop_are_not_valid() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "10.0.0.1:80",
+            "[2001:db8::1]:443",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["a,for=203.0.113.9", "a\"b", "a;proto=https", "a b", ""] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

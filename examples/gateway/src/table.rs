@@ -232,12 +232,14 @@ impl Route {
         config: &RouteConfig,
         upstream: &Upstream,
         limiter: Option<RateLimiter<Request<Body>>>,
+        client_ip: &ClientIp,
         shared: &Shared,
     ) -> Route {
         let info = Arc::new(RouteInfo {
             prefix: config.prefix.clone(),
             strip_prefix: config.strip_prefix,
             timeout: config.timeout.0,
+            client_ip: client_ip.clone(),
         });
         let pool = upstream.router.clone();
         let service = if !shared.layers {
@@ -367,9 +369,7 @@ pub(crate) async fn build_table(
         let limiter = match reusable.and_then(|r| r.limiter.clone()) {
             Some(limiter) => {
                 for l in &rc.limits {
-                    let quota = l
-                        .quota()
-                        .map_err(|e| config_error_at(&at, e.to_string()))?;
+                    let quota = l.quota().map_err(|e| config_error_at(&at, e.to_string()))?;
                     staged_quotas.push((limiter.clone(), l.name.clone(), quota, at.clone()));
                 }
                 Some(limiter)
@@ -391,7 +391,13 @@ pub(crate) async fn build_table(
     }
     let mut routes = Vec::new();
     for (rc, limiter) in config.routes.iter().zip(limiters) {
-        routes.push(Route::build(rc, &upstreams[&rc.upstream], limiter, shared));
+        routes.push(Route::build(
+            rc,
+            &upstreams[&rc.upstream],
+            limiter,
+            &client_ip,
+            shared,
+        ));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
     Ok(Table {

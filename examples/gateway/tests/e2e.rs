@@ -48,7 +48,8 @@ async fn requests_are_forwarded_faithfully() {
         h.get("x-private").is_none() && h.get("proxy-authorization").is_none(),
         "{h}"
     );
-    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
+    // The client is not a trusted proxy: its X-Forwarded-For is its own claim, replaced.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(
         h["forwarded"]
@@ -375,6 +376,71 @@ async fn shutdown_lets_an_in_flight_request_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "stopped accepting"
     );
+}
+
+/// A client that is not a trusted proxy cannot write earlier hops: its forwarding headers
+/// are replaced; a trusted proxy's are extended (its `X-Forwarded-Proto: https` kept); a
+/// `Host` that would forge a hop in `Forwarded` is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
+    let a = upstream("a", false).await;
+    let claims = [
+        ("x-user-id", "u1"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9;proto=https"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "bank.example"),
+    ];
+    let untrusted = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let r = get(untrusted.addr, "/api/echo", &claims).await.unwrap();
+    let h = &json(&r)["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], untrusted.addr.to_string());
+    assert_eq!(
+        h["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{}\"", untrusted.addr)
+    );
+
+    // `Host: a,for=203.0.113.9` would read as a second hop to a naive next tier.
+    let mut s = tokio::net::TcpStream::connect(untrusted.addr)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET /api/echo HTTP/1.1\r\nHost: a,for=203.0.113.9\r\nx-user-id: u1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(
+        a.hits.load(Ordering::Relaxed),
+        1,
+        "the forged host never left"
+    );
+    untrusted.shutdown().await;
+
+    let mut doc = serde_json::to_value(config(&[("a", a.addr)], serde_json::json!([]))).unwrap();
+    doc["trusted_proxies"] = serde_json::json!(["127.0.0.1"]);
+    let trusted = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let r = get(trusted.addr, "/api/echo", &claims).await.unwrap();
+    let h = &json(&r)["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "bank.example");
+    assert!(
+        h["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http"),
+        "{h}"
+    );
+    trusted.shutdown().await;
 }
 
 /// A reload that trusts a proxy from now on applies to limits keyed by the client address:
