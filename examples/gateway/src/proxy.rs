@@ -7,7 +7,6 @@
 //! upstream sees `Host` set to its own authority, the original host in `X-Forwarded-Host`, the
 //! client appended to `X-Forwarded-For` and `Forwarded`, and `X-Forwarded-Proto`.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -147,25 +146,51 @@ impl ProxyNode {
     }
 }
 
+/// A request that never reached its node: the connection could not be made, so nothing was
+/// sent, and the router may send it to the next node of the key's preference list.
+#[derive(Debug)]
+pub struct Unsent {
+    node: Arc<str>,
+    error: hyper_util::client::legacy::Error,
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} is unreachable: {}", self.node, self.error)
+    }
+}
+
+impl std::error::Error for Unsent {}
+
+impl Unsent {
+    /// The answer when no node was left to try: 502.
+    pub fn into_response(self) -> Response<Body> {
+        status(StatusCode::BAD_GATEWAY, &self.to_string())
+    }
+}
+
 impl tower::Service<Request<Body>> for ProxyNode {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Error = Unsent;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Unsent>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Unsent>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let node = self.inner.clone();
-        Box::pin(async move { Ok(node.forward(req).await) })
+        Box::pin(async move { node.forward(req).await })
     }
 }
 
 impl NodeInner {
-    async fn forward(&self, req: Request<Body>) -> Response<Body> {
+    async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Unsent> {
         let Some(authority) = self.authority.clone() else {
-            return status(StatusCode::BAD_GATEWAY, "the node's URL has no host");
+            return Ok(status(
+                StatusCode::BAD_GATEWAY,
+                "the node's URL has no host",
+            ));
         };
         let route = req.extensions().get::<Arc<RouteInfo>>().cloned();
         let timeout = route
@@ -201,7 +226,7 @@ impl NodeInner {
             .build()
         {
             Ok(uri) => uri,
-            Err(_) => return status(StatusCode::BAD_REQUEST, "invalid request path"),
+            Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "invalid request path")),
         };
 
         // HTTP/2 clients send the host as the `:authority` pseudo-header, in the URI.
@@ -251,26 +276,32 @@ impl NodeInner {
         let response = match result {
             Err(_) => {
                 self.metrics.timeouts.increment(1);
-                return status(
+                return Ok(status(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!("node {} did not answer within {timeout:?}", self.node),
-                );
+                ));
             }
             Ok(Err(e)) => {
                 self.metrics.unreachable.increment(1);
-                return status(
+                if e.is_connect() {
+                    return Err(Unsent {
+                        node: self.node.clone(),
+                        error: e,
+                    });
+                }
+                return Ok(status(
                     StatusCode::BAD_GATEWAY,
                     &format!(
                         "node {} of {} is unreachable: {e}",
                         self.node, self.upstream
                     ),
-                );
+                ));
             }
             Ok(Ok(r)) => r,
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, Body::new(body))
+        Ok(Response::from_parts(parts, Body::new(body)))
     }
 }
 

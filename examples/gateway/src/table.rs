@@ -2,6 +2,7 @@
 //! pipeline), built from the configuration and rebuilt on reload with every key's state kept.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use omega_penta::core::config::KeyConfig;
 use omega_penta::core::key::http::{AnyKey, ClientIp, RouteTemplate};
 use omega_penta::core::reject::Respond;
 use omega_penta::rate_limit::{RateLimitLayer, RateLimiter};
-use omega_penta::shard_router::{self as shard, NoRetry, Node, ShardRouter, TopologyHandle};
+use omega_penta::shard_router::{self as shard, Node, RetryPolicy, ShardRouter, TopologyHandle};
 use tower::Layer;
 
 use crate::config::GatewayConfig;
@@ -28,9 +29,35 @@ pub(crate) struct Upstream {
     pub(crate) client_ip: ClientIp,
     pub(crate) topology: TopologyHandle,
     pub(crate) breakers: BreakerRegistry<Arc<str>>,
-    pub(crate) router: ShardRouter<NodeService, AnyKey, NoRetry, Respond>,
+    pub(crate) router: ShardRouter<NodeService, AnyKey, Failover, Respond>,
     /// The topology shared through Redis, and its sync task (with `redis` configured).
     pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
+}
+
+/// A request whose node could not be reached goes to the next node of the key's preference
+/// list (within the pool's `failover`): nothing was sent, so any request may go again, as long
+/// as its body can be replayed. Bodies are streamed, not kept, so only requests without a body
+/// (GET, HEAD, DELETE, ... as browsers and most APIs send them) are copied.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Failover;
+
+impl RetryPolicy<Request<Body>, proxy::Unsent> for Failover {
+    fn clone_request(&self, req: &Request<Body>) -> Option<Request<Body>> {
+        if axum::body::HttpBody::size_hint(req.body()).exact() != Some(0) {
+            return None;
+        }
+        let mut copy = Request::new(Body::empty());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+
+    fn retry_elsewhere(&self, _: &proxy::Unsent) -> bool {
+        true
+    }
 }
 
 type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
@@ -117,6 +144,7 @@ impl Upstream {
         let router = pool
             .router(topology.clone(), client_ip)
             .is_available(move |node: &Node| available.is_call_permitted(node.id_arc()))
+            .retry(Failover)
             .respond()
             .build(move |node: &Node| {
                 let breaker = make_breakers.get_or_create(node.id_arc());
@@ -210,6 +238,74 @@ impl Upstream {
     }
 }
 
+/// Answers a request whose node (and every next one) could not be reached with 502, so the
+/// route's pipeline never fails.
+struct AnswerUnreachable<S, E> {
+    inner: S,
+    /// An error `poll_ready` reported: the next call is answered with it, unsent.
+    not_ready: Option<Arc<str>>,
+    _error: std::marker::PhantomData<fn() -> E>,
+}
+
+/// Turns a node error into its 502.
+type Answer<E> = fn(Result<http::Response<Body>, E>) -> Result<http::Response<Body>, Infallible>;
+
+impl<S: Clone, E> Clone for AnswerUnreachable<S, E> {
+    fn clone(&self) -> Self {
+        AnswerUnreachable::new(self.inner.clone())
+    }
+}
+
+impl<S, E> AnswerUnreachable<S, E> {
+    fn new(inner: S) -> Self {
+        AnswerUnreachable {
+            inner,
+            not_ready: None,
+            _error: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S, E> tower::Service<Request<Body>> for AnswerUnreachable<S, E>
+where
+    S: tower::Service<Request<Body>, Response = http::Response<Body>, Error = E>,
+    S::Future: Send + 'static,
+    E: std::fmt::Display,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<http::Response<Body>, Infallible>>,
+        futures_util::future::Map<S::Future, Answer<E>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            std::task::Poll::Ready(Err(e)) => {
+                self.not_ready = Some(e.to_string().into());
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other.map(|_| Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::FutureExt;
+        if let Some(e) = self.not_ready.take() {
+            return futures_util::future::Either::Left(std::future::ready(Ok(proxy::status(
+                StatusCode::BAD_GATEWAY,
+                &e,
+            ))));
+        }
+        let answer: Answer<E> =
+            |r| Ok(r.unwrap_or_else(|e| proxy::status(StatusCode::BAD_GATEWAY, &e.to_string())));
+        futures_util::future::Either::Right(self.inner.call(req).map(answer))
+    }
+}
+
 /// A reused pool's part of a reload, built before anything changes.
 struct StagedPool {
     breaker: omega_penta::circuit_breaker::CircuitBreakerConfig,
@@ -241,7 +337,8 @@ impl Route {
             timeout: config.timeout.0,
             client_ip: client_ip.clone(),
         });
-        let pool = upstream.router.clone();
+        // No node left to try for an unreachable node's request: 502.
+        let pool = AnswerUnreachable::new(upstream.router.clone());
         let service = if !shared.layers {
             Self::first_node_only(upstream, shared)
         } else if let Some(l) = &limiter {
@@ -269,12 +366,12 @@ impl Route {
     /// [`Gateway::proxy_only`]'s pipeline: the proxy to the pool's first node, no layer.
     fn first_node_only(upstream: &Upstream, shared: &Shared) -> HttpService {
         match upstream.topology.load().nodes().first() {
-            Some(node) => HttpService::new(proxy::ProxyNode::new(
+            Some(node) => HttpService::new(AnswerUnreachable::new(proxy::ProxyNode::new(
                 shared.client.clone(),
                 Arc::from(upstream.name.as_str()),
                 node.id_arc().clone(),
                 node.address(),
-            )),
+            ))),
             None => HttpService::new(tower::service_fn(|_| async {
                 Ok(proxy::status(
                     StatusCode::SERVICE_UNAVAILABLE,

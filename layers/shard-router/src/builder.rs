@@ -172,6 +172,22 @@ impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
         }
     }
 
+    /// Sends requests again to the next node of their preference list as `policy` says: it
+    /// makes the copy to keep ([`RetryPolicy::clone_request`], `None` for a request that must
+    /// not go twice, such as one whose body cannot be replayed) and judges each node error.
+    /// For requests that are not `Clone` (an HTTP request with a streaming body).
+    ///
+    /// [`RetryPolicy::clone_request`]: crate::RetryPolicy::clone_request
+    pub fn retry<P2>(self, policy: P2) -> ShardRouterBuilder<K, P2, Rj> {
+        ShardRouterBuilder {
+            handle: self.handle,
+            key: self.key,
+            retry: policy,
+            reject: self.reject,
+            cfg: self.cfg,
+        }
+    }
+
     /// Answers refusals with HTTP responses (feature `http`): a request without a key gets
     /// 400 Bad Request, one that no node can take 503 Service Unavailable (trailers-only
     /// gRPC `INVALID_ARGUMENT` / `UNAVAILABLE` for gRPC calls). The node services' errors pass
