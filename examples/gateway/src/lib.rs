@@ -47,6 +47,7 @@ mod admin;
 pub mod config;
 pub mod demo;
 pub mod guard;
+pub mod path;
 pub mod proxy;
 mod table;
 
@@ -356,6 +357,34 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Body>) -
     };
     if !host_ok {
         return proxy::status(StatusCode::BAD_REQUEST, "invalid Host");
+    }
+    // Routes, limits and nodes see the path in normal form (`/x/../users` is `/users`).
+    match path::normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        Ok(std::borrow::Cow::Owned(normal)) => {
+            let with_query = match req.uri().query() {
+                Some(q) => format!("{normal}?{q}"),
+                None => normal,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            match with_query.parse() {
+                Ok(pq) => parts.path_and_query = Some(pq),
+                Err(_) => return proxy::status(StatusCode::BAD_REQUEST, "invalid path"),
+            }
+            match http::Uri::from_parts(parts) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return proxy::status(StatusCode::BAD_REQUEST, "invalid path"),
+            }
+        }
+        Err(path::PathError::EncodedSeparator) => {
+            return proxy::status(
+                StatusCode::BAD_REQUEST,
+                "an encoded / or \\ in the path is ambiguous",
+            );
+        }
+        Err(path::PathError::NotAbsolute) => {
+            return proxy::status(StatusCode::BAD_REQUEST, "the path must start with /");
+        }
     }
     let table = shared.table.load_full();
     let path = req.uri().path();

@@ -443,6 +443,52 @@ async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
     trusted.shutdown().await;
 }
 
+/// `/x/../users` is `/users`: a route's limits cannot be skipped by writing its path another
+/// way, the upstream gets the normal form, and an encoded slash is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_limits_see_the_path_in_normal_form() {
+    let a = upstream("a", false).await;
+    let doc = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "upstreams": { "pool": {
+            "nodes": [{ "id": "a", "url": format!("http://{}", a.addr) }],
+            "key": { "header": "x-user-id" }
+        }},
+        "routes": [
+            { "prefix": "/users", "upstream": "pool", "limits": [
+                { "name": "users", "key": "global", "rate": 1, "per": "1m" }
+            ]},
+            { "prefix": "/", "upstream": "pool" }
+        ]
+    });
+    let gw = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let user = [("x-user-id", "u")];
+    let first = get(gw.addr, "/users/7", &user).await.unwrap();
+    assert_eq!(first.status, 200);
+    for sneaky in [
+        "/users/7",
+        "/x/../users/7",
+        "/x/%2e%2E/users/7",
+        "/./users/7",
+    ] {
+        let r = get(gw.addr, sneaky, &user).await.unwrap();
+        assert_eq!(r.status, 429, "{sneaky} must meet /users' limit: {r:?}");
+    }
+    let other = get(gw.addr, "/users/../other/./x?q=1", &user)
+        .await
+        .unwrap();
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        json(&other)["path"],
+        "/other/x",
+        "the upstream gets the normal form"
+    );
+    let encoded = get(gw.addr, "/x%2F..%2Fusers/7", &user).await.unwrap();
+    assert_eq!(encoded.status, 400, "{encoded:?}");
+    gw.shutdown().await;
+}
+
 /// A reload that trusts a proxy from now on applies to limits keyed by the client address:
 /// the clients behind it get their own buckets (the limiter was reused with the old trust).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
