@@ -3,7 +3,7 @@
 //! ```text
 //! omega-gateway                                   # embedded demo: in-memory state, 3 demo nodes
 //! omega-gateway --config gateway.json [--redis redis://127.0.0.1:6379]   (or gateway.yaml)
-//! omega-gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 [--admin ADDR] [--redis URL]
+//! omega-gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 [--admin ADDR] [--redis URL] [--cache]
 //! ```
 //!
 //! SIGTERM or Ctrl-C stop accepting and let in-flight requests finish (within
@@ -15,11 +15,15 @@ use std::process::ExitCode;
 
 use omega_gateway::{Gateway, GatewayConfig, GatewayError, demo, load_config};
 
+mod cache_front;
+
 const USAGE: &str = "usage:
   omega-gateway                                  embedded demo (in-memory state, demo upstream nodes)
   omega-gateway --config FILE [--redis URL]      routes, pools and limits from a JSON or YAML file (.yaml, .yml)
-  omega-gateway --listen ADDR --upstream URL [--admin ADDR] [--redis URL]
-                                                 proxy everything to one upstream";
+  omega-gateway --listen ADDR --upstream URL [--admin ADDR] [--redis URL] [--cache]
+                                                 proxy everything to one upstream; --cache puts
+                                                 RFC 9111's shared cache in front of everything
+                                                 (in memory, or shared through --redis)";
 
 #[derive(Default)]
 struct Args {
@@ -28,6 +32,7 @@ struct Args {
     admin: Option<SocketAddr>,
     upstream: Option<String>,
     redis: Option<String>,
+    cache: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--upstream" => args.upstream = Some(value("--upstream")?),
             "--redis" => args.redis = Some(value("--redis")?),
+            "--cache" => args.cache = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -60,6 +66,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.upstream.is_some() != args.listen.is_some() {
         return Err("--listen and --upstream go together".into());
+    }
+    if args.cache && args.upstream.is_none() {
+        return Err("--cache goes with --listen and --upstream".into());
     }
     Ok(args)
 }
@@ -174,6 +183,11 @@ async fn run() -> Result<(), GatewayError> {
     let mut demo_nodes = Vec::new();
     let (config, path) = match (&args.config, &args.upstream, args.listen) {
         (Some(path), _, _) => (load_config(path)?, Some(path.clone())),
+        // With --cache the gateway's pipeline listens on a loopback port, behind the cache.
+        (None, Some(upstream), Some(_)) if args.cache => {
+            let inner = SocketAddr::from(([127, 0, 0, 1], 0));
+            (quick_config(inner, args.admin, upstream)?, None)
+        }
         (None, Some(upstream), Some(listen)) => (quick_config(listen, args.admin, upstream)?, None),
         _ => {
             let (c, nodes) = demo_config().await?;
@@ -185,6 +199,23 @@ async fn run() -> Result<(), GatewayError> {
     // `start` consumes a handle; this one stays for reloads and queries.
     let reloader = gateway.handle();
     let running = gateway.start().await?;
+    let front = match args.listen.filter(|_| args.cache) {
+        Some(listen) => {
+            Some(cache_front::start(listen, running.addr, args.redis.as_deref()).await?)
+        }
+        None => None,
+    };
+    if let Some(front) = &front {
+        println!(
+            "omega-gateway: RFC 9111 shared cache on http://{} ({}), in front of the proxy",
+            front.addr,
+            if args.redis.is_some() {
+                "memory and Redis"
+            } else {
+                "memory only"
+            }
+        );
+    }
     if demo_nodes.is_empty() {
         println!(
             "omega-gateway: proxy on http://{}, admin on http://{}{}",
@@ -208,6 +239,9 @@ async fn run() -> Result<(), GatewayError> {
     }
     wait_for_signals(&reloader).await;
     println!("omega-gateway: shutting down, finishing in-flight requests");
+    if let Some(front) = front {
+        front.shutdown().await;
+    }
     running.shutdown().await;
     Ok(())
 }

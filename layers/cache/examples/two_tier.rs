@@ -17,9 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use omega_cache::{
-    Cache, CacheLayer, HttpCodec, HttpPolicy, HttpStorage, Partition, StoredResponse,
-};
+use omega_cache::{Cache, HttpCacheLayer, HttpCodec, HttpPolicy, Partition, StoredResponse};
 use omega_core::Backend;
 
 type Pages = Cache<Arc<StoredResponse>>;
@@ -30,6 +28,12 @@ async fn report(Path(id): Path<u32>) -> impl IntoResponse {
     (
         [
             ("content-type", "text/plain".to_owned()),
+            // What RFC 9111 lets a shared cache do with it: fresh for a minute, then served
+            // stale for 30 s while one request revalidates, or 10 min while the upstream fails.
+            (
+                "cache-control",
+                "public, max-age=60, stale-while-revalidate=30, stale-if-error=600".to_owned(),
+            ),
             ("surrogate-key", format!("report:{id} reports")),
         ],
         format!(
@@ -55,22 +59,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = Backend::connect(std::env::var("REDIS_URL").ok().as_deref()).await?;
     let cache: Pages = Cache::builder()
         .codec(HttpCodec)
-        .partition(
-            Partition::new("pages")
-                .capacity(64 << 20)
-                .ttl(Duration::from_secs(60))
-                .stale_while_revalidate(Duration::from_secs(30))
-                .stale_if_error(Duration::from_secs(600)),
-        )
+        .partition(Partition::new("pages").capacity(64 << 20))
         .backend(&backend)
         .build()?;
 
-    let cached = CacheLayer::new(
+    // RFC 9111's shared cache: what is stored and for how long is the responses' own say.
+    let cached = HttpCacheLayer::new(
         cache.clone(),
         HttpPolicy::new("pages").tags_from("surrogate-key"),
-    )
-    .storage(HttpStorage)
-    .respond();
+    );
     let app = Router::new()
         .route("/reports/{id}", get(report))
         .layer(cached)

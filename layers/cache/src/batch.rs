@@ -18,6 +18,8 @@ use crate::cache::Cache;
 #[cfg(feature = "redis")]
 use crate::entry::Freshness;
 use crate::error::CacheError;
+#[cfg(feature = "redis")]
+use crate::load::Decoded;
 use crate::partition::Found;
 use crate::policy::Verdict;
 use crate::stats::Count;
@@ -220,13 +222,16 @@ impl<V: Clone + Send + Sync + 'static> BatchCache<V> {
                 let mut still = Vec::with_capacity(missing.len());
                 for (&i, bytes) in missing.iter().zip(found) {
                     let key = ids[i].item_key();
-                    let entry =
-                        bytes.and_then(|b| self.cache.decode_l2(self.part, key.as_bytes(), &b));
+                    let entry = bytes
+                        .and_then(|b| self.cache.decode_l2(self.part, key.as_bytes(), &b, None));
                     match entry {
-                        Some(e) if e.freshness(inner.clock.now()) == Freshness::Fresh => {
+                        Some(Decoded::Entry(e))
+                            if e.freshness(inner.clock.now()) == Freshness::Fresh =>
+                        {
                             p.count(Count::L2Hit);
                             ttl = ttl.min(e.fresh_for(inner.clock.now()));
-                            self.cache.promote(self.part, key.as_bytes(), &e, marks[i]);
+                            let k = key.as_bytes();
+                            self.cache.promote(self.part, k, k, &e, marks[i]);
                             items[i] = Some(e.value.clone());
                         }
                         _ => still.push(i),

@@ -12,7 +12,7 @@
 //!         { "name": "api", "ttl": "5s", "negative_ttl": "1s" }
 //!     ]
 //! }"#).unwrap();
-//! let route: RouteCache = from_json(r#"{ "partition": "pages", "max_ttl": "5m", "tags_header": "surrogate-key" }"#).unwrap();
+//! let route: RouteCache = from_json(r#"{ "partition": "pages", "max_ttl": "5m", "tags_header": "surrogate-key", "stale_if_error": "1m" }"#).unwrap();
 //! let mut issues = Issues::new();
 //! cache.validate(&mut issues);
 //! route.validate_against(&cache, &mut issues);
@@ -217,6 +217,13 @@ impl CacheConfig {
         }
     }
 
+    /// A builder for HTTP responses (codec [`HttpCodec`](crate::HttpCodec); feature `http`)
+    /// with this name and these partitions; add Redis when there is one, then build.
+    #[cfg(feature = "http")]
+    pub fn http_builder(&self) -> crate::CacheBuilder<std::sync::Arc<crate::http::StoredResponse>> {
+        self.builder().codec(crate::http::HttpCodec)
+    }
+
     /// A builder with this name and these partitions; add a codec, and Redis when there is
     /// one, then build.
     pub fn builder<V: Clone + Send + Sync + 'static>(&self) -> crate::CacheBuilder<V> {
@@ -238,7 +245,9 @@ impl CacheConfig {
     }
 }
 
-/// What a route asks of the cache.
+/// What a route asks of the cache: the RFC 9111 shared cache over a partition, and the few
+/// choices RFC 9111 leaves to a cache. Every field has a default: `{}` (or
+/// [`RouteCache::rfc9111`]) is the plain RFC 9111 shared cache, nothing overridden.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCache {
@@ -248,21 +257,46 @@ pub struct RouteCache {
     /// The partition (default `default`).
     #[serde(default = "default_partition")]
     pub partition: String,
-    /// The TTL of responses that do not say (default: the partition's).
+    /// The cache's name in `Cache-Status` (default: the cache's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The scheme of keys of requests whose URI has none: `http` (default) or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// The lifetime of heuristically cacheable responses that have neither explicit freshness
+    /// nor `Last-Modified` (default none: not stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Dur>,
-    /// The least TTL a response may ask for.
+    /// The least freshness lifetime (overrides the origin; default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ttl: Option<Dur>,
-    /// The greatest TTL a response may ask for.
+    /// The greatest freshness lifetime (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<Dur>,
-    /// The statuses stored (default 200, 203, 204, 300, 301, 308).
+    /// The statuses stored without explicit freshness (default RFC 9110's heuristically
+    /// cacheable ones: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statuses: Option<Vec<u16>>,
-    /// The statuses stored as negative answers (default 404, 410).
+    /// The share of the time since `Last-Modified` given as heuristic freshness (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub negative_statuses: Option<Vec<u16>>,
+    pub heuristic_percent: Option<u8>,
+    /// The longest heuristic freshness (default `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heuristic_max: Option<Dur>,
+    /// How long stale responses are kept, for conditional requests and clients' `max-stale`
+    /// (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revalidation_window: Option<Dur>,
+    /// Stale-if-error for responses that neither grant nor forbid it (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<Dur>,
+    /// Stale-while-revalidate for responses that neither grant nor forbid it (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<Dur>,
+    /// Store responses that set cookies without their `Set-Cookie` fields (default `false`:
+    /// such responses are not stored).
+    #[serde(default)]
+    pub strip_set_cookie: bool,
     /// The response header whose values tag the entry (`surrogate-key`); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags_header: Option<String>,
@@ -281,32 +315,54 @@ impl Default for RouteCache {
         RouteCache {
             enabled: true,
             partition: default_partition(),
+            name: None,
+            scheme: None,
             ttl: None,
             min_ttl: None,
             max_ttl: None,
             statuses: None,
-            negative_statuses: None,
+            heuristic_percent: None,
+            heuristic_max: None,
+            revalidation_window: None,
+            stale_if_error: None,
+            stale_while_revalidate: None,
+            strip_set_cookie: false,
             tags_header: None,
         }
     }
 }
 
 impl RouteCache {
+    /// The RFC 9111 shared cache over the default partition, nothing overridden: what a
+    /// gateway puts in front of everything in its quick mode.
+    pub fn rfc9111() -> Self {
+        RouteCache::default()
+    }
+
     /// Checks what the types cannot, reporting under `issues`' current path.
     pub fn validate(&self, issues: &mut Issues) {
         issues.check("partition", check_name("partition name", &self.partition));
-        for (field, list) in [
-            ("statuses", &self.statuses),
-            ("negative_statuses", &self.negative_statuses),
-        ] {
-            for (i, s) in list.iter().flatten().enumerate() {
-                if !(100..=599).contains(s) {
-                    issues.push(
-                        format!("{field}[{i}]"),
-                        format!("{s} is not an HTTP status (100 to 599)"),
-                    );
-                }
+        if let Some(name) = &self.name
+            && (name.is_empty() || !name.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        {
+            issues.push("name", format!("{name:?}: use visible ASCII characters"));
+        }
+        if let Some(scheme) = &self.scheme
+            && !scheme.eq_ignore_ascii_case("http")
+            && !scheme.eq_ignore_ascii_case("https")
+        {
+            issues.push("scheme", format!("{scheme:?} is not http or https"));
+        }
+        for (i, s) in self.statuses.iter().flatten().enumerate() {
+            if !(100..=599).contains(s) {
+                issues.push(
+                    format!("statuses[{i}]"),
+                    format!("{s} is not an HTTP status (100 to 599)"),
+                );
             }
+        }
+        if self.heuristic_percent.is_some_and(|p| p > 100) {
+            issues.push("heuristic_percent", "must be at most 100");
         }
         if let Some(h) = &self.tags_header
             && (h.is_empty()
@@ -338,21 +394,18 @@ impl RouteCache {
         }
     }
 
-    /// The HTTP policy of this route (feature `http`).
+    /// The RFC 9111 policy of this route (feature `http`).
     #[cfg(feature = "http")]
     pub fn policy(&self) -> crate::http::HttpPolicy {
         let mut p = crate::http::HttpPolicy::new(self.partition.as_str());
-        if let Some(s) = &self.statuses {
-            p = p.statuses(s.iter().copied());
+        if let Some(n) = &self.name {
+            p = p.name(n.as_str());
         }
-        if let Some(s) = &self.negative_statuses {
-            p = p.negative_statuses(s.iter().copied());
-        }
-        if let Some(h) = &self.tags_header {
-            p = p.tags_from(h);
+        if let Some(s) = &self.scheme {
+            p = p.scheme(s);
         }
         if let Some(ttl) = self.ttl {
-            p = p.ttl(ttl.0);
+            p = p.default_ttl(ttl.0);
         }
         if self.min_ttl.is_some() || self.max_ttl.is_some() {
             p = p.ttl_bounds(
@@ -360,7 +413,42 @@ impl RouteCache {
                 self.max_ttl.map_or(std::time::Duration::MAX, |d| d.0),
             );
         }
+        if let Some(s) = &self.statuses {
+            p = p.statuses(s.iter().copied());
+        }
+        if self.heuristic_percent.is_some() || self.heuristic_max.is_some() {
+            p = p.heuristic(
+                self.heuristic_percent.unwrap_or(10),
+                self.heuristic_max
+                    .map_or(std::time::Duration::from_secs(86_400), |d| d.0),
+            );
+        }
+        if let Some(d) = self.revalidation_window {
+            p = p.revalidation_window(d.0);
+        }
+        if let Some(d) = self.stale_if_error {
+            p = p.stale_if_error(d.0);
+        }
+        if let Some(d) = self.stale_while_revalidate {
+            p = p.stale_while_revalidate(d.0);
+        }
+        if self.strip_set_cookie {
+            p = p.set_cookie(crate::http::SetCookie::Strip);
+        }
+        if let Some(h) = &self.tags_header {
+            p = p.tags_from(h);
+        }
         p
+    }
+
+    /// The route's cache layer over `cache` (feature `http`): `HttpCacheLayer::new(cache,
+    /// self.policy())`.
+    #[cfg(feature = "http")]
+    pub fn layer(
+        &self,
+        cache: &crate::Cache<std::sync::Arc<crate::http::StoredResponse>>,
+    ) -> crate::http::HttpCacheLayer {
+        crate::http::HttpCacheLayer::new(cache.clone(), self.policy())
     }
 }
 

@@ -130,7 +130,12 @@ mod tests {
             matches!(flights.join(1, b"k"), Join::Lead(_)),
             "other partition"
         );
-        let wall = Wall::from_now(Duration::from_secs(1), Duration::ZERO, Duration::ZERO);
+        let wall = Wall::from_now(
+            Duration::from_secs(1),
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         let entry = Arc::new(Entry::new(7, wall, Box::new([]), 1, 0));
         lead.finish(Some(entry));
         assert!(matches!(follow(slot).await, Followed::Stored(e) if e.value == 7));

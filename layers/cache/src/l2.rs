@@ -4,7 +4,8 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | `omega:{cache/part/gen/skey}` | an entry's envelope (deadlines, tags, value), expiring at its last stale deadline |
+//! | `omega:{cache/part/gen/skey}` | an entry's envelope (deadlines, tags, value), expiring at its last deadline; or the marker of a key whose responses vary |
+//! | `omega:{cache/part/gen/skey\0id\0secondary}` | one variant of such a key |
 //! | `omega:{cache/part/gen/skey}:lease` | the short lease of the instance loading that entry |
 //! | `omega:{cache/t/tag}` | the entry keys that carry `tag` (a set, one hash tag per tag) |
 //! | `omega:cache:gen:part` | the partition's generation: flushing a partition increments it |
@@ -246,24 +247,32 @@ impl L2 {
         join_all(gets).await.into_iter().collect()
     }
 
-    /// Stores an envelope for `px` milliseconds, adds it to its tags' sets, and gives the lease
-    /// back. One pipeline per hash slot (one in all on a standalone server), run together.
+    /// Stores an envelope for `px` milliseconds, adds it to its tags' sets, gives the lease
+    /// back (`lease`: the entry key it was taken on, and the lease), and stores the key's
+    /// variant marker (`marker`: its key, envelope and life). One pipeline per hash slot (one
+    /// in all on a standalone server), run together.
     pub(crate) async fn store(
         &self,
         entry_key: String,
         envelope: Vec<u8>,
         px: u64,
         tags: &[Arc<str>],
-        lease: Option<Lease>,
+        lease: Option<(String, Lease)>,
+        marker: Option<(String, Vec<u8>, u64)>,
     ) -> omega_core::Result<()> {
-        let mut groups: Vec<(String, Cmd)> = Vec::with_capacity(2 + 3 * tags.len());
+        let mut groups: Vec<(String, Cmd)> = Vec::with_capacity(3 + 3 * tags.len());
         groups.push((entry_key.clone(), {
             let mut c = cmd("SET");
             c.arg(&entry_key).arg(envelope).arg("PX").arg(px.max(1));
             c
         }));
-        if let Some(lease) = lease {
-            groups.push((entry_key.clone(), release_cmd(&entry_key, lease)));
+        if let Some((key, lease)) = lease {
+            groups.push((key.clone(), release_cmd(&key, lease)));
+        }
+        if let Some((key, envelope, px)) = marker {
+            let mut c = cmd("SET");
+            c.arg(&key).arg(envelope).arg("PX").arg(px.max(1));
+            groups.push((key, c));
         }
         for tag in tags {
             let tk = self.tag_key(tag);

@@ -15,7 +15,11 @@
 //! - **What is cached** is a [`Policy`]: key, partition and tags from the request; the
 //!   [`Verdict`] (store with [`Rules`], store as a negative answer, pass, failure) from the
 //!   response. [`Resolver`] builds one from a [`KeySource`](omega_core::key::KeySource) and
-//!   closures; [`HttpPolicy`] (feature `http`) is a gateway route's.
+//!   closures.
+//! - **HTTP** (feature `http`): [`HttpCacheLayer`] is RFC 9111's shared cache in front of an
+//!   HTTP service (the responses' `Cache-Control` decides, `Vary`, revalidation, `Age`,
+//!   `Cache-Status`, invalidation after unsafe methods; see [`http`]); [`HttpPolicy`] holds the
+//!   choices RFC 9111 leaves to the cache.
 //! - **How responses are stored** is a [`Storage`]: values stored as they are ([`Values`]), or
 //!   HTTP bodies captured while they stream ([`HttpStorage`]); a [`ValueCodec`] gives their
 //!   bytes ([`RawBytes`], [`Json`], [`Binary`], [`HttpCodec`], yours). A response larger than
@@ -91,7 +95,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `redis` | L2 in Redis or Redis Cluster, cross-instance coalescing and invalidation |
-//! | `http` | [`HttpStorage`], [`HttpCodec`], [`HttpPolicy`], `.respond()` (504 for `only-if-cached`) |
+//! | `http` | [`HttpCacheLayer`] and [`HttpPolicy`] (RFC 9111's shared cache), [`HttpStorage`], [`HttpCodec`], `.respond()` (504 for `only-if-cached`) |
 //! | `serde` | [`config`]: the configuration section, validated with field paths |
 //! | `codec` | [`Json`] and [`Binary`] codecs for serde values |
 //! | `metrics` | counters through the `metrics` crate ([`metric_names`]) |
@@ -116,15 +120,20 @@ mod layer;
 mod load;
 mod partition;
 mod policy;
+mod refresh;
 mod service;
 mod stats;
 mod storage;
+mod store;
 
 pub use batch::{Batch, BatchCache, ItemKey};
 pub use cache::{Cache, CacheBuilder};
 pub use error::{CacheError, CacheErrorKind, NotCached};
 #[cfg(feature = "http")]
-pub use http::{CacheBody, HttpCodec, HttpPolicy, HttpStorage, StoredResponse};
+pub use http::{
+    CacheBody, HttpCache, HttpCacheLayer, HttpCodec, HttpPolicy, HttpStorage, SetCookie,
+    StoredResponse,
+};
 pub use layer::CacheLayer;
 pub use omega_core::Clock;
 #[cfg(feature = "http")]

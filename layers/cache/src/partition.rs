@@ -8,7 +8,7 @@ use moka::Expiry;
 use moka::notification::RemovalCause;
 use omega_core::Nanos;
 
-use crate::entry::{Entry, Freshness};
+use crate::entry::{Entry, Freshness, Marker, Slot};
 use crate::stats::{Count, Counters};
 use crate::storage::ValueCodec;
 
@@ -192,7 +192,7 @@ impl<V> Partition<V> {
     }
 }
 
-pub(crate) type L1<V> = moka::sync::Cache<Box<[u8]>, Arc<Entry<V>>, foldhash::fast::RandomState>;
+pub(crate) type L1<V> = moka::sync::Cache<Box<[u8]>, Slot<V>, foldhash::fast::RandomState>;
 
 /// A partition at work: its settings, codec, L1 and counters.
 pub(crate) struct PartitionState<V> {
@@ -207,37 +207,34 @@ pub(crate) enum Found<V> {
     Fresh(Arc<Entry<V>>),
     /// Stale; `true` when this caller must start the refresh.
     Stale(Arc<Entry<V>>, bool),
-    /// Usable only if the upstream fails.
+    /// Usable only if the upstream fails, or as the base of a revalidation.
     Fallback(Arc<Entry<V>>),
+    /// The key's responses vary: look the variant up under this marker.
+    Vary(Arc<Marker>),
     Miss,
 }
 
 struct PerEntry;
 
-impl<V> Expiry<Box<[u8]>, Arc<Entry<V>>> for PerEntry {
+impl<V> Expiry<Box<[u8]>, Slot<V>> for PerEntry {
     fn expire_after_create(
         &self,
         _key: &Box<[u8]>,
-        value: &Arc<Entry<V>>,
+        value: &Slot<V>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.keep_for(value_now(value)))
+        Some(value.keep_for())
     }
 
     fn expire_after_update(
         &self,
         _key: &Box<[u8]>,
-        value: &Arc<Entry<V>>,
+        value: &Slot<V>,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.keep_for(value_now(value)))
+        Some(value.keep_for())
     }
-}
-
-/// The local time at which an entry was built (its deadlines are relative to it).
-fn value_now<V>(e: &Entry<V>) -> Nanos {
-    e.built_at
 }
 
 impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
@@ -246,7 +243,7 @@ impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
         let mut builder = moka::sync::Cache::builder()
             .name(&format!("{cache}/{}", cfg.name))
             .max_capacity(cfg.capacity)
-            .weigher(|_k, e: &Arc<Entry<V>>| e.weight)
+            .weigher(|_k, s: &Slot<V>| s.weight())
             .expire_after(PerEntry)
             .support_invalidation_closures();
         if cfg.count_evictions {
@@ -269,20 +266,36 @@ impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
     /// Looks `key` up at `now`: the hit path (no allocation, no lock).
     #[inline]
     pub(crate) fn find(&self, key: &[u8], now: Nanos) -> Found<V> {
-        if !self.cfg.in_memory {
-            return Found::Miss;
-        }
-        match self.l1.get(key) {
+        match self.get(key) {
             None => Found::Miss,
-            Some(e) => match e.freshness(now) {
+            Some(Slot::Entry(e)) => match e.freshness(now) {
                 Freshness::Fresh => Found::Fresh(e),
                 Freshness::Stale => {
                     let claimed = e.claim_refresh();
                     Found::Stale(e, claimed)
                 }
-                Freshness::Fallback => Found::Fallback(e),
+                Freshness::Fallback | Freshness::Kept => Found::Fallback(e),
                 Freshness::Expired => Found::Miss,
             },
+            Some(Slot::Vary(m)) if m.live(now) => Found::Vary(m),
+            Some(Slot::Vary(_)) => Found::Miss,
+        }
+    }
+
+    /// What L1 holds at `key`, whatever its state.
+    #[inline]
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Slot<V>> {
+        if !self.cfg.in_memory {
+            return None;
+        }
+        self.l1.get(key)
+    }
+
+    /// The live marker at `key`, if one stands there.
+    pub(crate) fn marker(&self, key: &[u8], now: Nanos) -> Option<Arc<Marker>> {
+        match self.get(key) {
+            Some(Slot::Vary(m)) if m.live(now) => Some(m),
+            _ => None,
         }
     }
 
@@ -294,7 +307,14 @@ impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
     /// Keeps `entry` in L1 (unless the partition is L2-only).
     pub(crate) fn keep(&self, key: &[u8], entry: &Arc<Entry<V>>) {
         if self.cfg.in_memory {
-            self.l1.insert(key.into(), entry.clone());
+            self.l1.insert(key.into(), Slot::Entry(entry.clone()));
+        }
+    }
+
+    /// Keeps `marker` in L1 (unless the partition is L2-only).
+    pub(crate) fn keep_marker(&self, key: &[u8], marker: &Arc<Marker>) {
+        if self.cfg.in_memory {
+            self.l1.insert(key.into(), Slot::Vary(marker.clone()));
         }
     }
 

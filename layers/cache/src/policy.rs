@@ -10,10 +10,17 @@
 //!    it (with its TTL, stale windows and tags), store it as a negative answer, pass it
 //!    through, or count it as a failure (a stale copy may answer instead).
 //!
+//! A key may hold several **variants** (HTTP's `Vary`): a response stored with
+//! [`Rules::vary`] leaves a marker at its key that names what selects a variant (the *spec*),
+//! and is stored as the variant its request selects (its *secondary key*). A later request
+//! finding the marker is looked up again under the secondary key [`Policy::variant`] computes
+//! for it; each variant is loaded once, however many requests ask for it together. Keys without
+//! variants cost nothing more: one lookup, no allocation.
+//!
 //! [`Resolver`] is the policy for most services: a [`KeySource`] (closures and the built-ins
 //! `Header`, `Query`, `Path`, ...), a partition, tags from the request, and a closure that
-//! judges responses. An HTTP policy (RFC 9111: `Cache-Control`, `Vary` as a secondary key, ...)
-//! is another implementation of the same trait.
+//! judges responses. HTTP's RFC 9111 rules are [`HttpCacheLayer`](crate::HttpCacheLayer)'s
+//! (feature `http`), built on the same engine.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -58,6 +65,9 @@ impl<'a> Lookup<'a> {
     }
 }
 
+/// A response's variant: its `Vary` spec and the request's secondary key under it.
+pub(crate) type VarySpec = (Arc<[u8]>, Box<[u8]>);
+
 /// How a response is stored. Unset durations take the partition's defaults; the TTL is then
 /// clamped to the partition's bounds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,7 +75,9 @@ pub struct Rules {
     pub(crate) ttl: Option<Duration>,
     pub(crate) stale_while_revalidate: Option<Duration>,
     pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) keep: Duration,
     pub(crate) tags: Vec<Arc<str>>,
+    pub(crate) vary: Option<VarySpec>,
 }
 
 impl Rules {
@@ -89,6 +101,23 @@ impl Rules {
     /// How long after the TTL it may answer when the upstream fails.
     pub fn stale_if_error(mut self, d: Duration) -> Self {
         self.stale_if_error = Some(d);
+        self
+    }
+
+    /// How long after its TTL (and stale windows) the entry is kept as the base of a
+    /// revalidation: never served on its own, it lets a policy that can revalidate (HTTP's
+    /// conditional requests) turn a miss into a cheap check. Default zero.
+    pub fn keep(mut self, d: Duration) -> Self {
+        self.keep = d;
+        self
+    }
+
+    /// Stores the response as one variant of its key: `spec` says what selects a variant (the
+    /// policy reads it back in [`Policy::variant`]), `secondary` is what this response's request
+    /// selected. A marker holding `spec` stands at the key; a different spec replaces it, and
+    /// with it every variant stored under the old one.
+    pub fn vary(mut self, spec: impl Into<Arc<[u8]>>, secondary: impl Into<Box<[u8]>>) -> Self {
+        self.vary = Some((spec.into(), secondary.into()));
         self
     }
 
@@ -142,9 +171,12 @@ pub enum Verdict {
 ///    it (with its TTL, stale windows and tags), store it as a negative answer, pass it
 ///    through, or count it as a failure (a stale copy may answer instead).
 ///
-/// [`Resolver`] is the policy for most services; [`HttpPolicy`](crate::HttpPolicy) (feature
-/// `http`) a gateway route's. An RFC 9111 policy (`Cache-Control`, `Vary` folded into the key)
-/// is another implementation.
+/// A key may hold several variants (HTTP's `Vary`): [`Policy::variant`] gives a
+/// request's secondary key under a variant spec the policy stored with [`Rules::vary`].
+///
+/// [`Resolver`] is the policy for most services. HTTP's RFC 9111 rules (revalidation, `Vary`,
+/// `Age`, `Cache-Status`, ...) are [`HttpCacheLayer`](crate::HttpCacheLayer)'s (feature
+/// `http`).
 pub trait Policy<Req, Res>: Send + Sync + 'static {
     /// What the policy keeps from a request that missed, for [`Policy::decide`].
     type Context: Send + 'static;
@@ -157,6 +189,15 @@ pub trait Policy<Req, Res>: Send + Sync + 'static {
 
     /// What to do with `res`, the answer to the request `context` came from.
     fn decide(&self, context: &Self::Context, res: &Res) -> Verdict;
+
+    /// The secondary key of `req` under `spec`, the variant spec a response was stored with
+    /// ([`Rules::vary`]); called only for keys that hold variants. `None`: `req` matches no
+    /// variant; it is loaded on its own (not coalesced) and its response stored as decided.
+    /// The default is `None` (a policy that never stores variants).
+    fn variant<'a>(&self, spec: &[u8], req: &'a Req) -> Option<Key<'a>> {
+        let _ = (spec, req);
+        None
+    }
 }
 
 /// A policy built from a key source, a partition, tags from the request and a judgement of

@@ -4,14 +4,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use omega_core::key::Key;
 use omega_core::reject::{KeepError, OnRejection};
 use tower_service::Service;
 
 use crate::cache::Cache;
-use crate::entry::Entry;
+use crate::entry::{Entry, Variant};
 use crate::error::NotCached;
 use crate::future::ResponseFuture;
-use crate::load::{Fetched, Loaded};
+use crate::load::{Fetched, Loaded, Upstream, key_of};
 use crate::partition::Found;
 use crate::policy::{Policy, Rules, Verdict};
 use crate::stats::Count;
@@ -86,13 +87,15 @@ enum Step<V> {
     Hit,
     Stale {
         part: usize,
-        key: Box<[u8]>,
+        primary: Box<[u8]>,
         entry: Arc<Entry<V>>,
     },
     Miss {
         part: usize,
-        key: Box<[u8]>,
+        primary: Box<[u8]>,
+        variant: Option<Variant>,
         fallback: Option<Arc<Entry<V>>>,
+        alone: bool,
     },
     NotCached(NotCached),
 }
@@ -120,54 +123,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let mut answer = None;
-        let step = {
-            let cache = &self.cache.inner;
-            match self.policy.lookup(&req) {
-                None => Step::Bypass,
-                Some(lookup) => match cache.index(lookup.partition) {
-                    None => Step::Bypass,
-                    Some(part) => {
-                        let p = &cache.parts[part];
-                        let key = lookup.key.as_bytes();
-                        match p.find(key, cache.clock.now()) {
-                            Found::Fresh(e) => {
-                                p.count(Count::Hit);
-                                answer = Some(self.storage.respond(&e.value));
-                                Step::Hit
-                            }
-                            Found::Stale(e, claimed) => {
-                                p.count(Count::Stale);
-                                answer = Some(self.storage.respond(&e.value));
-                                if claimed {
-                                    Step::Stale {
-                                        part,
-                                        key: key.into(),
-                                        entry: e,
-                                    }
-                                } else {
-                                    Step::Hit
-                                }
-                            }
-                            found if lookup.only_if_cached => {
-                                drop(found);
-                                p.count(Count::Miss);
-                                Step::NotCached(NotCached::new(lookup.partition))
-                            }
-                            Found::Fallback(e) => Step::Miss {
-                                part,
-                                key: key.into(),
-                                fallback: Some(e),
-                            },
-                            Found::Miss => Step::Miss {
-                                part,
-                                key: key.into(),
-                                fallback: None,
-                            },
-                        }
-                    }
-                },
-            }
-        };
+        let step = self.step(&req, &mut answer);
         match step {
             Step::Hit => ResponseFuture::ready(Ok(answer.expect("a hit has an answer"))),
             Step::Bypass => {
@@ -177,27 +133,45 @@ where
                 ResponseFuture::inner(self.inner.call(req), map)
             }
             Step::NotCached(refusal) => ResponseFuture::ready(self.reject.reject(&req, refusal)),
-            Step::Stale { part, key, entry } => {
+            Step::Stale {
+                part,
+                primary,
+                entry,
+            } => {
                 let upstream = self.upstream(part, req);
                 let cache = self.cache.clone();
-                tokio::spawn(async move { cache.refresh(part, key, entry, upstream).await });
+                tokio::spawn(async move { cache.refresh(part, primary, entry, upstream).await });
                 ResponseFuture::ready(Ok(answer.expect("a stale hit has an answer")))
             }
             Step::Miss {
                 part,
-                key,
+                primary,
+                variant,
                 fallback,
+                alone,
             } => {
                 let upstream = self.upstream(part, req);
                 let cache = self.cache.clone();
                 let storage = self.storage.clone();
                 ResponseFuture::boxed(Box::pin(async move {
-                    match cache.load(part, &key, fallback, upstream).await {
-                        Loaded::Cached { entry, refresh } => {
-                            if let Some(upstream) = refresh {
+                    let loaded = if alone {
+                        cache.alone(part, &primary, fallback, upstream).await
+                    } else {
+                        cache
+                            .load(part, &primary, variant, fallback, upstream)
+                            .await
+                    };
+                    match loaded {
+                        Loaded::Cached {
+                            entry,
+                            refresh,
+                            upstream,
+                            ..
+                        } => {
+                            if let (true, Some(upstream)) = (refresh, upstream) {
                                 let (c, e) = (cache.clone(), entry.clone());
                                 tokio::spawn(
-                                    async move { c.refresh(part, key, e, upstream).await },
+                                    async move { c.refresh(part, primary, e, upstream).await },
                                 );
                             }
                             Ok(storage.respond(&entry.value))
@@ -210,50 +184,161 @@ where
     }
 }
 
-type Upstream<T, E, V> = Fetched<Result<T, E>, V>;
+impl<S, V: Clone + Send + Sync + 'static, P, St, R> CacheService<S, V, P, St, R> {
+    /// Looks `req` up in L1 (its variant too, when its key has them); a hit's answer goes in
+    /// `answer`.
+    #[inline]
+    fn step<Req, Res>(&self, req: &Req, answer: &mut Option<St::Response>) -> Step<V>
+    where
+        P: Policy<Req, Res>,
+        St: Storage<Res, Value = V>,
+    {
+        let cache = &self.cache.inner;
+        let Some(lookup) = self.policy.lookup(req) else {
+            return Step::Bypass;
+        };
+        let Some(part) = cache.index(lookup.partition) else {
+            return Step::Bypass;
+        };
+        let p = &cache.parts[part];
+        let primary = lookup.key.as_bytes();
+        let now = cache.clock.now();
+        let mut found = p.find(primary, now);
+        let mut variant = None;
+        let mut alone = false;
+        if let Found::Vary(m) = &found {
+            match self.policy.variant(&m.spec, req) {
+                Some(s) => {
+                    let v = Variant {
+                        id: m.id,
+                        spec: m.spec.clone(),
+                        secondary: s.as_bytes().into(),
+                    };
+                    found = p.find(&key_of(primary, Some(&v)), now);
+                    variant = Some(v);
+                }
+                None => {
+                    found = Found::Miss;
+                    alone = true;
+                }
+            }
+        }
+        match found {
+            Found::Fresh(e) => {
+                p.count(Count::Hit);
+                *answer = Some(self.storage.respond(&e.value));
+                Step::Hit
+            }
+            Found::Stale(e, claimed) => {
+                p.count(Count::Stale);
+                *answer = Some(self.storage.respond(&e.value));
+                if claimed {
+                    Step::Stale {
+                        part,
+                        primary: primary.into(),
+                        entry: e,
+                    }
+                } else {
+                    Step::Hit
+                }
+            }
+            found if lookup.only_if_cached => {
+                drop(found);
+                p.count(Count::Miss);
+                Step::NotCached(NotCached::new(lookup.partition))
+            }
+            Found::Fallback(e) => Step::Miss {
+                part,
+                primary: primary.into(),
+                variant,
+                fallback: Some(e),
+                alone,
+            },
+            Found::Miss | Found::Vary(_) => Step::Miss {
+                part,
+                primary: primary.into(),
+                variant,
+                fallback: None,
+                alone,
+            },
+        }
+    }
 
-impl<S, V, P, St, R> CacheService<S, V, P, St, R> {
     /// The upstream call for `req`, not started: the inner instance that was made ready, the
     /// request, the policy's context; the response judged and captured.
-    #[allow(clippy::type_complexity)]
-    fn upstream<Req>(
-        &mut self,
-        part: usize,
-        req: Req,
-    ) -> impl FnOnce() -> std::pin::Pin<
-        Box<dyn Future<Output = Upstream<St::Response, S::Error, V>> + Send>,
-    > + Send
-    + 'static
+    fn upstream<Req>(&mut self, part: usize, req: Req) -> Call<S, Req, P, St>
     where
-        S: Service<Req> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Response: Send + 'static,
-        S::Error: Send + 'static,
-        Req: Send + 'static,
-        V: Clone + Send + Sync + 'static,
+        S: Service<Req> + Clone,
         P: Policy<Req, S::Response>,
-        St: Storage<S::Response, Value = V>,
+        St: Clone,
     {
         // The instance that was made ready serves this call; the clone serves the next.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let context = self.policy.context(&req);
-        let policy = self.policy.clone();
-        let storage = self.storage.clone();
-        let max = self.cache.inner.parts[part].cfg.max_entry_bytes;
-        move || {
-            Box::pin(async move {
-                let res = match inner.call(req).await {
-                    Ok(res) => res,
-                    Err(e) => return Fetched::Failed(Err(e)),
-                };
-                match policy.decide(&context, &res) {
-                    Verdict::Store(rules) => capture(&storage, res, max, rules, false).await,
-                    Verdict::Negative(rules) => capture(&storage, res, max, rules, true).await,
-                    Verdict::Pass => Fetched::Pass(Ok(St::pass(res))),
-                    Verdict::Failure => Fetched::Failed(Ok(St::pass(res))),
-                }
-            })
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Call {
+            context: self.policy.context(&req),
+            inner,
+            req,
+            policy: self.policy.clone(),
+            storage: self.storage.clone(),
+            max: self.cache.inner.parts[part].cfg.max_entry_bytes,
+        }
+    }
+}
+
+/// An upstream call of [`CacheService`]: the request, to the inner instance made ready for it.
+struct Call<S, Req, P: Policy<Req, S::Response>, St>
+where
+    S: Service<Req>,
+{
+    inner: S,
+    req: Req,
+    context: P::Context,
+    policy: Arc<P>,
+    storage: St,
+    max: usize,
+}
+
+impl<S, Req, P, St, V> Upstream<V> for Call<S, Req, P, St>
+where
+    S: Service<Req> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    Req: Send + 'static,
+    V: Clone + Send + Sync + 'static,
+    P: Policy<Req, S::Response>,
+    St: Storage<S::Response, Value = V>,
+{
+    type Out = Result<St::Response, S::Error>;
+
+    fn variant(&self, spec: &[u8]) -> Option<Key<'_>> {
+        self.policy.variant(spec, &self.req)
+    }
+
+    fn call(
+        self,
+        _base: Option<Arc<Entry<V>>>,
+    ) -> impl Future<Output = Fetched<Self::Out, V>> + Send {
+        let Call {
+            mut inner,
+            req,
+            context,
+            policy,
+            storage,
+            max,
+        } = self;
+        async move {
+            let res = match inner.call(req).await {
+                Ok(res) => res,
+                Err(e) => return Fetched::Failed(Err(e)),
+            };
+            match policy.decide(&context, &res) {
+                Verdict::Store(rules) => capture(&storage, res, max, rules, false).await,
+                Verdict::Negative(rules) => capture(&storage, res, max, rules, true).await,
+                Verdict::Pass => Fetched::Pass(Ok(St::pass(res))),
+                Verdict::Failure => Fetched::Failed(Ok(St::pass(res))),
+            }
         }
     }
 }
@@ -264,7 +349,7 @@ async fn capture<Res, St: Storage<Res>, E>(
     max: usize,
     rules: Rules,
     negative: bool,
-) -> Upstream<St::Response, E, St::Value> {
+) -> Fetched<Result<St::Response, E>, St::Value> {
     match storage.capture(res, max).await {
         Captured::Stored(value) => Fetched::Store {
             out: Ok(storage.respond(&value)),

@@ -120,7 +120,7 @@ fn child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let backend = support::backend(&redis, "procs", Duration::from_millis(100)).await;
+        let backend = support::backend(&redis, "procs", Duration::from_secs(1)).await;
         let cache = Cache::<Bytes>::builder()
             .codec(RawBytes)
             .redis(backend)
