@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     /// How long the gateway keeps serving after a shutdown signal while `/readyz` already
     /// answers 503, so that load balancers stop sending first (`pre_drain`, default 0 s).
     pub pre_drain: Dur,
+    /// The proxy listener's limits and timeouts (`server`).
+    pub server: crate::serve::ServerLimits,
     /// Who may change the gateway through its admin API (`admin_api`).
     pub admin_api: AdminApi,
     /// How breakers share their openings over Redis (`shared_breakers`).
@@ -245,6 +247,21 @@ impl GatewayConfig {
                 Dur(Duration::ZERO)
             }
         };
+        let server = match fields.remove("server") {
+            None => crate::serve::ServerLimits::default(),
+            Some(v) => match serde_json::from_value::<crate::serve::ServerLimits>(v) {
+                Ok(limits) => {
+                    if let Err(e) = limits.check() {
+                        issues.push("server", e);
+                    }
+                    limits
+                }
+                Err(e) => {
+                    issues.push("server", e.to_string());
+                    crate::serve::ServerLimits::default()
+                }
+            },
+        };
         let admin_api = match fields.remove("admin_api") {
             None => AdminApi::default(),
             Some(v) => AdminApi::from_value(v, &mut issues),
@@ -260,6 +277,7 @@ impl GatewayConfig {
                 admin,
                 shutdown_grace,
                 pre_drain,
+                server,
                 admin_api,
                 shared_breakers,
                 stack,
@@ -288,6 +306,11 @@ impl serde::Serialize for GatewayConfig {
             );
             if !self.pre_drain.0.is_zero() {
                 fields.insert("pre_drain".into(), self.pre_drain.to_string().into());
+            }
+            if self.server != crate::serve::ServerLimits::default() {
+                let server =
+                    serde_json::to_value(&self.server).map_err(serde::ser::Error::custom)?;
+                fields.insert("server".into(), server);
             }
             let mut shared = serde_json::Map::new();
             if let Some(q) = self.shared_breakers.quorum {

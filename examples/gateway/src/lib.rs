@@ -49,6 +49,7 @@ pub mod demo;
 pub mod guard;
 pub mod path;
 pub mod proxy;
+pub mod serve;
 mod table;
 
 pub use config::GatewayConfig;
@@ -345,7 +346,11 @@ impl Gateway {
 }
 
 /// Answers one request: route, then the route's pipeline.
-async fn handle(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Body>) -> Response<Body> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    mut req: Request<Body>,
+) -> Response<Body> {
     // A `Host` (or HTTP/2 `:authority`) that is not a host name or address is refused, as
     // nginx does, before it can reach a forwarding header.
     let host_ok = match req.headers().get(http::header::HOST) {
@@ -418,18 +423,10 @@ async fn serve(
     admin_app: axum::Router,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let (grace, pre_drain) = {
+    let (grace, pre_drain, limits) = {
         let c = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
-        (c.shutdown_grace.0, c.pre_drain.0)
+        (c.shutdown_grace.0, c.pre_drain.0, c.server.clone())
     };
-    let proxy_shared = shared.clone();
-    let app = axum::Router::new().fallback(
-        move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-              req: Request<Body>| {
-            let shared = proxy_shared.clone();
-            async move { handle(shared, peer, req).await }
-        },
-    );
     let upkeep = shared.metrics.clone();
     let upkeep = tokio::spawn(async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
@@ -444,19 +441,13 @@ async fn serve(
     // A proxy writes each part of a response as it arrives: with Nagle's algorithm on, a part
     // written while the previous one is unacknowledged waits for the client's delayed ACK
     // (40 ms on Linux) on every keep-alive request whose response comes in several writes.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let proxy = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_proxy.await;
-        })
-        .await;
-    });
+    let proxy = tokio::spawn(serve::proxy(
+        shared.clone(),
+        listener,
+        limits,
+        stop_proxy,
+        grace,
+    ));
     let admin = tokio::spawn(async move {
         let _ = axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(async move {
@@ -470,12 +461,10 @@ async fn serve(
     shared.draining.store(true, Ordering::Release);
     tokio::time::sleep(pre_drain).await;
     let _ = stop_proxy_tx.send(());
-    // In-flight requests get `grace` to finish; then the gateway stops regardless. The admin
-    // API outlives the proxy, answering 503 on `/readyz` until the end.
-    let abort_proxy = proxy.abort_handle();
-    if tokio::time::timeout(grace, proxy).await.is_err() {
-        abort_proxy.abort();
-    }
+    // In-flight requests get `grace` to finish; then the gateway stops regardless (the proxy
+    // ends its connections at the deadline). The admin API outlives the proxy, answering 503
+    // on `/readyz` until the end.
+    let _ = proxy.await;
     let _ = stop_admin_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     upkeep.abort();

@@ -289,6 +289,14 @@ impl NodeInner {
                         error: e,
                     });
                 }
+                if caused_by_the_client(&e) {
+                    // The client's upload broke off (or it went away): a 4xx, which no
+                    // breaker counts against the node.
+                    return Ok(status(
+                        StatusCode::BAD_REQUEST,
+                        "the request body broke off before it was sent",
+                    ));
+                }
                 return Ok(status(
                     StatusCode::BAD_GATEWAY,
                     &format!(
@@ -332,6 +340,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Whether the request failed because of what the client sent: its body stream failed (an
+/// upload cut off, a client gone), not the node.
+fn caused_by_the_client(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -1,0 +1,168 @@
+//! The proxy listener: hyper's connection API directly (HTTP/1.1 and h2c), with the limits a
+//! server at the edge needs, nginx's defaults where nginx has one.
+//!
+//! | setting (`server` section) | default | over it |
+//! |---|---|---|
+//! | `header_timeout`: the whole request head, and the wait for the next request on a kept-alive connection | 60 s | connection closed |
+//! | `max_connections`: connections served at once | 10,000 | 503 and close; `omega_gateway_refused_total{reason="connections"}` |
+//! | `max_header_bytes`: the request head | 32 KiB | 431 |
+//! | `max_headers`: header fields in a request | 100 | 431 |
+//! | `h2_max_concurrent_streams` | 128 | streams refused |
+//! | `h2_max_header_list_size` | 32 KiB | stream refused |
+//!
+//! HTTP/2 rapid resets are bounded by h2's own limit on pending reset streams.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use omega_penta::config::Dur;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::Shared;
+
+/// The proxy listener's limits (`server` in the gateway's file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// The longest wait for a whole request head, and for the next request on an idle
+    /// kept-alive connection (nginx: `client_header_timeout` 60 s).
+    pub header_timeout: Dur,
+    /// Connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// The largest request head, in bytes (at least 8,192; nginx: 4 × 8 KiB buffers).
+    pub max_header_bytes: usize,
+    /// The most header fields in one request.
+    pub max_headers: usize,
+    /// Concurrent streams per HTTP/2 connection (nginx: 128).
+    pub h2_max_concurrent_streams: u32,
+    /// The largest HTTP/2 header list, in bytes.
+    pub h2_max_header_list_size: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_timeout: Dur(Duration::from_secs(60)),
+            max_connections: 10_000,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            h2_max_concurrent_streams: 128,
+            h2_max_header_list_size: 32 * 1024,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Checks what serde cannot.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max_connections: must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("max_header_bytes: must be at least 8192".into());
+        }
+        if self.max_headers == 0 || self.h2_max_concurrent_streams == 0 {
+            return Err("max_headers and h2_max_concurrent_streams must be at least 1".into());
+        }
+        if self.header_timeout.0.is_zero() {
+            return Err("header_timeout: must be more than 0s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Serves the proxy on `listener` until `stop` fires; then stops accepting, lets connections
+/// finish their requests within `grace`, and ends the rest.
+pub(crate) async fn proxy(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    limits: ServerLimits,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout.0)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_size);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refused = metrics::counter!("omega_gateway_refused_total", "reason" => "connections");
+    let mut connections = JoinSet::new();
+    let mut stop = stop;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // pause instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        // Reap finished connection tasks so the set stays as large as what is open.
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.increment(1);
+            connections.spawn(refuse(stream));
+            continue;
+        };
+        // A proxy writes each part of a response as it arrives: with Nagle's algorithm on,
+        // a part written while the previous one is unacknowledged waits for the client's
+        // delayed ACK (40 ms on Linux).
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let service = hyper::service::service_fn(
+            move |req: http::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(crate::handle(shared, peer, req.map(Body::new)).await) }
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Idle connections close now, busy ones after their response; at the deadline the rest
+    // are ended.
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Answers a connection over `max_connections`: 503, then close.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let _ = stream
+        .write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    let _ = stream.shutdown().await;
+}
