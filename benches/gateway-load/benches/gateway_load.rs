@@ -6,9 +6,14 @@
 //! 3. the gateway with its layers on: three rate limits per request (per user, per client IP,
 //!    global), shard routing over three nodes by a user header, a circuit breaker per node;
 //! 4. the same over Redis (a `redis-server` started for the run; leased limits, breakers and
-//!    topology shared), when `redis-server` is installed.
+//!    topology shared), when `redis-server` is installed;
+//! 5. nginx and HAProxy as plain reverse proxies in front of the same upstream (keep-alive to
+//!    the upstream, two workers each), when installed (`apt-get install nginx-light haproxy`).
 //!
-//! The goal: the full stack keeps at least 85% of the no-layer gateway's throughput.
+//! Then each row again with one connection sending requests one after another (the latency a
+//! plain keep-alive client sees). The goals: the full stack keeps at least 85% of the
+//! no-layer gateway's throughput; the gateway against nginx and HAProxy is reported as a
+//! ratio.
 //!
 //! ```text
 //! cargo bench -p omega-gateway-load [-- --seconds 3 --rounds 3 --connections 32 --redis URL --only bare,full]
@@ -29,6 +34,8 @@ use hyper_util::rt::TokioIo;
 use omega_gateway::Gateway;
 use omega_gateway::GatewayConfig;
 
+mod peers;
+
 /// Distinct values of the user header the load generator sends.
 const USERS: usize = 1_000;
 
@@ -40,7 +47,8 @@ struct Options {
     redis: Option<String>,
     /// Rounds: each row is measured `rounds` times, in turn with the others.
     rounds: u32,
-    /// Only these rows (`direct`, `bare`, `full`, `redis`), for profiling one of them.
+    /// Only these rows (`direct`, `nginx`, `haproxy`, `bare`, `full`, `redis`), for profiling
+    /// one of them.
     only: Option<Vec<String>>,
 }
 
@@ -70,7 +78,7 @@ impl Options {
                 "--only" => {
                     let list = args
                         .next()
-                        .expect("--only needs a list: direct,bare,full,redis");
+                        .expect("--only needs a list: direct,nginx,haproxy,bare,full,redis");
                     o.only = Some(list.split(',').map(str::to_owned).collect());
                 }
                 // `cargo bench` passes `--bench`; filters are not used here.
@@ -287,11 +295,19 @@ fn main() {
     let shared = redis_url.as_deref().map(|url| {
         start(gateway_rt.block_on(Gateway::new(config(upstream, true, Some(url)), None, None)))
     });
-    let mut targets = vec![
-        ("direct", "upstream directly", upstream),
+    let nginx = peers::nginx(upstream);
+    let haproxy = peers::haproxy(upstream);
+    let mut targets = vec![("direct", "upstream directly", upstream)];
+    if let Some(p) = &nginx {
+        targets.push(("nginx", "nginx (proxy_pass, upstream keepalive)", p.addr));
+    }
+    if let Some(p) = &haproxy {
+        targets.push(("haproxy", "HAProxy (http-reuse always)", p.addr));
+    }
+    targets.extend([
         ("bare", "gateway, no layers", bare.addr),
         ("full", "gateway, limits + router + breakers", full.addr),
-    ];
+    ]);
     if let Some(g) = &shared {
         targets.push(("redis", "gateway, all layers over Redis (leases)", g.addr));
     }
@@ -325,6 +341,18 @@ fn main() {
     for run in &mut runs {
         run.micros.sort_unstable();
     }
+    // One connection, one request after another: the latency a plain keep-alive client sees.
+    let single = Options {
+        connections: 1,
+        redis: None,
+        only: None,
+        ..o
+    };
+    let sequential: Vec<Run> = targets
+        .iter()
+        .map(|&(_, name, addr)| load(&load_rt, name, addr, &single))
+        .collect();
+    drop((nginx, haproxy));
     for g in [Some(bare), Some(full), shared].into_iter().flatten() {
         gateway_rt.block_on(g.shutdown());
     }
@@ -334,25 +362,49 @@ fn main() {
         o.connections, o.rounds, o.seconds, o.warmup
     );
     println!(
-        "| {:<42} | {:>10} | {:>8} | {:>8} | {:>8} | {:>11} | {:>6} |",
-        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "vs no-layer", "non-2xx"
+        "| {:<42} | {:>10} | {:>8} | {:>8} | {:>8} | {:>8} | {:>11} | {:>6} |",
+        "scenario", "req/s", "vs nginx", "p50 ms", "p99 ms", "p99.9 ms", "vs no-layer", "non-2xx"
     );
     println!(
-        "|{:-<44}|{:->12}|{:->10}|{:->10}|{:->10}|{:->13}|{:->8}|",
-        "", "", "", "", "", "", ""
+        "|{:-<44}|{:->12}|{:->10}|{:->10}|{:->10}|{:->10}|{:->13}|{:->8}|",
+        "", "", "", "", "", "", "", ""
     );
     let rps_of = |name: &str| runs.iter().find(|r| r.name == name).map(Run::rps);
     let baseline = rps_of("gateway, no layers").unwrap_or(f64::NAN);
+    let nginx_rps = rps_of("nginx (proxy_pass, upstream keepalive)").unwrap_or(f64::NAN);
     for r in &runs {
         println!(
-            "| {:<42} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>10.1}% | {:>6} |",
+            "| {:<42} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} | {:>10.1}% | {:>6} |",
             r.name,
             r.rps(),
+            r.rps() / nginx_rps,
             r.percentile(0.50),
             r.percentile(0.99),
             r.percentile(0.999),
             100.0 * r.rps() / baseline,
             r.not_ok + r.errors,
+        );
+    }
+    println!(
+        "\nOne connection, sequential requests ({} s each):\n",
+        o.seconds
+    );
+    println!(
+        "| {:<42} | {:>10} | {:>8} | {:>8} | {:>8} |",
+        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    println!(
+        "|{:-<44}|{:->12}|{:->10}|{:->10}|{:->10}|",
+        "", "", "", "", ""
+    );
+    for r in &sequential {
+        println!(
+            "| {:<42} | {:>10.0} | {:>8.3} | {:>8.3} | {:>8.3} |",
+            r.name,
+            r.rps(),
+            r.percentile(0.50),
+            r.percentile(0.99),
+            r.percentile(0.999),
         );
     }
     if let Some(full) = rps_of("gateway, limits + router + breakers") {
