@@ -15,7 +15,11 @@ pub(crate) struct Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM, so that nginx's master stops its workers too (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -103,7 +107,7 @@ pub(crate) fn haproxy(upstream: SocketAddr) -> Option<Peer> {
     let dir = tempfile::tempdir().ok()?;
     let addr = free_port();
     let conf = format!(
-        "global\n  maxconn 10000\n  nbthread 2\n\
+        "global\n  maxconn 4096\n  nbthread 2\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n\
          frontend f\n  bind {addr}\n  default_backend b\n\
          backend b\n  server s1 {upstream}\n"
