@@ -127,6 +127,11 @@ pub struct RouteConfig {
     /// Rate limits; every one must admit a request.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    /// The largest request body, in bytes (default: unlimited; bodies stream). A larger
+    /// declared `Content-Length` gets 413 before anything is sent; a body that grows past it
+    /// while streaming is cut and answered 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
 }
 
 fn default_timeout() -> Dur {

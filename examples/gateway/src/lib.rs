@@ -400,6 +400,10 @@ pub(crate) async fn handle(
     else {
         return proxy::status(StatusCode::NOT_FOUND, "no route for this path");
     };
+    let mut req = match proxy::limit_body(req, route.info.max_body) {
+        Ok(req) => req,
+        Err(too_large) => return too_large.into_response(),
+    };
     let extensions = req.extensions_mut();
     extensions.insert(route.info.clone());
     extensions.insert(PeerAddr(peer));

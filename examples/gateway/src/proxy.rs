@@ -48,6 +48,58 @@ pub struct RouteInfo {
     /// Which peers are trusted proxies: their forwarding headers are extended, anyone else's
     /// are replaced.
     pub client_ip: ClientIp,
+    /// The largest request body, in bytes (`None`: unlimited).
+    pub max_body: Option<u64>,
+}
+
+/// A request body over its route's `max_body`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTooLarge(pub u64);
+
+impl BodyTooLarge {
+    /// The answer: 413.
+    pub fn into_response(self) -> Response<Body> {
+        too_large(self.0)
+    }
+}
+
+/// The route's body limit applied to a request: `Err` when its declared length is already
+/// over; otherwise the request, its body cut at the limit while it streams.
+pub fn limit_body(req: Request<Body>, max: Option<u64>) -> Result<Request<Body>, BodyTooLarge> {
+    let Some(max) = max else { return Ok(req) };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyTooLarge(max));
+    }
+    if declared.is_some() {
+        // hyper holds a body to its declared length: nothing more can arrive.
+        return Ok(req);
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    Ok(req.map(|b| Body::new(http_body_util::Limited::new(b, limit))))
+}
+
+fn too_large(max: u64) -> Response<Body> {
+    status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is over this route's limit of {max} bytes"),
+    )
+}
+
+/// Whether a request failed because its body grew past the route's limit.
+fn over_the_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
@@ -288,6 +340,10 @@ impl NodeInner {
                         node: self.node.clone(),
                         error: e,
                     });
+                }
+                if over_the_body_limit(&e) {
+                    let max = route.as_ref().and_then(|r| r.max_body).unwrap_or_default();
+                    return Ok(too_large(max));
                 }
                 if caused_by_the_client(&e) {
                     // The client's upload broke off (or it went away): a 4xx, which no

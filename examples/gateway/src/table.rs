@@ -336,6 +336,7 @@ impl Route {
             strip_prefix: config.strip_prefix,
             timeout: config.timeout.0,
             client_ip: client_ip.clone(),
+            max_body: config.max_body,
         });
         // No node left to try for an unreachable node's request: 502.
         let pool = AnswerUnreachable::new(upstream.router.clone());

@@ -178,3 +178,46 @@ async fn broken_uploads_do_not_open_a_healthy_nodes_circuit() {
     );
     gw.shutdown().await;
 }
+
+/// A route's `max_body`: a declared length over it gets 413 before anything is sent, and a
+/// chunked body that grows past it is cut and answered 413; neither counts against the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_a_routes_limit_get_413() {
+    let a = upstream("a", false).await;
+    let mut doc = serde_json::to_value(config(&[("a", a.addr)], serde_json::json!([]))).unwrap();
+    doc["routes"][0]["max_body"] = 1000.into();
+    let gw = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let user = [("x-user-id", "u")];
+    let small = omega_testkit::http::request(gw.addr, "POST", "/api/up", &user, &[7u8; 500])
+        .await
+        .unwrap();
+    assert_eq!(small.status, 200);
+    assert_eq!(json(&small)["len"], 500);
+    let hits = a.hits.load(Ordering::Relaxed);
+    let declared = omega_testkit::http::request(gw.addr, "POST", "/api/up", &user, &[7u8; 5000])
+        .await
+        .unwrap();
+    assert_eq!(declared.status, 413, "{declared:?}");
+    assert_eq!(a.hits.load(Ordering::Relaxed), hits, "nothing was sent");
+
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut req = b"POST /api/up HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        req.extend_from_slice(b"3e8\r\n");
+        req.extend_from_slice(&[b'x'; 1000]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&req).await.unwrap();
+    let (_, answer) = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let breakers = json(&get(gw.admin_addr, "/breakers", &[]).await.unwrap());
+    assert_eq!(breakers["pool"]["a"]["state"], "Closed", "{breakers}");
+    gw.shutdown().await;
+}
