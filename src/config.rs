@@ -132,6 +132,12 @@ pub struct RouteConfig {
     /// while streaming is cut and answered 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<u64>,
+    /// RFC 9111's shared cache in front of the route's upstream (`cache: {}` for the plain
+    /// shared cache; feature `cache`). Rate limits apply before it: a cached answer still
+    /// counts against the client's limits.
+    #[cfg(feature = "cache")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::config::RouteCache>,
 }
 
 fn default_timeout() -> Dur {

@@ -12,6 +12,7 @@
 //! | `POST /shards/{upstream}/nodes` | adds a node: `{"id": "d", "url": "http://...", "weight": 1}` |
 //! | `DELETE /shards/{upstream}/nodes/{id}` | removes a node |
 //! | `POST /reload` | re-reads the configuration file (also on SIGHUP) |
+//! | `POST /cache/purge?tag=T` | drops the cached responses tagged `T` (`Surrogate-Key`), on every instance sharing the Redis |
 //!
 //! Changes (`POST`, `DELETE`) need `Authorization: Bearer <admin token>` (401 otherwise); a
 //! `Host` other than an IP address or `localhost` gets 421; a node URL must be on an allowed
@@ -53,6 +54,7 @@ pub(crate) fn router(shared: Arc<Shared>, token: Arc<str>) -> axum::Router {
         .route("/shards/{upstream}/nodes", post(add_node))
         .route("/shards/{upstream}/nodes/{id}", delete(remove_node))
         .route("/reload", post(reload))
+        .route("/cache/purge", post(purge))
         .layer(axum::middleware::from_fn_with_state(
             token,
             crate::guard::check,
@@ -251,5 +253,18 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Reply {
     match crate::table::reload(&shared).await {
         Ok(summary) => (StatusCode::OK, Json(json!({ "reloaded": summary }))),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn purge(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Reply {
+    let Some(tag) = q.get("tag").filter(|t| !t.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "give the tag to purge: ?tag=T");
+    };
+    match shared.cache.invalidate_tag(tag).await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "purged_tag": tag }))),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     /// Breaker OPEN transitions shared through Redis (with `redis` configured).
     pub(crate) breaker_sync: Option<omega_penta::circuit_breaker::shared::RedisSync>,
     pub(crate) client: proxy::Client,
+    /// The HTTP cache of the routes with `cache` (memory, or shared through Redis).
+    pub(crate) cache: omega_penta::cache::Cache<Arc<omega_penta::cache::StoredResponse>>,
     pub(crate) table: ArcSwap<Table>,
     pub(crate) config: Mutex<GatewayConfig>,
     pub(crate) config_path: Option<PathBuf>,
@@ -249,7 +251,18 @@ impl Gateway {
             }),
             None => None,
         };
+        let cache = omega_penta::cache::Cache::builder()
+            .name("omega-gateway")
+            .codec(omega_penta::cache::HttpCodec)
+            .partition(
+                omega_penta::cache::Partition::new(omega_penta::cache::DEFAULT_PARTITION)
+                    .capacity(64 << 20),
+            )
+            .backend(&backend)
+            .build()
+            .map_err(|e| config_error_at("routes", format!("the cache: {e}")))?;
         let shared = Arc::new(Shared {
+            cache,
             backend,
             breaker_sync,
             client: proxy::client(),

@@ -342,10 +342,19 @@ impl Route {
         let pool = AnswerUnreachable::new(upstream.router.clone());
         let service = if !shared.layers {
             Self::first_node_only(upstream, shared)
-        } else if let Some(l) = &limiter {
-            HttpService::new(RateLimitLayer::new(l.clone()).respond().layer(pool))
         } else {
-            HttpService::new(pool)
+            // limits → cache → router: a cached answer still counts against the limits.
+            let cached = config.cache.as_ref().filter(|c| c.enabled).map(|c| {
+                HttpService::new(tower::ServiceExt::map_response(
+                    c.layer(&shared.cache).layer(pool.clone()),
+                    |r: http::Response<_>| r.map(Body::new),
+                ))
+            });
+            let inner = cached.unwrap_or_else(|| HttpService::new(pool));
+            match &limiter {
+                Some(l) => HttpService::new(RateLimitLayer::new(l.clone()).respond().layer(inner)),
+                None => inner,
+            }
         };
         let labels = [
             ("route", config.prefix.clone()),
