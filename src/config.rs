@@ -92,10 +92,52 @@ pub struct UpstreamConfig {
     /// The circuit breaker each node gets.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// The longest wait for a connection to a node (default 5 s, Envoy's; nginx waits 60 s).
+    /// A node that cannot be reached within it fails over to the next one.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// How many requests may go again after a node broke their connection before answering.
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
 }
 
 fn default_failover() -> usize {
     PoolConfig::DEFAULT_FAILOVER
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+
+/// Retries of requests that a node received and then broke off (a reset or a close before the
+/// response head), as Envoy's retry budget: only idempotent requests without a body, to the
+/// next node of the key's preference list, and at most `percent` of the pool's requests over
+/// the last 10 s plus `min_per_second`. Requests that never reached a node (connect errors)
+/// always fail over; they are not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries allowed, as a percentage of requests (0 to 1000; default 20, Envoy's).
+    pub percent: f32,
+    /// Retries allowed per second whatever the traffic (default 10).
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20.0,
+            min_per_second: 10,
+        }
+    }
+}
+
+impl RetryBudget {
+    fn validate(&self, issues: &mut Issues) {
+        if !(0.0..=1000.0).contains(&self.percent) {
+            issues.push("percent", "must be between 0 and 1000");
+        }
+    }
 }
 
 impl UpstreamConfig {
@@ -210,6 +252,10 @@ impl StackConfig {
             let mut at = issues.at(format!("upstreams.{name}"));
             up.pool().validate(&mut at);
             up.breaker.validate(&mut at.at("breaker"));
+            up.retry_budget.validate(&mut at.at("retry_budget"));
+            if up.connect_timeout.0.is_zero() {
+                at.push("connect_timeout", "must be more than 0s");
+            }
         }
         for (i, route) in self.routes.iter().enumerate() {
             let mut at = issues.at(format!("routes[{i}]"));

@@ -89,7 +89,7 @@ pub(crate) async fn start(
         .map_err(|e| GatewayError::Redis(format!("the cache: {e}")))?;
     // The same policy a route's `cache: {}` gets: RFC 9111's shared cache, nothing overridden.
     let svc = RouteCache::rfc9111().layer(&cache).layer(ToGateway {
-        client: client(),
+        client: client(std::time::Duration::from_secs(5)),
         to: gateway,
     });
     let app = axum::Router::new().fallback_service(svc);

@@ -44,6 +44,7 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 mod admin;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod guard;
@@ -124,7 +125,6 @@ pub(crate) struct Shared {
     pub(crate) backend: Backend,
     /// Breaker OPEN transitions shared through Redis (with `redis` configured).
     pub(crate) breaker_sync: Option<omega_penta::circuit_breaker::shared::RedisSync>,
-    pub(crate) client: proxy::Client,
     /// The HTTP cache of the routes with `cache` (memory, or shared through Redis).
     pub(crate) cache: omega_penta::cache::Cache<Arc<omega_penta::cache::StoredResponse>>,
     pub(crate) table: ArcSwap<Table>,
@@ -265,7 +265,6 @@ impl Gateway {
             cache,
             backend,
             breaker_sync,
-            client: proxy::client(),
             table: ArcSwap::from_pointee(Table {
                 routes: Vec::new(),
                 upstreams: BTreeMap::new(),
@@ -417,6 +416,18 @@ pub(crate) async fn handle(
         Ok(req) => req,
         Err(too_large) => return too_large.into_response(),
     };
+    if axum::body::HttpBody::size_hint(req.body()).exact() != Some(0) {
+        // A body stalls no longer than `body_timeout`, and stays where a second attempt finds
+        // it until one reads it (failover of a request whose node could not be reached).
+        let incoming = Body::new(body::IdleTimeout::new(
+            std::mem::take(req.body_mut()),
+            body::Side::Client,
+            route.info.body_timeout,
+        ));
+        let (slot, reader) = body::BodySlot::keep(incoming);
+        *req.body_mut() = reader;
+        req.extensions_mut().insert(slot);
+    }
     let extensions = req.extensions_mut();
     extensions.insert(route.info.clone());
     extensions.insert(PeerAddr(peer));

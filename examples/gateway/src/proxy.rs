@@ -25,11 +25,12 @@ use omega_penta::core::key::http::ClientIp;
 /// The pooled HTTP/1.1 client shared by every node.
 pub type Client = HyperClient<HttpConnector, Body>;
 
-/// A client with pooled keep-alive connections.
-pub fn client() -> Client {
+/// A client with pooled keep-alive connections, waiting at most `connect_timeout` for a new
+/// connection.
+pub fn client(connect_timeout: Duration) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(connect_timeout));
     HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
@@ -50,6 +51,8 @@ pub struct RouteInfo {
     pub client_ip: ClientIp,
     /// The largest request body, in bytes (`None`: unlimited).
     pub max_body: Option<u64>,
+    /// The longest wait for the next part of a body, the client's or a node's.
+    pub body_timeout: Duration,
 }
 
 /// A request body over its route's `max_body`.
@@ -92,14 +95,19 @@ fn too_large(max: u64) -> Response<Body> {
 
 /// Whether a request failed because its body grew past the route's limit.
 fn over_the_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    cause::<http_body_util::LengthLimitError>(e).is_some()
+}
+
+/// The first error of type `T` in `e`'s chain of sources.
+fn cause<T: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> Option<&T> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
 }
 
 /// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
@@ -198,23 +206,38 @@ impl ProxyNode {
     }
 }
 
-/// A request that never reached its node: the connection could not be made, so nothing was
-/// sent, and the router may send it to the next node of the key's preference list.
+/// A request its node did not answer: the connection could not be made (nothing was sent), or
+/// the node broke it off before the response head. The router may send it to the next node of
+/// the key's preference list (see `table::Failover`).
 #[derive(Debug)]
-pub struct Unsent {
+pub struct Unanswered {
     node: Arc<str>,
     error: hyper_util::client::legacy::Error,
+    /// Whether anything was sent.
+    pub sent: bool,
+    /// Whether the request may be sent again: it has no body, or its body is still unread.
+    pub replayable: bool,
+    /// Whether its method is idempotent (RFC 9110 §9.2.2).
+    pub idempotent: bool,
 }
 
-impl std::fmt::Display for Unsent {
+impl std::fmt::Display for Unanswered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "node {} is unreachable: {}", self.node, self.error)
+        if self.sent {
+            write!(
+                f,
+                "node {} broke the connection off before answering: {}",
+                self.node, self.error
+            )
+        } else {
+            write!(f, "node {} is unreachable: {}", self.node, self.error)
+        }
     }
 }
 
-impl std::error::Error for Unsent {}
+impl std::error::Error for Unanswered {}
 
-impl Unsent {
+impl Unanswered {
     /// The answer when no node was left to try: 502.
     pub fn into_response(self) -> Response<Body> {
         status(StatusCode::BAD_GATEWAY, &self.to_string())
@@ -223,10 +246,10 @@ impl Unsent {
 
 impl tower::Service<Request<Body>> for ProxyNode {
     type Response = Response<Body>;
-    type Error = Unsent;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Unsent>> + Send>>;
+    type Error = Unanswered;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Unanswered>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Unsent>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Unanswered>> {
         Poll::Ready(Ok(()))
     }
 
@@ -237,7 +260,7 @@ impl tower::Service<Request<Body>> for ProxyNode {
 }
 
 impl NodeInner {
-    async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Unsent> {
+    async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Unanswered> {
         let Some(authority) = self.authority.clone() else {
             return Ok(status(
                 StatusCode::BAD_GATEWAY,
@@ -248,6 +271,21 @@ impl NodeInner {
         let timeout = route
             .as_ref()
             .map_or(Duration::from_secs(30), |r| r.timeout);
+        let body_timeout = route
+            .as_ref()
+            .map_or(Duration::from_secs(60), |r| r.body_timeout);
+        // Whether the request could go to another node if this one does not answer.
+        let bodiless = axum::body::HttpBody::size_hint(req.body()).exact() == Some(0);
+        let slot = req.extensions().get::<crate::body::BodySlot>().cloned();
+        let idempotent = matches!(
+            *req.method(),
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::TRACE
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
         let peer = req
             .extensions()
             .get::<omega_penta::core::key::http::PeerAddr>()
@@ -335,11 +373,9 @@ impl NodeInner {
             }
             Ok(Err(e)) => {
                 self.metrics.unreachable.increment(1);
-                if e.is_connect() {
-                    return Err(Unsent {
-                        node: self.node.clone(),
-                        error: e,
-                    });
+                if let Some(idle) = cause::<crate::body::BodyIdle>(&e) {
+                    // The client stopped sending its body: its failure (408), not the node's.
+                    return Ok(status(StatusCode::REQUEST_TIMEOUT, &idle.to_string()));
                 }
                 if over_the_body_limit(&e) {
                     let max = route.as_ref().and_then(|r| r.max_body).unwrap_or_default();
@@ -353,18 +389,21 @@ impl NodeInner {
                         "the request body broke off before it was sent",
                     ));
                 }
-                return Ok(status(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "node {} of {} is unreachable: {e}",
-                        self.node, self.upstream
-                    ),
-                ));
+                // Refused or broken off before the response head: the router decides whether
+                // it goes to another node.
+                return Err(Unanswered {
+                    node: self.node.clone(),
+                    sent: !e.is_connect(),
+                    error: e,
+                    replayable: bodiless || slot.is_some_and(|s| s.unread()),
+                    idempotent,
+                });
             }
             Ok(Ok(r)) => r,
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        let body = crate::body::IdleTimeout::new(body, crate::body::Side::Node, body_timeout);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 }

@@ -4,6 +4,7 @@
 //! | setting (`server` section) | default | over it |
 //! |---|---|---|
 //! | `header_timeout`: the whole request head, and the wait for the next request on a kept-alive connection | 60 s | connection closed |
+//! | `body_timeout`: the wait for the next part of a body, the client's upload or a node's answer | 60 s | 408 for an upload; a stalled answer's connection is closed |
 //! | `max_connections`: connections served at once | 10,000 | 503 and close; `omega_gateway_refused_total{reason="connections"}` |
 //! | `max_header_bytes`: the request head | 32 KiB | 431 |
 //! | `max_headers`: header fields in a request | 100 | 431 |
@@ -35,6 +36,10 @@ pub struct ServerLimits {
     /// The longest wait for a whole request head, and for the next request on an idle
     /// kept-alive connection (nginx: `client_header_timeout` 60 s).
     pub header_timeout: Dur,
+    /// The longest wait for the next part of a body: a client's request body (answered 408,
+    /// nginx's `client_body_timeout`) or a node's response body (the client's connection is
+    /// closed, nginx's `proxy_read_timeout`); 60 s.
+    pub body_timeout: Dur,
     /// Connections served at once; one more is answered 503 and closed.
     pub max_connections: usize,
     /// The largest request head, in bytes (at least 8,192; nginx: 4 × 8 KiB buffers).
@@ -51,6 +56,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             header_timeout: Dur(Duration::from_secs(60)),
+            body_timeout: Dur(Duration::from_secs(60)),
             max_connections: 10_000,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
@@ -74,6 +80,9 @@ impl ServerLimits {
         }
         if self.header_timeout.0.is_zero() {
             return Err("header_timeout: must be more than 0s".into());
+        }
+        if self.body_timeout.0.is_zero() {
+            return Err("body_timeout: must be more than 0s".into());
         }
         Ok(())
     }

@@ -30,23 +30,49 @@ pub(crate) struct Upstream {
     pub(crate) topology: TopologyHandle,
     pub(crate) breakers: BreakerRegistry<Arc<str>>,
     pub(crate) router: ShardRouter<NodeService, AnyKey, Failover, Respond>,
+    /// The pool's HTTP client (its own `connect_timeout`).
+    pub(crate) client: proxy::Client,
     /// The topology shared through Redis, and its sync task (with `redis` configured).
     pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
 }
 
-/// A request whose node could not be reached goes to the next node of the key's preference
-/// list (within the pool's `failover`): nothing was sent, so any request may go again, as long
-/// as its body can be replayed. Bodies are streamed, not kept, so only requests without a body
-/// (GET, HEAD, DELETE, ... as browsers and most APIs send them) are copied.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Failover;
+/// Which requests its node did not answer go to the next node of the key's preference list
+/// (within the pool's `failover`):
+/// - a request whose node could not be reached: nothing was sent, so any request goes again,
+///   its body too while no attempt has read it (bodies stream through a [`BodySlot`], never
+///   copied);
+/// - an idempotent request without a body that its node broke off before the response head
+///   (a reset, a close), within the pool's retry budget: such a retry repeats work the node
+///   may have done, so it is bounded, as Envoy bounds it, to a share of the traffic.
+///
+/// [`BodySlot`]: crate::body::BodySlot
+#[derive(Clone, Debug)]
+pub(crate) struct Failover {
+    budget: Arc<tower::retry::budget::TpsBudget>,
+}
 
-impl RetryPolicy<Request<Body>, proxy::Unsent> for Failover {
-    fn clone_request(&self, req: &Request<Body>) -> Option<Request<Body>> {
-        if axum::body::HttpBody::size_hint(req.body()).exact() != Some(0) {
-            return None;
+impl Failover {
+    fn new(budget: &omega_penta::config::RetryBudget) -> Self {
+        Failover {
+            budget: Arc::new(tower::retry::budget::TpsBudget::new(
+                Duration::from_secs(10),
+                budget.min_per_second,
+                budget.percent / 100.0,
+            )),
         }
-        let mut copy = Request::new(Body::empty());
+    }
+}
+
+impl RetryPolicy<Request<Body>, proxy::Unanswered> for Failover {
+    fn clone_request(&self, req: &Request<Body>) -> Option<Request<Body>> {
+        use tower::retry::budget::Budget;
+        self.budget.deposit();
+        let body = if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+            Body::empty()
+        } else {
+            req.extensions().get::<crate::body::BodySlot>()?.reader()
+        };
+        let mut copy = Request::new(body);
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
@@ -55,8 +81,21 @@ impl RetryPolicy<Request<Body>, proxy::Unsent> for Failover {
         Some(copy)
     }
 
-    fn retry_elsewhere(&self, _: &proxy::Unsent) -> bool {
-        true
+    fn retry_elsewhere(&self, e: &proxy::Unanswered) -> bool {
+        use tower::retry::budget::Budget;
+        if !e.replayable {
+            return false;
+        }
+        if !e.sent {
+            return true;
+        }
+        let again = e.idempotent && self.budget.withdraw();
+        metrics::counter!(
+            "omega_gateway_retries_total",
+            "outcome" => if again { "retried" } else if e.idempotent { "over_budget" } else { "not_idempotent" }
+        )
+        .increment(1);
+        again
     }
 }
 
@@ -97,7 +136,7 @@ impl Upstream {
         shared: &Shared,
         client_ip: &ClientIp,
     ) -> Result<Self, GatewayError> {
-        let client = &shared.client;
+        let client = proxy::client(config.connect_timeout.0);
         let at = format!("upstreams.{name}");
         let mut registry = config
             .breaker
@@ -144,7 +183,7 @@ impl Upstream {
         let router = pool
             .router(topology.clone(), client_ip)
             .is_available(move |node: &Node| available.is_call_permitted(node.id_arc()))
-            .retry(Failover)
+            .retry(Failover::new(&config.retry_budget))
             .respond()
             .build(move |node: &Node| {
                 let breaker = make_breakers.get_or_create(node.id_arc());
@@ -163,6 +202,7 @@ impl Upstream {
             topology,
             breakers,
             router,
+            client,
             shared_topology,
         })
     }
@@ -337,11 +377,18 @@ impl Route {
             timeout: config.timeout.0,
             client_ip: client_ip.clone(),
             max_body: config.max_body,
+            body_timeout: shared
+                .config
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .server
+                .body_timeout
+                .0,
         });
         // No node left to try for an unreachable node's request: 502.
         let pool = AnswerUnreachable::new(upstream.router.clone());
         let service = if !shared.layers {
-            Self::first_node_only(upstream, shared)
+            Self::first_node_only(upstream)
         } else {
             // limits → cache → router: a cached answer still counts against the limits.
             let cached = config.cache.as_ref().filter(|c| c.enabled).map(|c| {
@@ -374,10 +421,10 @@ impl Route {
 
 impl Route {
     /// [`Gateway::proxy_only`]'s pipeline: the proxy to the pool's first node, no layer.
-    fn first_node_only(upstream: &Upstream, shared: &Shared) -> HttpService {
+    fn first_node_only(upstream: &Upstream) -> HttpService {
         match upstream.topology.load().nodes().first() {
             Some(node) => HttpService::new(AnswerUnreachable::new(proxy::ProxyNode::new(
-                shared.client.clone(),
+                upstream.client.clone(),
                 Arc::from(upstream.name.as_str()),
                 node.id_arc().clone(),
                 node.address(),
@@ -445,6 +492,8 @@ pub(crate) async fn build_table(
             Some(existing)
                 if existing.config.key == up.key
                     && existing.config.failover == up.failover
+                    && existing.config.connect_timeout == up.connect_timeout
+                    && existing.config.retry_budget == up.retry_budget
                     && existing.client_ip == client_ip =>
             {
                 staged_pools.push((existing.clone(), existing.stage(up)?));

@@ -221,3 +221,90 @@ async fn bodies_over_a_routes_limit_get_413() {
     assert_eq!(breakers["pool"]["a"]["state"], "Closed", "{breakers}");
     gw.shutdown().await;
 }
+
+/// Reads until the end of a response head (or the peer closes); `None` after `within`.
+async fn head_within(s: &mut TcpStream, within: Duration) -> Option<(Duration, Vec<u8>)> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at((started + within).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some((started.elapsed(), got))
+}
+
+/// An upload that stops arriving is cut at `body_timeout` and answered 408; the node's circuit
+/// does not count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stalls_gets_408() {
+    let a = upstream("a", false).await;
+    let gw = start(with_server(
+        serde_json::json!({ "body_timeout": "1s" }),
+        a.addr,
+    ))
+    .await;
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            b"POST /api/upload HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nContent-Length: 100\r\n\r\nten bytes.",
+        )
+        .await
+        .unwrap();
+        // Only the bug waits 20 s; the timeout is 1 s.
+        let (took, head) = head_within(&mut s, Duration::from_secs(20))
+            .await
+            .expect("a stalled upload holds its connection");
+        outcomes.push(took);
+        assert!(
+            head.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    println!("stalled uploads were answered 408 after {outcomes:?} (body_timeout 1s)");
+    let breakers = json(&get(gw.admin_addr, "/breakers", &[]).await.unwrap());
+    assert_eq!(breakers["pool"]["a"]["state"], "Closed", "{breakers}");
+    gw.shutdown().await;
+}
+
+/// A node that stops in the middle of its answer holds the client no longer than
+/// `body_timeout`: the client's connection is closed, the answer visibly cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_stalls_is_cut() {
+    let node = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = node.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = node.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                .await;
+            // ...and nothing more, the connection kept open.
+            held.push(s);
+        }
+    });
+    let gw = start(with_server(
+        serde_json::json!({ "body_timeout": "1s" }),
+        node_addr,
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n")
+        .await
+        .unwrap();
+    let (took, got) = closed_within(&mut s, Duration::from_secs(20))
+        .await
+        .expect("a stalled answer holds the client's connection");
+    println!("a stalled answer was cut after {took:?} (body_timeout 1s)");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("hello"), "{text}");
+    gw.shutdown().await;
+}

@@ -52,34 +52,141 @@ async fn a_dead_node_fails_no_request_that_can_go_elsewhere() {
     assert!(failed.is_empty(), "failed: {failed:?}");
     assert!(!served_by.contains_key("c"));
 
-    // A request with a body is streamed, not kept: it cannot go twice, and a dead owner
-    // answers 502 (until its circuit opens and routing skips it).
-    gw.shutdown().await;
-    let gw = start(config(
-        &[("a", a.addr), ("b", b.addr), ("c", dead)],
-        serde_json::json!([]),
-    ))
-    .await;
-    let mut user = None;
-    for i in 0.. {
-        let u = format!("user-{i}");
-        if gw_owner(gw.admin_addr, &u).await == "c" {
-            user = Some(u);
-            break;
-        }
-    }
-    let user = user.unwrap();
+    // A request with a body goes too, body and all: no attempt had read it.
+    let user = owned_by(gw.admin_addr, "c").await;
+    let payload = support::bytes_of(3, 200_000);
     let r = request(
         gw.addr,
         "POST",
         "/api/upload",
         &[("x-user-id", user.as_str())],
-        b"a body",
+        &payload,
     )
     .await
     .unwrap();
-    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.status, 200, "{r:?}");
+    let doc = json(&r);
+    assert_ne!(doc["node"], "c");
+    assert_eq!(doc["len"], payload.len());
+    assert_eq!(doc["sum"], support::checksum(&payload));
     gw.shutdown().await;
+}
+
+/// A node that takes requests and closes their connections without answering.
+async fn resetting_node() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                // An abortive close: the gateway sees a reset before any response head.
+                let _ = s.set_zero_linger();
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+/// A node that breaks a request off before answering: an idempotent request without a body
+/// goes to the next node, within the pool's retry budget; others get 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_go_elsewhere_after_a_reset_within_the_budget() {
+    let a = upstream("a", false).await;
+    let b = upstream("b", false).await;
+    let r = resetting_node().await;
+    let nodes = [("a", a.addr), ("b", b.addr), ("r", r)];
+    let gw = start(config(&nodes, serde_json::json!([]))).await;
+    let user = owned_by(gw.admin_addr, "r").await;
+    let user = [("x-user-id", user.as_str())];
+    let got = get(gw.addr, "/api/x", &user).await.unwrap();
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_ne!(json(&got)["node"], "r");
+    // POST is not idempotent: the node may have acted on it.
+    let post = request(gw.addr, "POST", "/api/x", &user, b"")
+        .await
+        .unwrap();
+    assert_eq!(post.status, 502, "{post:?}");
+    // A request whose body was sent is never sent twice.
+    let put = request(gw.addr, "PUT", "/api/x", &user, b"a body")
+        .await
+        .unwrap();
+    assert_eq!(put.status, 502, "{put:?}");
+    gw.shutdown().await;
+
+    // With no budget, no retry.
+    let mut doc = serde_json::to_value(config(&nodes, serde_json::json!([]))).unwrap();
+    doc["upstreams"]["pool"]["retry_budget"] =
+        serde_json::json!({ "percent": 0, "min_per_second": 0 });
+    let gw = start(omega_gateway::GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let got = get(gw.addr, "/api/x", &user).await.unwrap();
+    assert_eq!(got.status, 502, "{got:?}");
+    gw.shutdown().await;
+}
+
+/// A node that does not accept within the pool's `connect_timeout` is skipped at that
+/// deadline, not the system's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_accept_fails_over_at_the_connect_timeout() {
+    let a = upstream("a", false).await;
+    let (blackhole, _held) = unaccepting_node().await;
+    let mut doc = serde_json::to_value(config(
+        &[("a", a.addr), ("x", blackhole)],
+        serde_json::json!([]),
+    ))
+    .unwrap();
+    doc["upstreams"]["pool"]["connect_timeout"] = "300ms".into();
+    let gw = start(omega_gateway::GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let user = owned_by(gw.admin_addr, "x").await;
+    let started = std::time::Instant::now();
+    let got = get(gw.addr, "/api/x", &[("x-user-id", user.as_str())])
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    println!(
+        "a request owned by an unanswering node was served after {took:?} (connect_timeout 300ms)"
+    );
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(json(&got)["node"], "a");
+    // The default (5 s) or the system's (minutes) would be the bug.
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    gw.shutdown().await;
+}
+
+/// A listener whose accept queue is full and never drained: new connections get no answer to
+/// their SYN (Linux drops it), so connecting waits until the connecting side gives up.
+async fn unaccepting_node() -> (SocketAddr, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(0).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    // The listener must stay open (not accepting) for the test's length.
+    std::mem::forget(listener);
+    (addr, held)
+}
+
+/// A key owned by `node`.
+async fn owned_by(admin: SocketAddr, node: &str) -> String {
+    for i in 0.. {
+        let u = format!("user-{i}");
+        if gw_owner(admin, &u).await == node {
+            return u;
+        }
+    }
+    unreachable!()
 }
 
 async fn gw_owner(admin: SocketAddr, user: &str) -> String {
