@@ -2,9 +2,14 @@
 //!
 //! A demo node answers every request with a small JSON document naming itself, the method,
 //! the path and the forwarding headers it received. A request with `x-demo-fail: 1` gets a
-//! 500, so that a node's circuit can be opened on purpose.
+//! 500, so that a node's circuit can be opened on purpose. Paths under `/slow` take 300 ms
+//! and may be cached for 30 s (`Cache-Control: public, max-age=30`): the demo's cached route.
+//! The [`accounts`] node is the demo's event-sourced service.
+
+pub mod accounts;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
@@ -32,7 +37,7 @@ pub async fn start(id: &str) -> std::io::Result<DemoNode> {
     let name = id.to_owned();
     let app = axum::Router::new().fallback(move |req: Request<Body>| {
         let name = name.clone();
-        async move { answer(&name, req) }
+        async move { answer(&name, req).await }
     });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -43,7 +48,14 @@ pub async fn start(id: &str) -> std::io::Result<DemoNode> {
     })
 }
 
-fn answer(node: &str, req: Request<Body>) -> Response<Body> {
+/// How long a `/slow` answer takes.
+pub const SLOW: Duration = Duration::from_millis(300);
+
+async fn answer(node: &str, req: Request<Body>) -> Response<Body> {
+    let slow = crate::proxy::matches("/slow", req.uri().path());
+    if slow {
+        tokio::time::sleep(SLOW).await;
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -51,16 +63,25 @@ fn answer(node: &str, req: Request<Body>) -> Response<Body> {
             .map(str::to_owned)
     };
     let fail = header("x-demo-fail").as_deref() == Some("1");
+    let generated_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let doc = serde_json::json!({
         "node": node,
         "method": req.method().as_str(),
         "path": req.uri().path(),
         "x-forwarded-for": header("x-forwarded-for"),
         "forwarded": header("forwarded"),
+        "generated_at_ms": generated_at,
     });
     let mut response = Response::new(Body::from(format!("{doc}\n")));
     if fail {
         *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    } else if slow {
+        response.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("public, max-age=30"),
+        );
     }
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

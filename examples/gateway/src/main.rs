@@ -1,7 +1,7 @@
 //! `omega-gateway`: the Omega Penta HTTP gateway.
 //!
 //! ```text
-//! omega-gateway                                   # embedded demo: in-memory state, 3 demo nodes
+//! omega-gateway [--listen ADDR] [--admin ADDR]    # embedded demo: in-memory state, demo nodes
 //! omega-gateway --config gateway.json [--redis redis://127.0.0.1:6379]   (or gateway.yaml)
 //! omega-gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 [--admin ADDR] [--redis URL] [--cache]
 //! ```
@@ -18,7 +18,8 @@ use omega_gateway::{Gateway, GatewayConfig, GatewayError, demo, load_config};
 mod cache_front;
 
 const USAGE: &str = "usage:
-  omega-gateway                                  embedded demo (in-memory state, demo upstream nodes)
+  omega-gateway [--listen ADDR] [--admin ADDR]   embedded demo (in-memory state, demo upstream nodes;
+                                                 127.0.0.1:8080 and 127.0.0.1:9090 by default)
   omega-gateway --config FILE [--redis URL]      routes, pools and limits from a JSON or YAML file (.yaml, .yml)
   omega-gateway --listen ADDR --upstream URL [--admin ADDR] [--redis URL] [--cache]
                                                  proxy everything to one upstream; --cache puts
@@ -64,8 +65,11 @@ fn parse_args() -> Result<Args, String> {
     if args.config.is_some() && (args.upstream.is_some() || args.listen.is_some()) {
         return Err("give either --config, or --listen with --upstream".into());
     }
-    if args.upstream.is_some() != args.listen.is_some() {
-        return Err("--listen and --upstream go together".into());
+    if args.upstream.is_some() && args.listen.is_none() {
+        return Err("--upstream needs --listen".into());
+    }
+    if args.config.is_some() && args.admin.is_some() {
+        return Err("the configuration file names the admin address".into());
     }
     if args.cache && args.upstream.is_none() {
         return Err("--cache goes with --listen and --upstream".into());
@@ -91,20 +95,40 @@ fn quick_config(
     Ok(GatewayConfig::from_json(&doc.to_string())?)
 }
 
-/// The embedded default: three demo nodes behind per-user and global limits.
-async fn demo_config() -> Result<(GatewayConfig, Vec<demo::DemoNode>), GatewayError> {
+/// The embedded demo's upstreams: three demo nodes and the accounts service.
+struct Demo {
+    nodes: Vec<demo::DemoNode>,
+    accounts: demo::accounts::AccountsNode,
+}
+
+/// The embedded default: three demo nodes behind per-user and global limits, a cached slow
+/// route, and event-sourced accounts with snapshots on SQLite.
+async fn demo_config(
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) -> Result<(GatewayConfig, Demo), GatewayError> {
+    let any = || SocketAddr::from(([127, 0, 0, 1], 0));
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         nodes.push(
             demo::start(id)
                 .await
-                .map_err(|e| GatewayError::Bind("127.0.0.1:0".parse().unwrap(), e))?,
+                .map_err(|e| GatewayError::Bind(any(), e))?,
         );
     }
+    let accounts = demo::accounts::start()
+        .await
+        .map_err(|e| GatewayError::Bind(any(), e))?;
+    let listen = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin = admin.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
     let doc = serde_json::json!({
-        "listen": "127.0.0.1:8080",
-        "admin": "127.0.0.1:9090",
+        "listen": listen.to_string(),
+        "admin": admin.to_string(),
         "upstreams": {
+            "accounts": {
+                "nodes": [{ "id": "accounts", "url": format!("http://{}", accounts.addr) }],
+                "breaker": { "failure_rate": 50, "window": 10, "minimum_calls": 5, "wait": "15s" }
+            },
             "demo": {
                 "nodes": nodes.iter().map(|n| serde_json::json!({ "id": n.id, "url": n.url() })).collect::<Vec<_>>(),
                 "key": { "header": "x-user-id" },
@@ -119,17 +143,38 @@ async fn demo_config() -> Result<(GatewayConfig, Vec<demo::DemoNode>), GatewayEr
                 { "name": "per_user", "key": { "header": "x-user-id" }, "rate": 10, "per": "10s" },
                 { "name": "global", "key": "global", "rate": 200, "per": "1s" }
             ]
+        }, {
+            "prefix": "/slow",
+            "upstream": "demo",
+            "timeout": "5s",
+            "cache": {},
+            "limits": [{ "name": "global", "key": "global", "rate": 200, "per": "1s" }]
+        }, {
+            "prefix": "/accounts",
+            "upstream": "accounts",
+            "timeout": "5s",
+            "max_body": 4096,
+            "limits": [{ "name": "per_account_client", "key": "client_ip", "rate": 20, "per": "1s", "burst": 40 }]
         }]
     });
-    Ok((GatewayConfig::from_json(&doc.to_string())?, nodes))
+    Ok((
+        GatewayConfig::from_json(&doc.to_string())?,
+        Demo { nodes, accounts },
+    ))
 }
 
-fn print_demo(gateway: &Gateway, addr: SocketAddr, admin: SocketAddr, nodes: &[demo::DemoNode]) {
+fn print_demo(gateway: &Gateway, addr: SocketAddr, admin: SocketAddr, demo: &Demo) {
+    let nodes = &demo.nodes;
     println!("omega-gateway: embedded demo, in-memory state");
     println!("  proxy  http://{addr}    admin  http://{admin}");
     for n in nodes {
         println!("  demo node {}  {}", n.id, n.url());
     }
+    println!(
+        "  accounts   http://{}  (events and snapshots in SQLite at {})",
+        demo.accounts.addr,
+        demo.accounts.database.display()
+    );
     // A user id owned by each node, to show routing and failover.
     let mut owned = Vec::new();
     for node in nodes {
@@ -164,6 +209,23 @@ fn print_demo(gateway: &Gateway, addr: SocketAddr, admin: SocketAddr, nodes: &[d
     println!("  curl -s http://{admin}/breakers");
     println!("  curl -s -H 'x-user-id: {user_c}' http://{addr}/hello     # served by another node");
     println!();
+    println!("Caching (/slow takes 300 ms upstream; the second time the gateway's cache answers):");
+    println!(
+        "  for i in 1 2; do curl -s -o /dev/null -D - -w 'took %{{time_total}}s\\n' -H 'x-user-id: ada' http://{addr}/slow/report | grep -iE '^(cache-status|took)'; done"
+    );
+    println!();
+    println!(
+        "Event-sourced accounts (SnapshotLayer, snapshots every 20 events, 422 on a refusal):"
+    );
+    println!("  curl -s -X POST http://{addr}/accounts/ada/open");
+    println!(
+        "  curl -s -X POST -H 'content-type: application/json' -d '{{\"amount\": 100}}' http://{addr}/accounts/ada/deposit"
+    );
+    println!(
+        "  curl -s -X POST -H 'content-type: application/json' -d '{{\"amount\": 500}}' http://{addr}/accounts/ada/withdraw   # 422"
+    );
+    println!("  curl -s http://{addr}/accounts/ada");
+    println!();
     println!("More: http://{admin}/limits  http://{admin}/shards/demo  http://{admin}/metrics");
     println!("Stop with Ctrl-C.");
 }
@@ -180,7 +242,7 @@ async fn run() -> Result<(), GatewayError> {
             std::process::exit(2);
         }
     };
-    let mut demo_nodes = Vec::new();
+    let mut demo = None;
     let (config, path) = match (&args.config, &args.upstream, args.listen) {
         (Some(path), _, _) => (load_config(path)?, Some(path.clone())),
         // With --cache the gateway's pipeline listens on a loopback port, behind the cache.
@@ -190,8 +252,8 @@ async fn run() -> Result<(), GatewayError> {
         }
         (None, Some(upstream), Some(listen)) => (quick_config(listen, args.admin, upstream)?, None),
         _ => {
-            let (c, nodes) = demo_config().await?;
-            demo_nodes = nodes;
+            let (c, d) = demo_config(args.listen, args.admin).await?;
+            demo = Some(d);
             (c, None)
         }
     };
@@ -216,7 +278,9 @@ async fn run() -> Result<(), GatewayError> {
             }
         );
     }
-    if demo_nodes.is_empty() {
+    if let Some(demo) = &demo {
+        print_demo(&reloader, running.addr, running.admin_addr, demo);
+    } else {
         println!(
             "omega-gateway: proxy on http://{}, admin on http://{}{}",
             running.addr,
@@ -225,8 +289,6 @@ async fn run() -> Result<(), GatewayError> {
                 .map(|p| format!(", config {}", p.display()))
                 .unwrap_or_default()
         );
-    } else {
-        print_demo(&reloader, running.addr, running.admin_addr, &demo_nodes);
     }
     match running.admin_token_file() {
         Some(file) => println!(

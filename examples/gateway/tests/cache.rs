@@ -2,24 +2,16 @@
 //! `--upstream` and `--cache`, in front of a real upstream (axum on a loopback socket), puts
 //! RFC 9111's shared cache in front of everything.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::Uri;
 use omega_testkit::http::get;
-
-/// Kills the gateway process when the test ends, passed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{KillOnDrop, wait_until_up};
 
 /// An upstream counting its requests: `/public` is fresh for a minute, `/private` is
 /// `private`; the body is the request's number.
@@ -42,16 +34,6 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, calls)
-}
-
-async fn wait_until_up(addr: SocketAddr) {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the gateway at {addr} did not start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use omega_gateway::GatewayConfig;
 use omega_testkit::http::{get, request};
-use support::{config, json, start, upstream};
+use support::{KillOnDrop, config, json, start, upstream, wait_until_up};
 
 /// Over one Redis, two routes with same-named limits keep their own buckets (as they do in
 /// memory), and an endpoint limit has one bucket per method.
@@ -66,16 +66,6 @@ fn spawn_gateway(args: &[&str]) -> std::process::Child {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-async fn wait_until_up(addr: SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the gateway at {addr} did not start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,15 +139,6 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(converged, "the second gateway follows the shared topology");
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Polls `check` every 20 ms until it holds, for at most 15 s; returns how long it took.

@@ -158,3 +158,24 @@ pub(crate) async fn start(config: GatewayConfig) -> omega_gateway::Running {
 pub(crate) fn json(r: &RawResponse) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {r:?}"))
 }
+
+/// Kills a gateway process when the test ends, passed or not.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (10 s at most) until something accepts connections at `addr`.
+pub(crate) async fn wait_until_up(addr: SocketAddr) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the gateway at {addr} did not start");
+}
