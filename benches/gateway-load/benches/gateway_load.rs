@@ -7,7 +7,9 @@
 //!    global), shard routing over three nodes by a user header, a circuit breaker per node;
 //! 4. the same over Redis (a `redis-server` started for the run; leased limits, breakers and
 //!    topology shared), when `redis-server` is installed;
-//! 5. nginx and HAProxy as plain reverse proxies in front of the same upstream (keep-alive to
+//! 5. the full stack with the route's cache in front of the pool (RFC 9111, in memory): every
+//!    request after the first is a hit, answered without the upstream;
+//! 6. nginx and HAProxy as plain reverse proxies in front of the same upstream (keep-alive to
 //!    the upstream, two workers each), when installed (`apt-get install nginx-light haproxy`).
 //!
 //! Then each row again with one connection sending requests one after another (the latency a
@@ -47,7 +49,7 @@ struct Options {
     redis: Option<String>,
     /// Rounds: each row is measured `rounds` times, in turn with the others.
     rounds: u32,
-    /// Only these rows (`direct`, `nginx`, `haproxy`, `bare`, `full`, `redis`), for profiling
+    /// Only these rows (`direct`, `nginx`, `haproxy`, `bare`, `full`, `cached`, `redis`), for profiling
     /// one of them.
     only: Option<Vec<String>>,
 }
@@ -134,6 +136,17 @@ async fn upstream() -> SocketAddr {
 }
 
 fn config(upstream: SocketAddr, layers: bool, redis: Option<&str>) -> GatewayConfig {
+    config_with(upstream, layers, redis, false)
+}
+
+/// [`config`], with the route's cache on: the upstream's answers carry no freshness, so the
+/// cache keeps them for a heuristic `ttl` of a minute.
+fn config_with(
+    upstream: SocketAddr,
+    layers: bool,
+    redis: Option<&str>,
+    cache: bool,
+) -> GatewayConfig {
     let url = format!("http://{upstream}");
     let lease = redis.map(|_| 512);
     let limits = if layers {
@@ -165,6 +178,9 @@ fn config(upstream: SocketAddr, layers: bool, redis: Option<&str>) -> GatewayCon
     });
     if let Some(url) = redis {
         doc["redis"] = url.into();
+    }
+    if cache {
+        doc["routes"][0]["cache"] = serde_json::json!({ "ttl": "60s" });
     }
     GatewayConfig::from_json(&doc.to_string()).unwrap()
 }
@@ -292,6 +308,11 @@ fn main() {
     };
     let bare = start(gateway_rt.block_on(Gateway::proxy_only(config(upstream, false, None))));
     let full = start(gateway_rt.block_on(Gateway::new(config(upstream, true, None), None, None)));
+    let cached = start(gateway_rt.block_on(Gateway::new(
+        config_with(upstream, true, None, true),
+        None,
+        None,
+    )));
     let shared = redis_url.as_deref().map(|url| {
         start(gateway_rt.block_on(Gateway::new(config(upstream, true, Some(url)), None, None)))
     });
@@ -307,6 +328,11 @@ fn main() {
     targets.extend([
         ("bare", "gateway, no layers", bare.addr),
         ("full", "gateway, limits + router + breakers", full.addr),
+        (
+            "cached",
+            "gateway, full stack + route cache (hits)",
+            cached.addr,
+        ),
     ]);
     if let Some(g) = &shared {
         targets.push(("redis", "gateway, all layers over Redis (leases)", g.addr));
@@ -353,7 +379,10 @@ fn main() {
         .map(|&(_, name, addr)| load(&load_rt, name, addr, &single))
         .collect();
     drop((nginx, haproxy));
-    for g in [Some(bare), Some(full), shared].into_iter().flatten() {
+    for g in [Some(bare), Some(full), Some(cached), shared]
+        .into_iter()
+        .flatten()
+    {
         gateway_rt.block_on(g.shutdown());
     }
 
