@@ -37,6 +37,37 @@ pub fn client(connect_timeout: Duration) -> Client {
         .build(connector)
 }
 
+/// A pool's clients: one per thread that sends requests, so that a worker's requests go over
+/// connections its own runtime drives (no cross-thread wake-up per request), each waiting at
+/// most `connect_timeout` for a new connection.
+pub struct Clients {
+    connect_timeout: Duration,
+    per_thread: thread_local::ThreadLocal<Client>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// Clients waiting at most `connect_timeout` for a connection.
+    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Clients {
+            connect_timeout,
+            per_thread: thread_local::ThreadLocal::new(),
+        })
+    }
+
+    /// This thread's client.
+    pub fn get(&self) -> &Client {
+        self.per_thread.get_or(|| client(self.connect_timeout))
+    }
+}
+
 /// What the proxy needs to know about the route a request matched (a request extension).
 #[derive(Clone, Debug)]
 pub struct RouteInfo {
@@ -137,7 +168,7 @@ pub struct ProxyNode {
 }
 
 struct NodeInner {
-    client: Client,
+    clients: Arc<Clients>,
     upstream: Arc<str>,
     node: Arc<str>,
     authority: Option<http::uri::Authority>,
@@ -185,7 +216,7 @@ impl NodeMetrics {
 
 impl ProxyNode {
     /// A node at `base_url` (`http://host:port`), part of pool `upstream`.
-    pub fn new(client: Client, upstream: Arc<str>, node: Arc<str>, base_url: &str) -> Self {
+    pub fn new(clients: Arc<Clients>, upstream: Arc<str>, node: Arc<str>, base_url: &str) -> Self {
         let authority = base_url
             .parse::<Uri>()
             .ok()
@@ -196,7 +227,7 @@ impl ProxyNode {
         ProxyNode {
             inner: Arc::new(NodeInner {
                 metrics: NodeMetrics::new(&upstream, &node),
-                client,
+                clients,
                 upstream,
                 node,
                 authority,
@@ -361,7 +392,7 @@ impl NodeInner {
 
         self.metrics.requests.increment(1);
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(timeout, self.client.request(upstream_req)).await;
+        let result = tokio::time::timeout(timeout, self.clients.get().request(upstream_req)).await;
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         let response = match result {
             Err(_) => {

@@ -11,7 +11,14 @@
 //! | `h2_max_concurrent_streams` | 128 | streams refused |
 //! | `h2_max_header_list_size` | 32 KiB | stream refused |
 //!
+//! | `workers`: threads serving connections, each with its own single-threaded Tokio runtime | the machine's cores | |
+//!
 //! HTTP/2 rapid resets are bounded by h2's own limit on pending reset streams.
+//!
+//! Each worker accepts from the same listening socket and serves the connections it accepted
+//! on its own thread, with everything a request needs on that thread (no work stealing, no
+//! cross-thread wake-up per request); an idle worker is the one the kernel wakes for a new
+//! connection. Shared state (limits, breakers, routes) is the same for all of them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,6 +53,8 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// The most header fields in one request.
     pub max_headers: usize,
+    /// Threads serving connections (default: the machine's cores).
+    pub workers: usize,
     /// Concurrent streams per HTTP/2 connection (nginx: 128).
     pub h2_max_concurrent_streams: u32,
     /// The largest HTTP/2 header list, in bytes.
@@ -60,6 +69,7 @@ impl Default for ServerLimits {
             max_connections: 10_000,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
             h2_max_concurrent_streams: 128,
             h2_max_header_list_size: 32 * 1024,
         }
@@ -75,6 +85,9 @@ impl ServerLimits {
         if self.max_header_bytes < 8192 {
             return Err("max_header_bytes: must be at least 8192".into());
         }
+        if self.workers == 0 || self.workers > 1024 {
+            return Err("workers: must be between 1 and 1024".into());
+        }
         if self.max_headers == 0 || self.h2_max_concurrent_streams == 0 {
             return Err("max_headers and h2_max_concurrent_streams must be at least 1".into());
         }
@@ -88,13 +101,85 @@ impl ServerLimits {
     }
 }
 
-/// Serves the proxy on `listener` until `stop` fires; then stops accepting, lets connections
-/// finish their requests within `grace`, and ends the rest.
+/// Serves the proxy on `listener` with `limits.workers` worker threads until `stop` fires;
+/// then stops accepting, lets connections finish their requests within `grace`, and ends the
+/// rest.
 pub(crate) async fn proxy(
     shared: Arc<Shared>,
     listener: TcpListener,
     limits: ServerLimits,
     stop: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("omega-gateway: the proxy listener cannot be shared by the workers: {e}");
+            return;
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut done = Vec::new();
+    for i in 0..limits.workers {
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("omega-gateway: worker {i} gets no listener: {e}");
+                continue;
+            }
+        };
+        let (shared, limits, slots, stop) = (
+            shared.clone(),
+            limits.clone(),
+            slots.clone(),
+            stop_rx.clone(),
+        );
+        let (finished_tx, finished) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("omega-gateway-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("omega-gateway: worker {i} has no runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => worker(shared, listener, limits, slots, stop, grace).await,
+                        Err(e) => eprintln!("omega-gateway: worker {i} cannot listen: {e}"),
+                    }
+                });
+                // Tasks the worker's requests left behind end with its runtime.
+                drop(runtime);
+                let _ = finished_tx.send(());
+            });
+        match spawned {
+            Ok(_) => done.push(finished),
+            Err(e) => eprintln!("omega-gateway: worker {i} did not start: {e}"),
+        }
+    }
+    drop(listener);
+    let _ = stop.await;
+    let _ = stop_tx.send(true);
+    for finished in done {
+        let _ = finished.await;
+    }
+}
+
+/// One worker: accepts connections from its copy of the listening socket and serves them on
+/// its own runtime.
+async fn worker(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    limits: ServerLimits,
+    slots: Arc<Semaphore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -110,10 +195,8 @@ pub(crate) async fn proxy(
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.h2_max_header_list_size);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refused = metrics::counter!("omega_gateway_refused_total", "reason" => "connections");
     let mut connections = JoinSet::new();
-    let mut stop = stop;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -125,7 +208,7 @@ pub(crate) async fn proxy(
                     continue;
                 }
             },
-            _ = &mut stop => break,
+            _ = stop.wait_for(|stopped| *stopped) => break,
         };
         // Reap finished connection tasks so the set stays as large as what is open.
         while connections.try_join_next().is_some() {}

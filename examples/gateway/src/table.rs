@@ -30,8 +30,8 @@ pub(crate) struct Upstream {
     pub(crate) topology: TopologyHandle,
     pub(crate) breakers: BreakerRegistry<Arc<str>>,
     pub(crate) router: ShardRouter<NodeService, AnyKey, Failover, Respond>,
-    /// The pool's HTTP client (its own `connect_timeout`).
-    pub(crate) client: proxy::Client,
+    /// The pool's HTTP clients (its own `connect_timeout`), one per thread.
+    pub(crate) clients: Arc<proxy::Clients>,
     /// The topology shared through Redis, and its sync task (with `redis` configured).
     pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
 }
@@ -136,7 +136,7 @@ impl Upstream {
         shared: &Shared,
         client_ip: &ClientIp,
     ) -> Result<Self, GatewayError> {
-        let client = proxy::client(config.connect_timeout.0);
+        let clients = proxy::Clients::new(config.connect_timeout.0);
         let at = format!("upstreams.{name}");
         let mut registry = config
             .breaker
@@ -177,7 +177,7 @@ impl Upstream {
             breakers.get_or_create(node.id_arc());
         }
         let make_breakers = breakers.clone();
-        let make_client = client.clone();
+        let make_clients = clients.clone();
         let upstream_name: Arc<str> = Arc::from(name);
         let available = breakers.clone();
         let router = pool
@@ -188,7 +188,7 @@ impl Upstream {
             .build(move |node: &Node| {
                 let breaker = make_breakers.get_or_create(node.id_arc());
                 let target = proxy::ProxyNode::new(
-                    make_client.clone(),
+                    make_clients.clone(),
                     upstream_name.clone(),
                     node.id_arc().clone(),
                     node.address(),
@@ -202,7 +202,7 @@ impl Upstream {
             topology,
             breakers,
             router,
-            client,
+            clients,
             shared_topology,
         })
     }
@@ -424,7 +424,7 @@ impl Route {
     fn first_node_only(upstream: &Upstream) -> HttpService {
         match upstream.topology.load().nodes().first() {
             Some(node) => HttpService::new(AnswerUnreachable::new(proxy::ProxyNode::new(
-                upstream.client.clone(),
+                upstream.clients.clone(),
                 Arc::from(upstream.name.as_str()),
                 node.id_arc().clone(),
                 node.address(),

@@ -95,10 +95,13 @@ async fn memory_stays_flat_under_load_without_a_metrics_scrape() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Warm up for longer than the gateway's metrics upkeep period, so that every buffer has
-    // reached its working size.
+    // Warm up for longer than the gateway's metrics upkeep period, and for enough requests
+    // that every buffer, and each worker thread's malloc arena, has reached its working size.
     let warm_until = Instant::now() + Duration::from_secs(7);
-    let warm = drive(addr, 8, move |_| Instant::now() >= warm_until).await;
+    let warm = drive(addr, 8, move |n| {
+        n >= 100_000 && Instant::now() >= warm_until
+    })
+    .await;
     let before = gateway.rss_bytes();
     const REQUESTS: u64 = 100_000;
     let started = Instant::now();
