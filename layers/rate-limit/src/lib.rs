@@ -77,6 +77,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod adaptive;
 #[cfg(feature = "serde")]
 pub mod config;
 mod error;
@@ -95,6 +96,9 @@ mod quota;
 mod redis_store;
 mod service;
 
+pub use adaptive::{
+    AdaptiveConcurrency, AdaptiveConcurrencyLayer, AdaptiveLimiter, ConcurrencyLimited,
+};
 pub use error::{ConfigError, PeerAddrMissing, RateLimited};
 pub use future::ResponseFuture;
 pub use layer::RateLimitLayer;
