@@ -50,6 +50,8 @@
 
 mod algorithm;
 mod builder;
+#[cfg(feature = "serde")]
+pub mod config;
 mod error;
 pub mod future;
 mod layer;
@@ -57,6 +59,7 @@ mod metrics;
 mod partition;
 mod rate;
 mod service;
+mod settings;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,7 +69,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use omega_core::key::{KeyMissing, KeySource, MissingKey};
 
-pub use algorithm::{Aimd, Algorithm, Gradient2, Vegas};
 pub use builder::{
     AdaptiveLimiterBuilder, DEFAULT_INITIAL, DEFAULT_MAX, DEFAULT_MIN, DEFAULT_MIN_SAMPLES,
     DEFAULT_MIN_WINDOW,
@@ -76,6 +78,7 @@ pub use future::ResponseFuture;
 pub use layer::AdaptiveConcurrencyLayer;
 pub use rate::AdaptiveRate;
 pub use service::AdaptiveConcurrency;
+pub use settings::{Aimd, Algorithm, Gradient2, Vegas};
 
 use partition::{Partition, Permit, Settings};
 
