@@ -39,6 +39,11 @@
 //!   request whose cost is above a limit's burst can never be admitted: it is refused without
 //!   `Retry-After` ([`RateLimited::retry_after`] is `None`), as governor's
 //!   `InsufficientCapacity`.
+//! - **Adaptive concurrency** ([`adaptive`]: [`AdaptiveConcurrencyLayer`]): a limit on the
+//!   requests in flight learnt from the downstream's latency and errors, per partition (a
+//!   route, ...), with Vegas, Gradient2 or AIMD; a request over it is refused at once (503,
+//!   gRPC `RESOURCE_EXHAUSTED`) through the same strategy; [`adaptive::AdaptiveRate`] makes a
+//!   limit's rate follow it.
 //! - **Configuration** (`serde` feature, module [`config`]): limits as files write them,
 //!   validated with every mistake at its field.
 //! - **Metrics** (`metrics` feature): allowed, denied and shadow-denied requests per limit,
@@ -72,8 +77,8 @@
 //! | `http` | [`RateLimitLayer::respond`], the `RateLimit` header fields, omega-core's HTTP key sources |
 //! | `axum` | `Endpoint` reads axum's `MatchedPath`, `ClientIp` axum's `ConnectInfo` |
 //! | `grpc` | `From<RateLimited> for tonic::Status` |
-//! | `serde` | the configuration section, [`config`] |
-//! | `metrics` | counters and latency through the `metrics` crate |
+//! | `serde` | the configuration sections, [`config`] and [`adaptive::config`] |
+//! | `metrics` | counters and latency through the `metrics` crate; the adaptive limits' gauges |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

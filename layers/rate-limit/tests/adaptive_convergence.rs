@@ -122,55 +122,71 @@ struct Bands {
     stay: f64,
 }
 
-/// When the curve got within the converging band of each capacity, and the band it stayed
-/// in after (min and max limit, relative to the capacity).
+/// What one phase of a curve (a capacity) shows: when the limit first got within 25% and
+/// within 10% of the capacity, and the band it stayed in after getting within the converging
+/// band (min and max limit, relative to the capacity).
+#[derive(Debug)]
+struct Phase {
+    within_25: Option<Duration>,
+    within_10: Option<Duration>,
+    band: (f64, f64),
+}
+
+/// Both phases: capacity `N`, then `N / 2` after the halving.
 #[derive(Debug)]
 struct Summary {
-    converged: Duration,
-    band: (f64, f64),
-    followed: Duration,
-    band_after: (f64, f64),
+    before: Phase,
+    after: Phase,
 }
 
 fn check(curve: &[Point], bands: Bands) -> Result<Summary, String> {
-    let phase =
-        |from: Duration, to: Duration, cap: u32| -> Result<(Duration, (f64, f64)), String> {
-            let points: Vec<&Point> = curve.iter().filter(|p| p.t >= from && p.t < to).collect();
-            let rel = |p: &Point| f64::from(p.limit) / f64::from(cap) - 1.0;
-            let first = points
+    let phase = |from: Duration, to: Duration, cap: u32| -> Result<Phase, String> {
+        let points: Vec<&Point> = curve.iter().filter(|p| p.t >= from && p.t < to).collect();
+        let rel = |p: &Point| f64::from(p.limit) / f64::from(cap) - 1.0;
+        let within = |band: f64| {
+            points
                 .iter()
-                .position(|p| rel(p).abs() <= bands.converge)
-                .ok_or_else(|| format!("never within {:.0}% of {cap}", bands.converge * 100.0))?;
-            let took = points[first].t - from;
-            if took > Duration::from_secs(5) {
+                .find(|p| rel(p).abs() <= band + 1e-9)
+                .map(|p| p.t - from)
+        };
+        let first = points
+            .iter()
+            .position(|p| rel(p).abs() <= bands.converge + 1e-9)
+            .ok_or_else(|| format!("never within {:.0}% of {cap}", bands.converge * 100.0))?;
+        let took = points[first].t - from;
+        if took > Duration::from_secs(5) {
+            return Err(format!(
+                "took {took:?} to get within {:.0}% of {cap}",
+                bands.converge * 100.0
+            ));
+        }
+        let mut band = (f64::MAX, f64::MIN);
+        for p in &points[first..] {
+            let r = rel(p);
+            band = (band.0.min(r), band.1.max(r));
+            if r.abs() > bands.stay + 1e-9 {
                 return Err(format!(
-                    "took {took:?} to get within {:.0}% of {cap}",
-                    bands.converge * 100.0
+                    "left ±{:.0}% of {cap} at {:?}: limit {}",
+                    bands.stay * 100.0,
+                    p.t,
+                    p.limit
                 ));
             }
-            let mut band = (f64::MAX, f64::MIN);
-            for p in &points[first..] {
-                let r = rel(p);
-                band = (band.0.min(r), band.1.max(r));
-                if r.abs() > bands.stay {
-                    return Err(format!(
-                        "left ±{:.0}% of {cap} at {:?}: limit {}",
-                        bands.stay * 100.0,
-                        p.t,
-                        p.limit
-                    ));
-                }
-            }
-            Ok((took, band))
-        };
-    let (converged, band) = phase(Duration::ZERO, HALVE_AT, N)?;
-    let (followed, band_after) = phase(HALVE_AT, END, N / 2)?;
+        }
+        Ok(Phase {
+            within_25: within(0.25),
+            within_10: within(0.10),
+            band,
+        })
+    };
     Ok(Summary {
-        converged,
-        band,
-        followed,
-        band_after,
+        before: phase(Duration::ZERO, HALVE_AT, N)?,
+        after: phase(HALVE_AT, END, N / 2)?,
     })
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
 }
 
 fn print(name: &str, curve: &[Point], result: &Result<Summary, String>) {
@@ -198,17 +214,21 @@ fn print(name: &str, curve: &[Point], result: &Result<Summary, String>) {
         );
     }
     match result {
-        Ok(s) => println!(
-            "{name}: within band of {N} after {:.1} s, then {:+.0}%..{:+.0}%; \
-             within band of {} {:.1} s after the halving, then {:+.0}%..{:+.0}%",
-            s.converged.as_secs_f64(),
-            s.band.0 * 100.0,
-            s.band.1 * 100.0,
-            N / 2,
-            s.followed.as_secs_f64(),
-            s.band_after.0 * 100.0,
-            s.band_after.1 * 100.0
-        ),
+        Ok(s) => {
+            for (cap, phase, what) in [
+                (N, &s.before, "from the start"),
+                (N / 2, &s.after, "after the halving"),
+            ] {
+                println!(
+                    "{name}: capacity {cap}, {what}: within 25% after {}, within 10% after {}, \
+                     then {:+.0}%..{:+.0}%",
+                    secs(phase.within_25),
+                    secs(phase.within_10),
+                    phase.band.0 * 100.0,
+                    phase.band.1 * 100.0
+                );
+            }
+        }
         Err(e) => println!("{name}: {e}"),
     }
 }

@@ -52,6 +52,25 @@ impl<Req, Rj> AdaptiveConcurrencyLayer<Req, Rj> {
     /// `503`, or a trailers-only gRPC response with `RESOURCE_EXHAUSTED` for a gRPC call
     /// (`400` / `INVALID_ARGUMENT` for a missing key). The inner service's error type is kept,
     /// so the stack works on axum without `HandleErrorLayer`.
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use omega_core::key::http::Endpoint;
+    /// use omega_rate_limit::adaptive::{AdaptiveConcurrencyLayer, AdaptiveLimiter, Gradient2};
+    ///
+    /// // One limit per route, between 5 and 500 requests in flight.
+    /// let limiter = AdaptiveLimiter::builder()
+    ///     .algorithm(Gradient2::default())
+    ///     .min(5)
+    ///     .max(500)
+    ///     .partition_by(Endpoint)
+    ///     .build()
+    ///     .unwrap();
+    /// let app: Router = Router::new()
+    ///     .route("/orders/{id}", get(|| async { "order" }))
+    ///     .layer(AdaptiveConcurrencyLayer::new(limiter).respond());
+    /// # let _ = app;
+    /// ```
     #[cfg(feature = "http")]
     pub fn respond(self) -> AdaptiveConcurrencyLayer<Req, omega_core::reject::Respond> {
         self.on_rejection(omega_core::reject::Respond)
