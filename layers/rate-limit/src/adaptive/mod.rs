@@ -199,16 +199,12 @@ impl<Req: 'static> AdaptiveLimiter<Req> {
     /// Admission for `req`: a slot in its partition, or why not.
     #[inline]
     pub(crate) fn admit(&self, req: &Req) -> Admission {
-        let keyed;
         let partition = match &self.inner.partitions {
-            Partitions::Global(p) => p,
+            Partitions::Global(p) => p.clone(),
             Partitions::Keyed {
                 source, missing, ..
             } => match source.key(req) {
-                Some(key) => {
-                    keyed = self.keyed(key.as_bytes());
-                    &keyed
-                }
+                Some(key) => self.keyed(key.as_bytes()),
                 None => {
                     return match missing {
                         MissingKey::Skip => Admission::Unlimited,
@@ -219,9 +215,9 @@ impl<Req: 'static> AdaptiveLimiter<Req> {
                 }
             },
         };
-        match partition.try_acquire() {
-            Some(permit) => Admission::Admitted(permit),
-            None => {
+        match Partition::try_acquire(partition) {
+            Ok(permit) => Admission::Admitted(permit),
+            Err(partition) => {
                 partition.metrics.rejected();
                 Admission::Limited(ConcurrencyLimited::new(
                     partition.name.clone(),

@@ -127,16 +127,16 @@ impl Partition {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// A slot, or `None` when the partition is at its limit.
+    /// A slot, or the partition back when it is at its limit.
     #[inline]
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let limit = self.limit.load(Ordering::Relaxed);
-        let mut current = self.inflight.load(Ordering::Relaxed);
+    pub(crate) fn try_acquire(this: Arc<Self>) -> Result<Permit, Arc<Self>> {
+        let limit = this.limit.load(Ordering::Relaxed);
+        let mut current = this.inflight.load(Ordering::Relaxed);
         loop {
             if current >= limit {
-                return None;
+                return Err(this);
             }
-            match self.inflight.compare_exchange_weak(
+            match this.inflight.compare_exchange_weak(
                 current,
                 current + 1,
                 Ordering::AcqRel,
@@ -146,9 +146,10 @@ impl Partition {
                 Err(now) => current = now,
             }
         }
-        Some(Permit {
-            partition: self.clone(),
-            start: self.settings.clock.now(),
+        let start = this.settings.clock.now();
+        Ok(Permit {
+            partition: this,
+            start,
             inflight: current + 1,
             outcome: Outcome::Cancelled,
         })
