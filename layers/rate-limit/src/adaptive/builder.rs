@@ -53,6 +53,8 @@ pub struct AdaptiveLimiterBuilder<Req> {
     clock: Clock,
     name: String,
     listener: Option<Arc<dyn LimitListener>>,
+    #[cfg(feature = "redis")]
+    cluster: Option<super::Cluster>,
 }
 
 impl<Req> std::fmt::Debug for AdaptiveLimiterBuilder<Req> {
@@ -81,6 +83,8 @@ impl<Req: 'static> AdaptiveLimiterBuilder<Req> {
             clock: Clock::fast(),
             name: "adaptive".into(),
             listener: None,
+            #[cfg(feature = "redis")]
+            cluster: None,
         }
     }
 
@@ -159,6 +163,15 @@ impl<Req: 'static> AdaptiveLimiterBuilder<Req> {
         self
     }
 
+    /// Cluster mode (feature `redis`): the instances that use the same Redis, name and
+    /// partition share `cluster`'s budget of requests in flight, each capped at its share
+    /// ([`Cluster`](super::Cluster)). The limiter must be built within a tokio runtime.
+    #[cfg(feature = "redis")]
+    pub fn cluster(mut self, cluster: super::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// The limiter, or what is wrong with the settings.
     pub fn build(self) -> Result<AdaptiveLimiter<Req>, ConfigError> {
         check_name("adaptive limiter name", &self.name).map_err(|e| ConfigError(e.to_string()))?;
@@ -177,6 +190,10 @@ impl<Req: 'static> AdaptiveLimiterBuilder<Req> {
         }
         if self.max_partitions == 0 {
             return Err(ConfigError("max_partitions must be at least 1".into()));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &self.cluster {
+            cluster.check()?;
         }
         let settings = Arc::new(Settings {
             name: self.name.into(),
@@ -210,13 +227,16 @@ impl<Req: 'static> AdaptiveLimiterBuilder<Req> {
                 overflow: partition(OVERFLOW_PARTITION, 0),
             },
         };
-        Ok(AdaptiveLimiter {
-            inner: Arc::new(Inner {
-                algorithm,
-                settings,
-                partitions,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            algorithm,
+            settings,
+            partitions,
+        });
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = self.cluster {
+            cluster.start(Arc::downgrade(&inner));
+        }
+        Ok(AdaptiveLimiter { inner })
     }
 }
 

@@ -16,7 +16,7 @@ use super::service::AdaptiveConcurrency;
 ///   [`ConcurrencyLimited`](super::ConcurrencyLimited) (or
 ///   [`KeyMissing`](omega_core::key::KeyMissing) for a request without the partition's key
 ///   when the limiter refuses those);
-/// - [`AdaptiveConcurrencyLayer::respond`] (feature `http`): an HTTP service answers `503
+/// - `AdaptiveConcurrencyLayer::respond` (feature `http`): an HTTP service answers `503
 ///   Service Unavailable` itself (a gRPC call: `RESOURCE_EXHAUSTED`) and keeps the inner
 ///   service's error type;
 /// - with [`AdaptiveConcurrencyLayer::on_rejection`], any

@@ -12,8 +12,8 @@
 //!
 //! A request over its partition's limit is refused at once with [`ConcurrencyLimited`]
 //! through omega-core's rejection strategy, as on every Omega Penta layer: an error by
-//! default, `503 Service Unavailable` with [`AdaptiveConcurrencyLayer::respond`] (gRPC:
-//! `RESOURCE_EXHAUSTED`). An error from the inner service counts as a drop; a request dropped
+//! default, `503 Service Unavailable` with `AdaptiveConcurrencyLayer::respond` (feature
+//! `http`; gRPC: `RESOURCE_EXHAUSTED`). An error from the inner service counts as a drop; a request dropped
 //! before its answer (its future dropped) frees its slot without a sample.
 //!
 //! The hot path is two clock readings and a few atomics: admission compares the in-flight
@@ -24,7 +24,9 @@
 //! without a lock, so a sample racing the close may land in the next window.
 //!
 //! A [`LimitListener`] hears every new limit: [`AdaptiveRate`] makes a [`RateLimiter`]
-//! limit's rate follow the downstream (`limit` requests per RTT).
+//! limit's rate follow the downstream (`limit` requests per RTT). With feature `redis`,
+//! `Cluster` makes instances share one budget per partition (off by default;
+//! `AdaptiveLimiterBuilder::cluster`).
 //!
 //! ```
 //! use omega_rate_limit::adaptive::{AdaptiveConcurrencyLayer, AdaptiveLimiter, Vegas};
@@ -50,6 +52,8 @@
 
 mod algorithm;
 mod builder;
+#[cfg(feature = "redis")]
+mod cluster;
 #[cfg(feature = "serde")]
 pub mod config;
 mod error;
@@ -73,6 +77,8 @@ pub use builder::{
     AdaptiveLimiterBuilder, DEFAULT_INITIAL, DEFAULT_MAX, DEFAULT_MIN, DEFAULT_MIN_SAMPLES,
     DEFAULT_MIN_WINDOW,
 };
+#[cfg(feature = "redis")]
+pub use cluster::{Cluster, DEFAULT_CLUSTER_PERIOD};
 pub use error::ConcurrencyLimited;
 pub use future::ResponseFuture;
 pub use layer::AdaptiveConcurrencyLayer;
@@ -86,6 +92,7 @@ use partition::{Partition, Permit, Settings};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Estimate {
     limit: u32,
+    max: u32,
     rtt: Duration,
     baseline_rtt: Duration,
 }
@@ -94,6 +101,12 @@ impl Estimate {
     /// The current limit on requests in flight.
     pub fn limit(&self) -> u32 {
         self.limit
+    }
+
+    /// The highest the limit may go now: `max`, or in cluster mode this instance's share of
+    /// the cluster's budget.
+    pub fn max(&self) -> u32 {
+        self.max
     }
 
     /// The last window's average RTT (zero before the first window).
@@ -306,6 +319,20 @@ impl<Req: 'static> AdaptiveLimiter<Req> {
 }
 
 impl<Req> Inner<Req> {
+    /// Every partition made so far.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn partitions(&self) -> Vec<Arc<Partition>> {
+        match &self.partitions {
+            Partitions::Global(p) => vec![p.clone()],
+            Partitions::Keyed { map, overflow, .. } => map
+                .load()
+                .values()
+                .chain(std::iter::once(overflow))
+                .cloned()
+                .collect(),
+        }
+    }
+
     fn partition(&self, name: Arc<str>, seed: u64) -> Partition {
         Partition::new(name, self.settings.clone(), self.algorithm, seed)
     }

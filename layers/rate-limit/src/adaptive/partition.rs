@@ -37,6 +37,11 @@ pub(crate) struct Partition {
     rtt_min: AtomicU64,
     drops: AtomicU32,
     max_inflight: AtomicU32,
+    /// The highest the limit may go now: `max`, or in cluster mode this instance's share of
+    /// the cluster's budget.
+    ceiling: AtomicU32,
+    /// The highest in-flight count the windows saw since the cluster exchange last read it.
+    peak: AtomicU32,
     /// The algorithm; taken with `try_lock` by the completion that closes a window, never
     /// across an await.
     state: Mutex<State>,
@@ -106,6 +111,8 @@ impl Partition {
             rtt_min: AtomicU64::new(u64::MAX),
             drops: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
+            ceiling: AtomicU32::new(settings.max),
+            peak: AtomicU32::new(0),
             state: Mutex::new(State {
                 controller: Controller::new(algorithm, seed),
                 limit: f64::from(initial),
@@ -210,18 +217,21 @@ impl Partition {
             drops: self.drops.swap(0, Ordering::Relaxed),
             max_inflight: self.max_inflight.swap(0, Ordering::Relaxed),
         };
+        self.peak.fetch_max(window.max_inflight, Ordering::Relaxed);
         let s = &self.settings;
+        let ceiling = self.ceiling();
         let state = &mut *state;
         let next = state
             .controller
             .update(state.limit, &window)
-            .clamp(f64::from(s.min), f64::from(s.max));
+            .clamp(f64::from(s.min), f64::from(ceiling));
         state.limit = next;
         let limit = next as u32;
         self.limit.store(limit, Ordering::Relaxed);
         let (baseline, short) = state.controller.rtts();
         let estimate = Estimate {
             limit,
+            max: ceiling,
             rtt: nanos(short),
             baseline_rtt: nanos(baseline),
         };
@@ -240,8 +250,39 @@ impl Partition {
         let (baseline, short) = state.controller.rtts();
         Estimate {
             limit: self.limit(),
+            max: self.ceiling(),
             rtt: nanos(short),
             baseline_rtt: nanos(baseline),
+        }
+    }
+
+    /// The highest the limit may go now (never below `min`).
+    fn ceiling(&self) -> u32 {
+        self.ceiling
+            .load(Ordering::Relaxed)
+            .clamp(self.settings.min, self.settings.max)
+    }
+
+    /// The highest in-flight count seen since the last call.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn take_peak(&self) -> u32 {
+        self.peak.swap(0, Ordering::Relaxed)
+    }
+
+    /// Sets the highest the limit may go (a share of a cluster's budget), lowering the limit
+    /// at once when it is above.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_ceiling(&self, ceiling: u32) {
+        self.ceiling.store(ceiling, Ordering::Relaxed);
+        let ceiling = self.ceiling();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.limit > f64::from(ceiling) {
+            state.limit = f64::from(ceiling);
+            self.limit.store(ceiling, Ordering::Relaxed);
+            self.metrics.limit(ceiling);
         }
     }
 }
