@@ -38,6 +38,10 @@ pub struct GatewayConfig {
     pub admin_api: AdminApi,
     /// How breakers share their openings over Redis (`shared_breakers`).
     pub shared_breakers: SharedBreakers,
+    /// Where the access log goes (`access_log`; off by default).
+    pub access_log: Option<crate::access_log::AccessLogConfig>,
+    /// Whether requests get an `X-Request-Id` (`request_id`, default `true`).
+    pub request_id: bool,
     /// The layer stack: upstream pools, routes, Redis, trusted proxies.
     pub stack: StackConfig,
 }
@@ -270,6 +274,31 @@ impl GatewayConfig {
             None => SharedBreakers::default(),
             Some(v) => SharedBreakers::from_value(v, &mut issues),
         };
+        let access_log = match fields.remove("access_log") {
+            None | Some(Value::Null) => None,
+            Some(v) => match serde_json::from_value::<crate::access_log::AccessLogConfig>(v) {
+                Ok(log) if log.path.as_os_str().is_empty() => {
+                    issues.push(
+                        "access_log.path",
+                        "must name a file, or - for standard output",
+                    );
+                    None
+                }
+                Ok(log) => Some(log),
+                Err(e) => {
+                    issues.push("access_log", e.to_string());
+                    None
+                }
+            },
+        };
+        let request_id = match fields.remove("request_id") {
+            None => true,
+            Some(Value::Bool(b)) => b,
+            Some(other) => {
+                issues.push("request_id", format!("{other} is not true or false"));
+                true
+            }
+        };
         let stack = StackConfig::from_value(value);
         match (issues.into_result(), stack) {
             (Ok(()), Ok(stack)) => Ok(GatewayConfig {
@@ -280,6 +309,8 @@ impl GatewayConfig {
                 server,
                 admin_api,
                 shared_breakers,
+                access_log,
+                request_id,
                 stack,
             }),
             (Ok(()), Err(e)) | (Err(e), Ok(_)) => Err(e),
@@ -335,6 +366,13 @@ impl serde::Serialize for GatewayConfig {
             if !admin.is_empty() {
                 fields.insert("admin_api".into(), admin.into());
             }
+            if let Some(log) = &self.access_log {
+                let log = serde_json::to_value(log).map_err(serde::ser::Error::custom)?;
+                fields.insert("access_log".into(), log);
+            }
+            if !self.request_id {
+                fields.insert("request_id".into(), false.into());
+            }
         }
         value.serialize(s)
     }
@@ -366,6 +404,31 @@ mod tests {
         let c = GatewayConfig::from_json(&doc("")).unwrap();
         assert_eq!(c.admin, DEFAULT_ADMIN.parse().unwrap());
         assert_eq!(c.shared_breakers, SharedBreakers::default());
+        assert!(c.request_id);
+        assert_eq!(c.access_log, None);
+    }
+
+    #[test]
+    fn the_access_log_and_request_ids_are_the_gateways_fields() {
+        let c = GatewayConfig::from_json(&doc(
+            r#""access_log": { "path": "/var/log/omega.jsonl" }, "request_id": false,"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.access_log.as_ref().unwrap().path,
+            std::path::Path::new("/var/log/omega.jsonl")
+        );
+        assert!(!c.request_id);
+        let written = serde_json::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::from_json(&written).unwrap(), c);
+        for (bad, at) in [
+            (r#""access_log": { "file": "x" },"#, "access_log"),
+            (r#""access_log": { "path": "" },"#, "access_log.path"),
+            (r#""request_id": "yes","#, "request_id"),
+        ] {
+            let e = GatewayConfig::from_json(&doc(bad)).unwrap_err();
+            assert!(e.to_string().contains(at), "{bad}: {e}");
+        }
     }
 
     #[test]

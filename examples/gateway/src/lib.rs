@@ -43,6 +43,7 @@ use omega_penta::core::redis::RedisConfig;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
+pub mod access_log;
 mod admin;
 pub mod body;
 pub mod config;
@@ -136,6 +137,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: PrometheusHandle,
     /// `false` for [`Gateway::proxy_only`]: routes forward with no layer.
     pub(crate) layers: bool,
+    /// The access log, when configured.
+    pub(crate) access_log: Option<Arc<access_log::AccessLog>>,
+    /// Whether requests get an `X-Request-Id`.
+    pub(crate) request_id: bool,
 }
 
 /// A gateway built from a configuration, not yet listening.
@@ -261,7 +266,18 @@ impl Gateway {
             .backend(&backend)
             .build()
             .map_err(|e| config_error_at("routes", format!("the cache: {e}")))?;
+        let access_log = match &config.access_log {
+            Some(c) => Some(access_log::AccessLog::open(c).map_err(|e| {
+                config_error_at(
+                    "access_log.path",
+                    format!("{} cannot be opened: {e}", c.path.display()),
+                )
+            })?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            access_log,
+            request_id: config.request_id,
             cache,
             backend,
             breaker_sync,
@@ -363,6 +379,48 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     mut req: Request<Body>,
 ) -> Response<Body> {
+    let id = shared
+        .request_id
+        .then(|| access_log::request_id(req.headers_mut()));
+    let Some(log) = &shared.access_log else {
+        let mut response = route_request(&shared, peer, req).await.0;
+        if let Some(id) = id {
+            response
+                .headers_mut()
+                .entry(access_log::X_REQUEST_ID)
+                .or_insert(id);
+        }
+        return response;
+    };
+    let mut entry = access_log::Entry {
+        started: std::time::Instant::now(),
+        request_id: id.clone().unwrap_or(http::HeaderValue::from_static("-")),
+        client: peer.ip(),
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        route: None,
+        upstream: None,
+    };
+    let (mut response, route) = route_request(&shared, peer, req).await;
+    if let Some(id) = id {
+        response
+            .headers_mut()
+            .entry(access_log::X_REQUEST_ID)
+            .or_insert(id);
+    }
+    if let Some(route) = route {
+        entry.route = Some(route.prefix.clone());
+        entry.upstream = Some(route.upstream.clone());
+    }
+    entry.finish(log, response)
+}
+
+/// Routes a request and answers it; the route it matched, if any.
+async fn route_request(
+    shared: &Shared,
+    peer: SocketAddr,
+    mut req: Request<Body>,
+) -> (Response<Body>, Option<Arc<proxy::RouteInfo>>) {
     // A `Host` (or HTTP/2 `:authority`) that is not a host name or address is refused, as
     // nginx does, before it can reach a forwarding header.
     let host_ok = match req.headers().get(http::header::HOST) {
@@ -373,7 +431,7 @@ pub(crate) async fn handle(
             .is_none_or(|a| proxy::valid_host(a.as_str().as_bytes())),
     };
     if !host_ok {
-        return proxy::status(StatusCode::BAD_REQUEST, "invalid Host");
+        return (proxy::status(StatusCode::BAD_REQUEST, "invalid Host"), None);
     }
     // Routes, limits and nodes see the path in normal form (`/x/../users` is `/users`).
     match path::normalize(req.uri().path()) {
@@ -386,21 +444,27 @@ pub(crate) async fn handle(
             let mut parts = req.uri().clone().into_parts();
             match with_query.parse() {
                 Ok(pq) => parts.path_and_query = Some(pq),
-                Err(_) => return proxy::status(StatusCode::BAD_REQUEST, "invalid path"),
+                Err(_) => return (proxy::status(StatusCode::BAD_REQUEST, "invalid path"), None),
             }
             match http::Uri::from_parts(parts) {
                 Ok(uri) => *req.uri_mut() = uri,
-                Err(_) => return proxy::status(StatusCode::BAD_REQUEST, "invalid path"),
+                Err(_) => return (proxy::status(StatusCode::BAD_REQUEST, "invalid path"), None),
             }
         }
         Err(path::PathError::EncodedSeparator) => {
-            return proxy::status(
-                StatusCode::BAD_REQUEST,
-                "an encoded / or \\ in the path is ambiguous",
+            return (
+                proxy::status(
+                    StatusCode::BAD_REQUEST,
+                    "an encoded / or \\ in the path is ambiguous",
+                ),
+                None,
             );
         }
         Err(path::PathError::NotAbsolute) => {
-            return proxy::status(StatusCode::BAD_REQUEST, "the path must start with /");
+            return (
+                proxy::status(StatusCode::BAD_REQUEST, "the path must start with /"),
+                None,
+            );
         }
     }
     let table = shared.table.load_full();
@@ -410,11 +474,14 @@ pub(crate) async fn handle(
         .iter()
         .find(|r| proxy::matches(&r.config.prefix, path))
     else {
-        return proxy::status(StatusCode::NOT_FOUND, "no route for this path");
+        return (
+            proxy::status(StatusCode::NOT_FOUND, "no route for this path"),
+            None,
+        );
     };
     let mut req = match proxy::limit_body(req, route.info.max_body) {
         Ok(req) => req,
-        Err(too_large) => return too_large.into_response(),
+        Err(too_large) => return (too_large.into_response(), Some(route.info.clone())),
     };
     if axum::body::HttpBody::size_hint(req.body()).exact() != Some(0) {
         // A body stalls no longer than `body_timeout`, and stays where a second attempt finds
@@ -441,7 +508,7 @@ pub(crate) async fn handle(
         .unwrap_or_else(|never| match never {});
     route.requests.increment(1);
     route.seconds.record(started.elapsed().as_secs_f64());
-    response
+    (response, Some(route.info.clone()))
 }
 
 async fn serve(

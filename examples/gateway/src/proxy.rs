@@ -73,6 +73,10 @@ impl Clients {
 pub struct RouteInfo {
     /// The route's prefix.
     pub prefix: String,
+    /// The route's pool.
+    pub upstream: String,
+    /// Whether requests are logged: answers are marked with the node that gave them.
+    pub log: bool,
     /// Whether the prefix is removed before forwarding.
     pub strip_prefix: bool,
     /// The longest wait for the response head.
@@ -434,6 +438,11 @@ impl NodeInner {
         };
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        if route.as_ref().is_some_and(|r| r.log) {
+            parts
+                .extensions
+                .insert(crate::access_log::ServedBy(self.node.clone()));
+        }
         let body = crate::body::IdleTimeout::new(body, crate::body::Side::Node, body_timeout);
         Ok(Response::from_parts(parts, Body::new(body)))
     }

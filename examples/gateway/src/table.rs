@@ -373,6 +373,8 @@ impl Route {
     ) -> Route {
         let info = Arc::new(RouteInfo {
             prefix: config.prefix.clone(),
+            upstream: config.upstream.clone(),
+            log: shared.access_log.is_some(),
             strip_prefix: config.strip_prefix,
             timeout: config.timeout.0,
             client_ip: client_ip.clone(),
