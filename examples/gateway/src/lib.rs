@@ -53,6 +53,7 @@ pub mod path;
 pub mod proxy;
 pub mod serve;
 mod table;
+pub mod tunnel;
 
 pub use config::GatewayConfig;
 pub use proxy::RouteInfo;
@@ -141,6 +142,8 @@ pub(crate) struct Shared {
     pub(crate) access_log: Option<Arc<access_log::AccessLog>>,
     /// Whether requests get an `X-Request-Id`.
     pub(crate) request_id: bool,
+    /// Upgraded connections (WebSocket), all closed at shutdown.
+    pub(crate) tunnels: Arc<tunnel::Tunnels>,
 }
 
 /// A gateway built from a configuration, not yet listening.
@@ -278,6 +281,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             access_log,
             request_id: config.request_id,
+            tunnels: tunnel::Tunnels::new(config.server.tunnel_idle_timeout.0),
             cache,
             backend,
             breaker_sync,
@@ -433,6 +437,15 @@ async fn route_request(
     if !host_ok {
         return (proxy::status(StatusCode::BAD_REQUEST, "invalid Host"), None);
     }
+    // A reverse proxy is no forward proxy (HTTP/2's extended CONNECT is not enabled either).
+    if req.method() == http::Method::CONNECT {
+        let mut r = proxy::status(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return (r, None);
+    }
     // Routes, limits and nodes see the path in normal form (`/x/../users` is `/users`).
     match path::normalize(req.uri().path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => {}
@@ -556,6 +569,8 @@ async fn serve(
     shared.draining.store(true, Ordering::Release);
     tokio::time::sleep(pre_drain).await;
     let _ = stop_proxy_tx.send(());
+    // Upgraded connections are not requests that finish: they close now.
+    shared.tunnels.close_all();
     // In-flight requests get `grace` to finish; then the gateway stops regardless (the proxy
     // ends its connections at the deadline). The admin API outlives the proxy, answering 503
     // on `/readyz` until the end.

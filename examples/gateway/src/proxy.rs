@@ -88,6 +88,8 @@ pub struct RouteInfo {
     pub max_body: Option<u64>,
     /// The longest wait for the next part of a body, the client's or a node's.
     pub body_timeout: Duration,
+    /// Where upgraded connections (WebSocket) are joined.
+    pub tunnels: Arc<crate::tunnel::Tunnels>,
 }
 
 /// A request body over its route's `max_body`.
@@ -295,7 +297,15 @@ impl tower::Service<Request<Body>> for ProxyNode {
 }
 
 impl NodeInner {
-    async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Unanswered> {
+    async fn forward(&self, mut req: Request<Body>) -> Result<Response<Body>, Unanswered> {
+        // A protocol switch (WebSocket): the `Upgrade` goes to the node, and a 101 joins the
+        // two connections.
+        let upgrade = (req.version() == http::Version::HTTP_11
+            && crate::tunnel::wants_upgrade(req.headers()))
+        .then(|| {
+            let to = req.headers().get(header::UPGRADE).cloned();
+            (hyper::upgrade::on(&mut req), to)
+        });
         let Some(authority) = self.authority.clone() else {
             return Ok(status(
                 StatusCode::BAD_GATEWAY,
@@ -362,6 +372,12 @@ impl NodeInner {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         remove_hop_by_hop(&mut parts.headers);
+        if let Some((_, Some(to))) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, to.clone());
+        }
         if let Some(host) = &self.host_value {
             parts.headers.insert(header::HOST, host.clone());
         }
@@ -436,6 +452,9 @@ impl NodeInner {
             }
             Ok(Ok(r)) => r,
         };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.switch(response, upgrade, route.as_deref()));
+        }
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         if route.as_ref().is_some_and(|r| r.log) {
@@ -445,6 +464,41 @@ impl NodeInner {
         }
         let body = crate::body::IdleTimeout::new(body, crate::body::Side::Node, body_timeout);
         Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+impl NodeInner {
+    /// The node switched protocols: the client gets the 101 (with its `Upgrade`), and the two
+    /// connections are joined once both are handed over.
+    fn switch(
+        &self,
+        mut response: Response<hyper::body::Incoming>,
+        upgrade: Option<(hyper::upgrade::OnUpgrade, Option<HeaderValue>)>,
+        route: Option<&RouteInfo>,
+    ) -> Response<Body> {
+        let (Some((client, _)), Some(route)) = (upgrade, route) else {
+            return status(
+                StatusCode::BAD_GATEWAY,
+                &format!("node {} switched protocols unasked", self.node),
+            );
+        };
+        let node = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        let to = parts.headers.get(header::UPGRADE).cloned();
+        remove_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(to) = to {
+            parts.headers.insert(header::UPGRADE, to);
+        }
+        if route.log {
+            parts
+                .extensions
+                .insert(crate::access_log::ServedBy(self.node.clone()));
+        }
+        route.tunnels.open(client, node, &route.prefix);
+        Response::from_parts(parts, Body::empty())
     }
 }
 

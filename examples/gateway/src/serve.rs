@@ -11,6 +11,7 @@
 //! | `h2_max_concurrent_streams` | 128 | streams refused |
 //! | `h2_max_header_list_size` | 32 KiB | stream refused |
 //!
+//! | `tunnel_idle_timeout`: an upgraded connection (WebSocket) with no byte either way | 60 s | tunnel closed |
 //! | `workers`: threads serving connections, each with its own single-threaded Tokio runtime | the machine's cores | |
 //!
 //! HTTP/2 rapid resets are bounded by h2's own limit on pending reset streams.
@@ -55,6 +56,9 @@ pub struct ServerLimits {
     pub max_headers: usize,
     /// Threads serving connections (default: the machine's cores).
     pub workers: usize,
+    /// The longest an upgraded connection (WebSocket) stays open with no byte either way
+    /// (nginx: `proxy_read_timeout`, 60 s).
+    pub tunnel_idle_timeout: Dur,
     /// Concurrent streams per HTTP/2 connection (nginx: 128).
     pub h2_max_concurrent_streams: u32,
     /// The largest HTTP/2 header list, in bytes.
@@ -70,6 +74,7 @@ impl Default for ServerLimits {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
+            tunnel_idle_timeout: Dur(Duration::from_secs(60)),
             h2_max_concurrent_streams: 128,
             h2_max_header_list_size: 32 * 1024,
         }
@@ -93,6 +98,9 @@ impl ServerLimits {
         }
         if self.header_timeout.0.is_zero() {
             return Err("header_timeout: must be more than 0s".into());
+        }
+        if self.tunnel_idle_timeout.0.is_zero() {
+            return Err("tunnel_idle_timeout: must be more than 0s".into());
         }
         if self.body_timeout.0.is_zero() {
             return Err("body_timeout: must be more than 0s".into());

@@ -375,6 +375,7 @@ impl Route {
             prefix: config.prefix.clone(),
             upstream: config.upstream.clone(),
             log: shared.access_log.is_some(),
+            tunnels: shared.tunnels.clone(),
             strip_prefix: config.strip_prefix,
             timeout: config.timeout.0,
             client_ip: client_ip.clone(),
