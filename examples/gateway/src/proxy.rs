@@ -372,6 +372,9 @@ impl NodeInner {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         remove_hop_by_hop(&mut parts.headers);
+        if parts.version == http::Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
         if let Some((_, Some(to))) = &upgrade {
             parts
                 .headers
@@ -513,6 +516,22 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Joins `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into the one field
+/// HTTP/1.1 allows (RFC 6265 §5.4).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

@@ -174,6 +174,9 @@ async fn http2_clients_are_served() {
         gw.addr.port()
     ))
     .header("x-user-id", "ada")
+    // HTTP/2 clients may split cookies into fields of their own (RFC 9113 §8.2.3).
+    .header("cookie", "a=1")
+    .header("cookie", "b=2")
     .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
     .unwrap();
     let response = sender.send_request(req).await.unwrap();
@@ -189,6 +192,7 @@ async fn http2_clients_are_served() {
     let host = format!("gateway.test:{}", gw.addr.port());
     assert_eq!(echo["headers"]["x-forwarded-host"], host.as_str());
     assert_eq!(echo["headers"]["host"], a.addr.to_string().as_str());
+    assert_eq!(echo["headers"]["cookie"], "a=1; b=2");
     gw.shutdown().await;
 }
 
