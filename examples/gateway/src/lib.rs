@@ -239,9 +239,30 @@ impl Gateway {
             Some(url) => {
                 let cfg =
                     RedisConfig::parse(url).map_err(|e| config_error_at("redis", e.to_string()))?;
-                Backend::redis(cfg)
-                    .await
-                    .map_err(|e| GatewayError::Redis(e.to_string()))?
+                match Backend::redis(cfg.clone()).await {
+                    Ok(backend) => backend,
+                    // A bad URL or setting is the file's mistake; a server that does not answer
+                    // is not: the gateway starts, each layer's failure policy applies, and the
+                    // backend connects in the background.
+                    Err(e)
+                        if !matches!(
+                            e.kind(),
+                            omega_penta::core::ErrorKind::BadUrl
+                                | omega_penta::core::ErrorKind::Config
+                        ) =>
+                    {
+                        eprintln!(
+                            "omega-gateway: Redis is unreachable ({e}); starting without it: \
+                             limits, breakers and shard maps follow their failure policies, \
+                             and share again once it answers"
+                        );
+                        Backend::Redis(
+                            omega_penta::core::redis::RedisBackend::connect_lazy(cfg)
+                                .map_err(|e| GatewayError::Redis(e.to_string()))?,
+                        )
+                    }
+                    Err(e) => return Err(GatewayError::Redis(e.to_string())),
+                }
             }
         };
         let breaker_sync = match backend.as_redis() {

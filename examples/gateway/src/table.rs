@@ -161,10 +161,17 @@ impl Upstream {
                 let stored =
                     shard::redis::RedisTopology::new(redis.clone(), name, topology.clone())
                         .map_err(|e| config_error_at(&at, e.to_string()))?;
-                stored
+                // Redis down: the file's map serves; the sync task seeds or adopts the stored
+                // one once Redis answers.
+                if let Err(e) = stored
                     .join(pool.topology().map_err(|e| nested(&at, e))?)
                     .await
-                    .map_err(|e| GatewayError::Redis(format!("topology of {name}: {e}")))?;
+                {
+                    eprintln!(
+                        "omega-gateway: the shard map of {name} is not shared yet ({e}); \
+                         routing on the file's until Redis answers"
+                    );
+                }
                 let task = stored.spawn_sync(Duration::from_secs(1));
                 Some((stored, task))
             }

@@ -280,3 +280,39 @@ async fn two_gateways_share_limits_circuits_and_shard_maps_over_redis_cluster() 
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// A gateway whose Redis is down when it starts still starts and serves (each layer's failure
+/// policy applies), and shares its state once Redis answers: its shard map is seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_while_redis_is_down_and_shares_once_it_is_back() {
+    let mut redis = omega_testkit::RedisServer::start();
+    redis.kill();
+    let a = upstream("a", false).await;
+    let mut doc = serde_json::to_value(config(
+        &[("a", a.addr)],
+        serde_json::json!([{ "name": "global", "key": "global", "rate": 1000, "per": "1s" }]),
+    ))
+    .unwrap();
+    doc["redis"] = redis.url().into();
+    let started = Instant::now();
+    let gw = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    println!("started with Redis down in {:?}", started.elapsed());
+    let r = get(gw.addr, "/api/x", &[("x-user-id", "u")]).await.unwrap();
+    assert!(r.status < 500, "{r:?}");
+
+    redis.restart();
+    let took = within("the shard map is seeded in Redis", || {
+        let keys = redis.cli(&["KEYS", "*"]);
+        async move { keys.contains("pool") }
+    })
+    .await;
+    println!("the shard map was shared {took:?} after Redis came back");
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("x-user-id", "u")])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    gw.shutdown().await;
+}
