@@ -99,6 +99,75 @@ pub struct UpstreamConfig {
     /// How many requests may go again after a node broke their connection before answering.
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// Active health checks of the pool's nodes (off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checks: every `interval`, each node of the pool gets `GET path`; a node
+/// that fails `unhealthy_threshold` checks in a row is taken out of routing until it passes
+/// `healthy_threshold` in a row. With checks on, a node whose circuit is open is probed by
+/// the checks, not by users' requests: when the breaker's wait is over, a passing check
+/// closes the circuit and a failing one opens it for another wait.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The path checked (default `/healthz`).
+    pub path: String,
+    /// Between two checks of a node (default 5 s).
+    pub interval: Dur,
+    /// The longest wait for a check's answer (default 2 s).
+    pub timeout: Dur,
+    /// The status a passing check answers; by default any 2xx or 3xx.
+    pub expected_status: Option<u16>,
+    /// Passing checks in a row that bring a node back (default 2).
+    pub healthy_threshold: u32,
+    /// Failing checks in a row that take a node out (default 3).
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Dur(std::time::Duration::from_secs(5)),
+            timeout: Dur(std::time::Duration::from_secs(2)),
+            expected_status: None,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Whether a check answered with `status` passes.
+    pub fn passes(&self, status: u16) -> bool {
+        match self.expected_status {
+            Some(expected) => status == expected,
+            None => (200..400).contains(&status),
+        }
+    }
+
+    fn validate(&self, issues: &mut Issues) {
+        if !self.path.starts_with('/') || self.path.parse::<http::uri::PathAndQuery>().is_err() {
+            issues.push(
+                "path",
+                format!("{:?} is not a path such as /healthz", self.path),
+            );
+        }
+        if self.interval.0.is_zero() || self.timeout.0.is_zero() {
+            issues.push("interval", "interval and timeout must be more than 0s");
+        }
+        if self.healthy_threshold == 0 || self.unhealthy_threshold == 0 {
+            issues.push("healthy_threshold", "the thresholds must be at least 1");
+        }
+        if self
+            .expected_status
+            .is_some_and(|s| !(100..=599).contains(&s))
+        {
+            issues.push("expected_status", "must be an HTTP status (100 to 599)");
+        }
+    }
 }
 
 fn default_failover() -> usize {
@@ -253,6 +322,9 @@ impl StackConfig {
             up.pool().validate(&mut at);
             up.breaker.validate(&mut at.at("breaker"));
             up.retry_budget.validate(&mut at.at("retry_budget"));
+            if let Some(check) = &up.health_check {
+                check.validate(&mut at.at("health_check"));
+            }
             if up.connect_timeout.0.is_zero() {
                 at.push("connect_timeout", "must be more than 0s");
             }

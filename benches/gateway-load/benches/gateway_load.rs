@@ -4,7 +4,8 @@
 //! 1. the upstream directly;
 //! 2. the gateway with no layers (`Gateway::proxy_only`: routing by prefix and the proxy);
 //! 3. the gateway with its layers on: three rate limits per request (per user, per client IP,
-//!    global), shard routing over three nodes by a user header, a circuit breaker per node;
+//!    global), shard routing over three nodes by a user header, a circuit breaker per node,
+//!    active health checks every second;
 //! 4. the same over Redis (a `redis-server` started for the run; leased limits, breakers and
 //!    topology shared), when `redis-server` is installed;
 //! 5. the full stack with the route's cache in front of the pool (RFC 9111, in memory): every
@@ -181,6 +182,10 @@ fn config_with(
     }
     if cache {
         doc["routes"][0]["cache"] = serde_json::json!({ "ttl": "60s" });
+    }
+    if layers {
+        // Active health checks on, as a production pool would have them.
+        doc["upstreams"]["pool"]["health_check"] = serde_json::json!({ "interval": "1s" });
     }
     GatewayConfig::from_json(&doc.to_string()).unwrap()
 }

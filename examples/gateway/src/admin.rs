@@ -151,6 +151,7 @@ async fn shards(State(shared): State<Arc<Shared>>, Path(upstream): Path<String>)
                 "requests": c.map(|c| c.requests),
                 "failovers": c.map(|c| c.failovers),
                 "breaker": up.breakers.state(n.id_arc()).map(|s| format!("{s:?}")),
+                "health": up.health.of(n.id()),
             })
         })
         .collect();

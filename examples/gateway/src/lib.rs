@@ -49,6 +49,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod guard;
+pub mod health;
 pub mod path;
 pub mod proxy;
 pub mod serve;

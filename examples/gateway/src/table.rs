@@ -32,6 +32,10 @@ pub(crate) struct Upstream {
     pub(crate) router: ShardRouter<NodeService, AnyKey, Failover, Respond>,
     /// The pool's HTTP clients (its own `connect_timeout`), one per thread.
     pub(crate) clients: Arc<proxy::Clients>,
+    /// What the pool's health checks know (every node up when they are off).
+    pub(crate) health: Arc<crate::health::Health>,
+    /// The health checks' task, stopped with the pool.
+    _checker: Option<crate::health::Checker>,
     /// The topology shared through Redis, and its sync task (with `redis` configured).
     pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
 }
@@ -186,10 +190,24 @@ impl Upstream {
         let make_breakers = breakers.clone();
         let make_clients = clients.clone();
         let upstream_name: Arc<str> = Arc::from(name);
+        let (health, checker) = match &config.health_check {
+            Some(check) => {
+                let (health, checker) = crate::health::Health::start(
+                    name,
+                    check.clone(),
+                    topology.clone(),
+                    breakers.clone(),
+                    clients.clone(),
+                );
+                (health, Some(checker))
+            }
+            None => (crate::health::Health::off(), None),
+        };
         let available = breakers.clone();
+        let routable = health.clone();
         let router = pool
             .router(topology.clone(), client_ip)
-            .is_available(move |node: &Node| available.is_call_permitted(node.id_arc()))
+            .is_available(move |node: &Node| routable.routable(node, &available))
             .retry(Failover::new(&config.retry_budget))
             .respond()
             .build(move |node: &Node| {
@@ -210,6 +228,8 @@ impl Upstream {
             breakers,
             router,
             clients,
+            health,
+            _checker: checker,
             shared_topology,
         })
     }
@@ -504,6 +524,7 @@ pub(crate) async fn build_table(
                     && existing.config.failover == up.failover
                     && existing.config.connect_timeout == up.connect_timeout
                     && existing.config.retry_budget == up.retry_budget
+                    && existing.config.health_check == up.health_check
                     && existing.client_ip == client_ip =>
             {
                 staged_pools.push((existing.clone(), existing.stage(up)?));
