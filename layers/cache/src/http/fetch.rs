@@ -1,6 +1,8 @@
 //! The cache's request to the origin (the inner service) for a miss or a stale response: made
 //! conditional when a stored response has validators (RFC 9111 §4.3.1); a `304` updates the
-//! stored response (§4.3.3, §4.3.4); a full response is stored when RFC 9111 §3 allows, and
+//! stored response (§4.3.3, §4.3.4); a `304` that selects no stored response (another
+//! entity-tag) is not used: the request goes again, unconditional, and its full response is
+//! what the client gets (§4.3.4); a full response is stored when RFC 9111 §3 allows, and
 //! passed on as it streams when it is too large; a failure answered by a stale copy when
 //! `stale-if-error` allows (RFC 5861 §4).
 
@@ -9,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use omega_core::Clock;
 use omega_core::key::Key;
@@ -49,7 +52,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -72,7 +75,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -89,19 +92,29 @@ where
             max_bytes,
             fwd,
         } = self;
-        let validating = base
+        let mut validating = base
             .as_ref()
             .filter(|b| b.value.status.is_success() && has_validator(&b.value.headers));
+        // The same request, unconditional, in case the origin's `304` selects no stored response.
+        let again = validating.map(|_| unconditional(&mut req));
         if let Some(b) = validating {
             make_conditional(req.headers_mut(), &b.value);
         }
-        let asked = req.headers().clone();
-        let request_time = now_secs();
-        let res = inner.call(req).await;
-        let times = Times {
-            request: request_time,
-            response: now_secs(),
-        };
+        let (mut asked, mut times, mut res) = send(&mut inner, req).await;
+        let selects_none = matches!((validating, &res), (Some(b), Ok(r))
+            if r.status() == StatusCode::NOT_MODIFIED && conflicts(r.headers(), &b.value));
+        if let (true, Some(again)) = (selects_none, again) {
+            // §4.3.4: a 304 whose entity-tag is not the stored one selects no stored response,
+            // and "the cache MUST NOT use the new response to update any stored responses"; the
+            // stored response stays unusable for this request, and the 304 answers a condition
+            // the client never set. So the request goes again without the condition (as
+            // RFC 2616 §10.3.5 spelled out), to the same instance once it is ready again.
+            validating = None;
+            (asked, times, res) = match std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+                Ok(()) => send(&mut inner, again).await,
+                Err(e) => (asked, times, Err(e)),
+            };
+        }
         let status_of = |code: Option<StatusCode>| {
             let mut s = CacheStatus::fwd(fwd);
             s.fwd_status = code.map(|c| c.as_u16());
@@ -205,6 +218,38 @@ where
             }
         }
     }
+}
+
+/// Sends `req`: the fields it was sent with, when, and the origin's answer.
+async fn send<S, B>(
+    inner: &mut S,
+    req: Request<B>,
+) -> (HeaderMap, Times, Result<S::Response, S::Error>)
+where
+    S: Service<Request<B>>,
+{
+    let asked = req.headers().clone();
+    let request = now_secs();
+    let res = inner.call(req).await;
+    let times = Times {
+        request,
+        response: now_secs(),
+    };
+    (asked, times, res)
+}
+
+/// A copy of `req` (a GET the cache forwards, its client's validators taken out) for an
+/// unconditional retry, without content: the body cannot be cloned, and content in a GET has
+/// no generally defined semantics and cannot alter the request's meaning or target (RFC 9110
+/// §9.3.1), which is why the cache keys GETs without it. The copy has no `Content-Length` or
+/// `Transfer-Encoding` (it has no content); `req` keeps its body.
+fn unconditional<B: Default>(req: &mut Request<B>) -> Request<B> {
+    let (parts, body) = std::mem::take(req).into_parts();
+    let mut again = Request::from_parts(parts.clone(), B::default());
+    again.headers_mut().remove(CONTENT_LENGTH);
+    again.headers_mut().remove(TRANSFER_ENCODING);
+    *req = Request::from_parts(parts, body);
+    again
 }
 
 /// The engine's rules for a response stored as `storing` says.

@@ -118,6 +118,12 @@ impl<S, R: Clone> Layer<S> for HttpCacheLayer<R> {
 }
 
 /// The service [`HttpCacheLayer`] builds around an HTTP service `S`. Clones share the cache.
+///
+/// Request bodies implement `Default` (axum's `Body`, `Full`, `Empty`, `()`, `String`, ...):
+/// when the origin answers a revalidation with a `304` for another representation than the
+/// stored one (another `ETag`), the cache sends the GET again, unconditional and without
+/// content, with a default body (RFC 9111 §4.3.4). A body type without `Default` (hyper's
+/// `Incoming`) is mapped to one first, e.g. `req.map(axum::body::Body::new)`.
 pub struct HttpCache<S, R = Respond> {
     inner: S,
     cache: Cache<Stored>,
@@ -177,7 +183,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Into<BoxError>,
     R: OnRejection<Request<B>, Response<CacheBody<ResB>>, S::Error>,
@@ -310,7 +316,7 @@ impl<S, R> HttpCache<S, R> {
     ) -> Future<S::Future, ResB, R::Error>
     where
         S: Origin<B, ResB>,
-        B: Send + 'static,
+        B: Default + Send + 'static,
         ResB: Content,
         R: OnRejection<Request<B>, Response<CacheBody<ResB>>, S::Error, Error: Send + 'static>,
     {

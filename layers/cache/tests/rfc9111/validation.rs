@@ -124,6 +124,62 @@ async fn a_full_response_to_a_validation_replaces_the_stored_response() {
     assert_eq!(hit.body, "2");
 }
 
+// RFC 9111 §4.3.4: a `304` whose strong validator matches no stored response selects none, and
+// the cache "MUST NOT use the new response to update any stored responses"; §4.3.3 and §4.3.4
+// leave the stored response unusable for the request, so a client that sent a plain GET gets a
+// full response: the cache repeats the request without the conditional (as RFC 7232 §4.1 /
+// RFC 2616 §10.3.5 spell out), stores that response, and never hands the client a `304` it did
+// not ask for.
+#[tokio::test]
+async fn a_304_with_another_validator_is_not_used_and_the_request_repeated_unconditionally() {
+    let origin = Origin::start(|seen, n| {
+        if seen.headers.contains_key("if-none-match") {
+            // The representation changed to "v2", yet the origin answers 304 to "v1".
+            res(
+                304,
+                &[("cache-control", "max-age=10"), ("etag", "\"v2\"")],
+                "",
+            )
+        } else {
+            let etag = if n == 1 { "\"v1\"" } else { "\"v2\"" };
+            res(
+                200,
+                &[("cache-control", "max-age=10"), ("etag", etag)],
+                format!("body {n}"),
+            )
+        }
+    })
+    .await;
+    let rig = Rig::new(&origin);
+    assert_eq!(rig.get("/a", &[]).await.body, "body 1");
+    rig.advance(20);
+    let answer = rig.get("/a", &[]).await;
+    assert_eq!(
+        (
+            answer.status.as_u16(),
+            answer.body.as_str(),
+            answer.field("etag")
+        ),
+        (200, "body 3", "\"v2\""),
+        "the plain GET gets a full response, not the 304: {answer:?}"
+    );
+    assert_eq!(
+        origin.calls("/a"),
+        3,
+        "the validation, then the unconditional request"
+    );
+    let last = origin.last("/a");
+    assert!(
+        !last.headers.contains_key("if-none-match")
+            && !last.headers.contains_key("if-modified-since"),
+        "the repeated request is unconditional: {:?}",
+        last.headers
+    );
+    let hit = rig.get("/a", &[]).await;
+    assert!(hit.hit(), "the full response is stored: {hit:?}");
+    assert_eq!((hit.body.as_str(), hit.field("etag")), ("body 3", "\"v2\""));
+}
+
 // RFC 9111 §5.2.2.4: an unqualified `no-cache` response is stored but validated before every
 // reuse.
 #[tokio::test]
