@@ -355,7 +355,91 @@ fn belady(trace: &[u64], capacity: usize, bypass: bool) -> usize {
     hits
 }
 
+/// With `OMEGA_CACHE_HITS=n` set, the bench makes `n` hits per row of `cache_l1_hit` in one
+/// function per row (`rows::omega`, ...) and nothing else, for an instruction count that does
+/// not depend on the machine's load:
+/// `OMEGA_CACHE_HITS=100000 valgrind --tool=callgrind <bench binary>`, then
+/// `callgrind_annotate --inclusive=yes` and the rows' totals divided by `n`.
+mod rows {
+    use super::*;
+
+    type Omega = <CacheLayer<Bytes, Resolver<fn(&u64) -> Option<u64>>> as Layer<Cheap>>::Service;
+    type Resilience = <tower_resilience_cache::CacheLayer<u64, u64> as Layer<Cheap>>::Service;
+
+    pub(super) fn run(n: u64) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let cache = Cache::<Bytes>::builder().codec(RawBytes).build().unwrap();
+        let key: fn(&u64) -> Option<u64> = |k| Some(*k);
+        let mut omega: Omega =
+            CacheLayer::new(cache.clone(), Resolver::new(key)).layer(Cheap(value()));
+        let mut resilience: Resilience = tower_resilience_cache::CacheLayer::builder()
+            .max_size(1024)
+            .ttl(Duration::from_secs(3600))
+            .key_extractor(|k: &u64| *k)
+            .build()
+            .unwrap()
+            .layer(Cheap(value()));
+        let moka: moka::sync::Cache<u64, Bytes> =
+            moka::sync::Cache::builder().max_capacity(1024).build();
+        rt.block_on(async {
+            for k in 0..HOT {
+                tower::ServiceExt::ready(&mut omega)
+                    .await
+                    .unwrap()
+                    .call(k)
+                    .await
+                    .unwrap();
+                tower::ServiceExt::ready(&mut resilience)
+                    .await
+                    .unwrap()
+                    .call(k)
+                    .await
+                    .unwrap();
+                moka.insert(k, value());
+            }
+        });
+        omega_rows(&mut omega, n);
+        resilience_rows(&mut resilience, n);
+        moka_rows(&moka, n);
+        let s = cache.stats();
+        assert_eq!(s.misses, HOT, "every measured omega call was a hit: {s:?}");
+        eprintln!("{n} hits per row made");
+    }
+
+    #[inline(never)]
+    fn omega_rows(svc: &mut Omega, n: u64) {
+        for i in 0..n {
+            black_box(hit(svc, black_box(i % HOT)));
+        }
+    }
+
+    #[inline(never)]
+    fn resilience_rows(svc: &mut Resilience, n: u64) {
+        for i in 0..n {
+            black_box(hit(svc, black_box(i % HOT)));
+        }
+    }
+
+    #[inline(never)]
+    fn moka_rows(moka: &moka::sync::Cache<u64, Bytes>, n: u64) {
+        for i in 0..n {
+            black_box(moka.get(&black_box(i % HOT)).unwrap());
+        }
+    }
+}
+
 fn benches(c: &mut Criterion) {
+    if let Some(n) = std::env::var("OMEGA_CACHE_HITS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        rows::run(n);
+        return;
+    }
     hit_ratios();
     l1_hit(c);
     l2_hit(c);
