@@ -116,6 +116,38 @@ async fn stale_while_revalidate_answers_stale_and_revalidates_once() {
     assert_eq!(origin.calls("/a"), 2);
 }
 
+// RFC 9111 §4.3.4 with RFC 5861 §3: a background revalidation whose `304` selects no stored
+// response does not leave the old response in place: the request goes again, unconditional,
+// and its full response replaces the stored one.
+#[tokio::test]
+async fn a_background_revalidation_answered_304_with_another_validator_stores_the_full_response() {
+    let origin = Origin::start(|seen, n| {
+        let cc = "max-age=10, stale-while-revalidate=60";
+        if seen.headers.contains_key("if-none-match") {
+            res(304, &[("cache-control", cc), ("etag", "\"v2\"")], "")
+        } else {
+            let etag = if n == 1 { "\"v1\"" } else { "\"v2\"" };
+            res(
+                200,
+                &[("cache-control", cc), ("etag", etag)],
+                format!("body {n}"),
+            )
+        }
+    })
+    .await;
+    let rig = Rig::new(&origin);
+    rig.get("/a", &[]).await;
+    rig.advance(15);
+    let stale = rig.get("/a", &[]).await;
+    assert!(stale.hit() && stale.body == "body 1", "{stale:?}");
+    eventually(|| origin.calls("/a") == 3).await;
+    eventually_async(|| async { rig.get("/a", &[]).await.body == "body 3" }).await;
+    let hit = rig.get("/a", &[]).await;
+    assert!(hit.hit(), "{hit:?}");
+    assert_eq!(hit.field("etag"), "\"v2\"");
+    assert_eq!(origin.calls("/a"), 3);
+}
+
 // RFC 5861 §3: past the window, the stale response is not served.
 #[tokio::test]
 async fn stale_while_revalidate_ends_with_its_window() {
