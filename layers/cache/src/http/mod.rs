@@ -23,7 +23,8 @@
 //!   revalidation), `stale-if-error` (RFC 5861), never past `must-revalidate`,
 //!   `proxy-revalidate` or `s-maxage`. A fresh `immutable` response is not revalidated.
 //! - **Validation** (§4.3): stale responses are revalidated with `If-None-Match` /
-//!   `If-Modified-Since`; a `304` updates the stored fields; clients' own conditional
+//!   `If-Modified-Since`; a `304` updates the stored fields, one for another representation
+//!   (another `ETag`) is not used: the GET goes again, unconditional; clients' own conditional
 //!   requests, `HEAD` and single byte ranges are answered from a stored `GET`.
 //! - **Invalidation** (§4.4): a non-error response to an unsafe method drops its target, and
 //!   its `Location` / `Content-Location` on the same origin; tags from a response field
