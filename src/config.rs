@@ -249,6 +249,11 @@ pub struct RouteConfig {
     #[cfg(feature = "cache")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache::config::RouteCache>,
+    /// An adaptive concurrency limit in front of the route's pool (`{ "algorithm": "vegas",
+    /// "min": 1, "max": 200 }`): requests in flight beyond what the pool's latency shows it
+    /// can take get 503 at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::rate_limit::adaptive::config::AdaptiveConfig>,
 }
 
 fn default_timeout() -> Dur {
@@ -415,6 +420,9 @@ impl RouteConfig {
             issues.push("timeout", "must be longer than 0");
         }
         crate::rate_limit::config::validate_limits(&self.limits, &mut issues.at("limits"));
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.validate(&mut issues.at("adaptive"));
+        }
     }
 
     /// The route's rate limiter over `backend`, or `None` when it has no limits. Each route

@@ -126,6 +126,20 @@ async fn limits(State(shared): State<Arc<Shared>>) -> Json<Value> {
                 })
             })
             .collect();
+        let mut limits = limits;
+        if let (Some(config), Some(limiter)) = (&route.config.adaptive, &route.adaptive) {
+            let estimate = limiter.estimate("");
+            limits.push(json!({
+                "name": "adaptive",
+                "algorithm": config.algorithm,
+                "min": config.min,
+                "max": config.max,
+                "limit": estimate.map(|e| e.limit()),
+                "in_flight": limiter.inflight(""),
+                "rtt_ms": estimate.map(|e| e.rtt().as_secs_f64() * 1000.0),
+                "baseline_rtt_ms": estimate.map(|e| e.baseline_rtt().as_secs_f64() * 1000.0),
+            }));
+        }
         out.insert(route.config.prefix.clone(), Value::Array(limits));
     }
     Json(Value::Object(out))

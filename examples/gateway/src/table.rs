@@ -13,6 +13,7 @@ use omega_penta::config::{ConfigError, RouteConfig, UpstreamConfig};
 use omega_penta::core::config::KeyConfig;
 use omega_penta::core::key::http::{AnyKey, ClientIp, RouteTemplate};
 use omega_penta::core::reject::Respond;
+use omega_penta::rate_limit::adaptive::{AdaptiveConcurrencyLayer, AdaptiveLimiter};
 use omega_penta::rate_limit::{RateLimitLayer, RateLimiter};
 use omega_penta::shard_router::{self as shard, Node, RetryPolicy, ShardRouter, TopologyHandle};
 use tower::Layer;
@@ -115,6 +116,8 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     pub(crate) info: Arc<RouteInfo>,
     pub(crate) limiter: Option<RateLimiter<Request<Body>>>,
+    /// The adaptive concurrency limit in front of the pool, when configured.
+    pub(crate) adaptive: Option<AdaptiveLimiter<Request<Body>>>,
     pub(crate) service: HttpService,
     /// The route's template for `endpoint` keys: its prefix.
     pub(crate) template: RouteTemplate,
@@ -395,6 +398,7 @@ impl Route {
         config: &RouteConfig,
         upstream: &Upstream,
         limiter: Option<RateLimiter<Request<Body>>>,
+        adaptive: Option<AdaptiveLimiter<Request<Body>>>,
         client_ip: &ClientIp,
         shared: &Shared,
     ) -> Route {
@@ -415,19 +419,30 @@ impl Route {
                 .body_timeout
                 .0,
         });
-        // No node left to try for an unreachable node's request: 502.
-        let pool = AnswerUnreachable::new(upstream.router.clone());
+        // No node left to try for an unreachable node's request: 502. The adaptive limit
+        // sits right in front of the pool, so that it learns from the pool's latency only
+        // (cache hits never reach it).
+        let unreachable = AnswerUnreachable::new(upstream.router.clone());
+        let pool = match &adaptive {
+            Some(a) => HttpService::new(
+                AdaptiveConcurrencyLayer::new(a.clone())
+                    .respond()
+                    .layer(unreachable),
+            ),
+            None => HttpService::new(unreachable),
+        };
         let service = if !shared.layers {
             Self::first_node_only(upstream)
         } else {
-            // limits → cache → router: a cached answer still counts against the limits.
+            // limits → cache → adaptive → router: a cached answer still counts against the
+            // limits.
             let cached = config.cache.as_ref().filter(|c| c.enabled).map(|c| {
                 HttpService::new(tower::ServiceExt::map_response(
                     c.layer(&shared.cache).layer(pool.clone()),
                     |r: http::Response<_>| r.map(Body::new),
                 ))
             });
-            let inner = cached.unwrap_or_else(|| HttpService::new(pool));
+            let inner = cached.unwrap_or(pool);
             match &limiter {
                 Some(l) => HttpService::new(RateLimitLayer::new(l.clone()).respond().layer(inner)),
                 None => inner,
@@ -444,6 +459,7 @@ impl Route {
             config: config.clone(),
             info,
             limiter,
+            adaptive,
             service,
         }
     }
@@ -578,10 +594,26 @@ pub(crate) async fn build_table(
     }
     let mut routes = Vec::new();
     for (rc, limiter) in config.routes.iter().zip(limiters) {
+        // A route keeps its learnt limit while its settings stay.
+        let adaptive = match &rc.adaptive {
+            None => None,
+            Some(a) => match current
+                .and_then(|t| t.routes.iter().find(|r| r.config.prefix == rc.prefix))
+                .filter(|r| r.config.adaptive.as_ref() == Some(a))
+                .and_then(|r| r.adaptive.clone())
+            {
+                Some(kept) => Some(kept),
+                None => Some(
+                    a.limiter()
+                        .map_err(|e| nested(&format!("routes.{}.adaptive", rc.prefix), e))?,
+                ),
+            },
+        };
         routes.push(Route::build(
             rc,
             &upstreams[&rc.upstream],
             limiter,
+            adaptive,
             &client_ip,
             shared,
         ));
