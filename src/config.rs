@@ -102,6 +102,21 @@ pub struct UpstreamConfig {
     /// Active health checks of the pool's nodes (off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// How the gateway speaks to the pool's nodes (default `http1`).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// How the gateway speaks to a pool's nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge (gRPC servers such as tonic's speak it):
+    /// requests are multiplexed over one connection per node, trailers pass through.
+    H2c,
 }
 
 /// Active health checks: every `interval`, each node of the pool gets `GET path`; a node

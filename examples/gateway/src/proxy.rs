@@ -28,13 +28,24 @@ pub type Client = HyperClient<HttpConnector, Body>;
 /// A client with pooled keep-alive connections, waiting at most `connect_timeout` for a new
 /// connection.
 pub fn client(connect_timeout: Duration) -> Client {
+    client_for(connect_timeout, omega_penta::config::Protocol::Http1)
+}
+
+fn client_for(connect_timeout: Duration, protocol: omega_penta::config::Protocol) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
-    HyperClient::builder(TokioExecutor::new())
+    let mut builder = HyperClient::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build(connector)
+        .pool_max_idle_per_host(64);
+    if protocol == omega_penta::config::Protocol::H2c {
+        builder
+            .http2_only(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(30));
+    }
+    builder.build(connector)
 }
 
 /// A pool's clients: one per thread that sends requests, so that a worker's requests go over
@@ -42,6 +53,7 @@ pub fn client(connect_timeout: Duration) -> Client {
 /// most `connect_timeout` for a new connection.
 pub struct Clients {
     connect_timeout: Duration,
+    protocol: omega_penta::config::Protocol,
     per_thread: thread_local::ThreadLocal<Client>,
 }
 
@@ -49,22 +61,30 @@ impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clients")
             .field("connect_timeout", &self.connect_timeout)
+            .field("protocol", &self.protocol)
             .finish_non_exhaustive()
     }
 }
 
 impl Clients {
-    /// Clients waiting at most `connect_timeout` for a connection.
-    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+    /// Clients speaking `protocol`, waiting at most `connect_timeout` for a connection.
+    pub fn new(connect_timeout: Duration, protocol: omega_penta::config::Protocol) -> Arc<Self> {
         Arc::new(Clients {
             connect_timeout,
+            protocol,
             per_thread: thread_local::ThreadLocal::new(),
         })
     }
 
     /// This thread's client.
     pub fn get(&self) -> &Client {
-        self.per_thread.get_or(|| client(self.connect_timeout))
+        self.per_thread
+            .get_or(|| client_for(self.connect_timeout, self.protocol))
+    }
+
+    /// Whether the nodes speak HTTP/2.
+    pub fn http2(&self) -> bool {
+        self.protocol == omega_penta::config::Protocol::H2c
     }
 }
 
@@ -313,9 +333,14 @@ impl NodeInner {
             ));
         };
         let route = req.extensions().get::<Arc<RouteInfo>>().cloned();
-        let timeout = route
+        let mut timeout = route
             .as_ref()
             .map_or(Duration::from_secs(30), |r| r.timeout);
+        // A gRPC call's own deadline, when shorter, bounds the wait too.
+        let grpc = omega_penta::core::http::is_grpc(req.headers());
+        if grpc && let Some(deadline) = req.headers().get("grpc-timeout").and_then(grpc_timeout) {
+            timeout = timeout.min(deadline);
+        }
         let body_timeout = route
             .as_ref()
             .map_or(Duration::from_secs(60), |r| r.body_timeout);
@@ -371,8 +396,25 @@ impl NodeInner {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        let http2 = self.clients.http2();
+        // `TE: trailers` says the client takes trailers (gRPC needs it); HTTP/2 allows it.
+        let te_trailers = http2
+            && parts
+                .headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                });
         remove_hop_by_hop(&mut parts.headers);
-        if parts.version == http::Version::HTTP_2 {
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if parts.version == http::Version::HTTP_2 && !http2 {
             join_cookies(&mut parts.headers);
         }
         if let Some((_, Some(to))) = &upgrade {
@@ -410,7 +452,11 @@ impl NodeInner {
                 .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        parts.version = if http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         let upstream_req = Request::from_parts(parts, body);
 
         self.metrics.requests.increment(1);
@@ -418,6 +464,13 @@ impl NodeInner {
         let result = tokio::time::timeout(timeout, self.clients.get().request(upstream_req)).await;
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         let response = match result {
+            Err(_) if grpc => {
+                self.metrics.timeouts.increment(1);
+                return Ok(omega_penta::core::http::grpc_rejection(
+                    4, // DEADLINE_EXCEEDED
+                    &format!("node {} did not answer within {timeout:?}", self.node),
+                ));
+            }
             Err(_) => {
                 self.metrics.timeouts.increment(1);
                 return Ok(status(
@@ -516,6 +569,25 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// A gRPC call's `grpc-timeout` (1 to 8 digits and a unit: `H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// Joins `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into the one field
 /// HTTP/1.1 allows (RFC 6265 §5.4).
@@ -622,6 +694,18 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&Header
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_spec_writes_them() {
+        let t = |v: &'static str| grpc_timeout(&HeaderValue::from_static(v));
+        assert_eq!(t("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {

@@ -104,11 +104,15 @@ impl RetryPolicy<Request<Body>, proxy::Unanswered> for Failover {
     }
 }
 
-type NodeService = omega_penta::circuit_breaker::CircuitBreakerService<
-    proxy::ProxyNode,
-    omega_penta::circuit_breaker::Single,
-    omega_penta::circuit_breaker::http::HttpClassifier,
-    Respond,
+/// A node behind its breaker, which classifies gRPC calls by the status in their trailers
+/// (and everything else by its response head).
+type NodeService = tower::util::MapResponse<
+    omega_penta::circuit_breaker::GrpcCircuitBreakerService<
+        proxy::ProxyNode,
+        omega_penta::circuit_breaker::Single,
+        Respond,
+    >,
+    fn(http::Response<omega_penta::circuit_breaker::GrpcBody<Body>>) -> http::Response<Body>,
 >;
 
 /// A route, ready to serve.
@@ -143,7 +147,7 @@ impl Upstream {
         shared: &Shared,
         client_ip: &ClientIp,
     ) -> Result<Self, GatewayError> {
-        let clients = proxy::Clients::new(config.connect_timeout.0);
+        let clients = proxy::Clients::new(config.connect_timeout.0, config.protocol);
         let at = format!("upstreams.{name}");
         let mut registry = config
             .breaker
@@ -221,7 +225,13 @@ impl Upstream {
                     node.id_arc().clone(),
                     node.address(),
                 );
-                CircuitBreakerLayer::new(breaker).http().layer(target)
+                let unbox: fn(
+                    http::Response<omega_penta::circuit_breaker::GrpcBody<Body>>,
+                ) -> http::Response<Body> = |r| r.map(Body::new);
+                tower::ServiceExt::map_response(
+                    CircuitBreakerLayer::new(breaker).grpc().layer(target),
+                    unbox,
+                )
             });
         Ok(Upstream {
             name: name.to_owned(),
@@ -541,6 +551,7 @@ pub(crate) async fn build_table(
                     && existing.config.connect_timeout == up.connect_timeout
                     && existing.config.retry_budget == up.retry_budget
                     && existing.config.health_check == up.health_check
+                    && existing.config.protocol == up.protocol
                     && existing.client_ip == client_ip =>
             {
                 staged_pools.push((existing.clone(), existing.stage(up)?));
