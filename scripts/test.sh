@@ -33,6 +33,12 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     die "redis-server and redis-cli are needed. Install them: 'apt-get install redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS), then run this script again."
 fi
 
+# --- curl: the gateway's TLS test drives it as a client. ---
+if ! command -v curl >/dev/null 2>&1; then
+  apt_install curl ||
+    die "curl is needed (the gateway's TLS test runs it). Install it: 'apt-get install curl' (Debian/Ubuntu) or 'brew install curl' (macOS), then run this script again."
+fi
+
 # --- A C compiler: zstd and SQLite are built from their C sources. ---
 if ! command -v cc >/dev/null 2>&1; then
   apt_install build-essential ||

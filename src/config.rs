@@ -105,6 +105,19 @@ pub struct UpstreamConfig {
     /// How the gateway speaks to the pool's nodes (default `http1`).
     #[serde(default)]
     pub protocol: Protocol,
+    /// How `https://` nodes are trusted (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How a pool's `https://` nodes are trusted: `"tls": { "ca": "/etc/omega/upstream-ca.pem" }`
+/// trusts the certificates in that PEM file instead of the system's roots. The server name
+/// checked (and sent as SNI) is each node URL's host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// A PEM file of the certificates to trust.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// How the gateway speaks to a pool's nodes.
@@ -117,6 +130,8 @@ pub enum Protocol {
     /// HTTP/2 without TLS, with prior knowledge (gRPC servers such as tonic's speak it):
     /// requests are multiplexed over one connection per node, trailers pass through.
     H2c,
+    /// HTTP/2 over TLS (`https://` nodes; ALPN `h2`).
+    H2,
 }
 
 /// Active health checks: every `interval`, each node of the pool gets `GET path`; a node

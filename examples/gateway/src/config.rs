@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub access_log: Option<crate::access_log::AccessLogConfig>,
     /// Whether requests get an `X-Request-Id` (`request_id`, default `true`).
     pub request_id: bool,
+    /// The proxy listener's certificate (`tls`; plain HTTP without).
+    pub tls: Option<crate::tls::ListenerTls>,
     /// The layer stack: upstream pools, routes, Redis, trusted proxies.
     pub stack: StackConfig,
 }
@@ -299,6 +301,19 @@ impl GatewayConfig {
                 true
             }
         };
+        let tls = match fields.remove("tls") {
+            None | Some(Value::Null) => None,
+            Some(v) => match serde_json::from_value::<crate::tls::ListenerTls>(v) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    issues.push(
+                        "tls",
+                        format!("{e} (expected {{ \"cert\": FILE, \"key\": FILE }})"),
+                    );
+                    None
+                }
+            },
+        };
         let stack = StackConfig::from_value(value);
         match (issues.into_result(), stack) {
             (Ok(()), Ok(stack)) => Ok(GatewayConfig {
@@ -311,6 +326,7 @@ impl GatewayConfig {
                 shared_breakers,
                 access_log,
                 request_id,
+                tls,
                 stack,
             }),
             (Ok(()), Err(e)) | (Err(e), Ok(_)) => Err(e),
@@ -372,6 +388,10 @@ impl serde::Serialize for GatewayConfig {
             }
             if !self.request_id {
                 fields.insert("request_id".into(), false.into());
+            }
+            if let Some(tls) = &self.tls {
+                let tls = serde_json::to_value(tls).map_err(serde::ser::Error::custom)?;
+                fields.insert("tls".into(), tls);
             }
         }
         value.serialize(s)

@@ -54,6 +54,7 @@ pub mod path;
 pub mod proxy;
 pub mod serve;
 mod table;
+pub mod tls;
 pub mod tunnel;
 
 pub use config::GatewayConfig;
@@ -145,6 +146,8 @@ pub(crate) struct Shared {
     pub(crate) request_id: bool,
     /// Upgraded connections (WebSocket), all closed at shutdown.
     pub(crate) tunnels: Arc<tunnel::Tunnels>,
+    /// The proxy listener's TLS, when configured.
+    pub(crate) tls: Option<Arc<tls::Acceptor>>,
 }
 
 /// A gateway built from a configuration, not yet listening.
@@ -300,7 +303,14 @@ impl Gateway {
             })?),
             None => None,
         };
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                tls::Acceptor::new(files).map_err(|e| config_error_at("tls", e))?,
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            tls,
             access_log,
             request_id: config.request_id,
             tunnels: tunnel::Tunnels::new(config.server.tunnel_idle_timeout.0),
@@ -403,8 +413,12 @@ impl Gateway {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    via_tls: bool,
     mut req: Request<Body>,
 ) -> Response<Body> {
+    if via_tls {
+        req.extensions_mut().insert(tls::ViaTls);
+    }
     let id = shared
         .request_id
         .then(|| access_log::request_id(req.headers_mut()));

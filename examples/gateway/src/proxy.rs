@@ -22,39 +22,50 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use omega_penta::core::key::http::ClientIp;
 
-/// The pooled HTTP/1.1 client shared by every node.
+/// A pooled client to `http://` nodes.
 pub type Client = HyperClient<HttpConnector, Body>;
+
+/// A pooled client to `https://` nodes.
+pub type TlsClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// A client with pooled keep-alive connections, waiting at most `connect_timeout` for a new
 /// connection.
 pub fn client(connect_timeout: Duration) -> Client {
-    client_for(connect_timeout, omega_penta::config::Protocol::Http1)
+    builder(omega_penta::config::Protocol::Http1).build(connector(connect_timeout))
 }
 
-fn client_for(connect_timeout: Duration, protocol: omega_penta::config::Protocol) -> Client {
+fn connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
+    connector
+}
+
+fn builder(protocol: omega_penta::config::Protocol) -> hyper_util::client::legacy::Builder {
     let mut builder = HyperClient::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64);
-    if protocol == omega_penta::config::Protocol::H2c {
+    if protocol != omega_penta::config::Protocol::Http1 {
         builder
             .http2_only(true)
             .timer(hyper_util::rt::TokioTimer::new())
             .http2_keep_alive_interval(Duration::from_secs(30));
     }
-    builder.build(connector)
+    builder
 }
 
 /// A pool's clients: one per thread that sends requests, so that a worker's requests go over
 /// connections its own runtime drives (no cross-thread wake-up per request), each waiting at
-/// most `connect_timeout` for a new connection.
+/// most `connect_timeout` for a new connection. Clients to `https://` nodes are made (and the
+/// roots they trust loaded) only when such a node gets a request.
 pub struct Clients {
     connect_timeout: Duration,
     protocol: omega_penta::config::Protocol,
-    per_thread: thread_local::ThreadLocal<Client>,
+    ca: Option<std::path::PathBuf>,
+    plain: thread_local::ThreadLocal<Client>,
+    tls: thread_local::ThreadLocal<TlsClient>,
+    tls_config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -62,29 +73,65 @@ impl std::fmt::Debug for Clients {
         f.debug_struct("Clients")
             .field("connect_timeout", &self.connect_timeout)
             .field("protocol", &self.protocol)
+            .field("ca", &self.ca)
             .finish_non_exhaustive()
     }
 }
 
 impl Clients {
-    /// Clients speaking `protocol`, waiting at most `connect_timeout` for a connection.
-    pub fn new(connect_timeout: Duration, protocol: omega_penta::config::Protocol) -> Arc<Self> {
+    /// Clients speaking `protocol`, waiting at most `connect_timeout` for a connection,
+    /// trusting `ca` (or the system's roots) for `https://` nodes.
+    pub fn new(
+        connect_timeout: Duration,
+        protocol: omega_penta::config::Protocol,
+        ca: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(Clients {
             connect_timeout,
             protocol,
-            per_thread: thread_local::ThreadLocal::new(),
+            ca,
+            plain: thread_local::ThreadLocal::new(),
+            tls: thread_local::ThreadLocal::new(),
+            tls_config: std::sync::OnceLock::new(),
         })
     }
 
-    /// This thread's client.
+    /// This thread's client to `http://` nodes.
     pub fn get(&self) -> &Client {
-        self.per_thread
-            .get_or(|| client_for(self.connect_timeout, self.protocol))
+        self.plain
+            .get_or(|| builder(self.protocol).build(connector(self.connect_timeout)))
+    }
+
+    /// The TLS settings for `https://` nodes (read once): an error when the pool's `tls.ca`
+    /// cannot be read, or no root certificate is found.
+    pub fn tls_config(&self) -> Result<&Arc<rustls::ClientConfig>, &str> {
+        self.tls_config
+            .get_or_init(|| crate::tls::client_config(self.ca.as_deref()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// This thread's client to `https://` nodes.
+    pub fn get_tls(&self) -> Result<&TlsClient, &str> {
+        let config = self.tls_config()?;
+        Ok(self.tls.get_or(|| {
+            let mut http = connector(self.connect_timeout);
+            http.enforce_http(false);
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((**config).clone())
+                .https_only();
+            let https = if self.http2() {
+                https.enable_http2().wrap_connector(http)
+            } else {
+                https.enable_http1().wrap_connector(http)
+            };
+            builder(self.protocol).build(https)
+        }))
     }
 
     /// Whether the nodes speak HTTP/2.
     pub fn http2(&self) -> bool {
-        self.protocol == omega_penta::config::Protocol::H2c
+        self.protocol != omega_penta::config::Protocol::Http1
     }
 }
 
@@ -199,6 +246,8 @@ struct NodeInner {
     node: Arc<str>,
     authority: Option<http::uri::Authority>,
     host_value: Option<HeaderValue>,
+    /// Whether the node is an `https://` one.
+    https: bool,
     metrics: NodeMetrics,
 }
 
@@ -241,12 +290,12 @@ impl NodeMetrics {
 }
 
 impl ProxyNode {
-    /// A node at `base_url` (`http://host:port`), part of pool `upstream`.
+    /// A node at `base_url` (`http://host:port` or `https://host:port`), part of pool
+    /// `upstream`.
     pub fn new(clients: Arc<Clients>, upstream: Arc<str>, node: Arc<str>, base_url: &str) -> Self {
-        let authority = base_url
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.authority().cloned());
+        let url = base_url.parse::<Uri>().ok();
+        let https = url.as_ref().and_then(Uri::scheme_str) == Some("https");
+        let authority = url.and_then(|u| u.authority().cloned());
         let host_value = authority
             .as_ref()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
@@ -258,6 +307,7 @@ impl ProxyNode {
                 node,
                 authority,
                 host_value,
+                https,
             }),
         }
     }
@@ -380,7 +430,7 @@ impl NodeInner {
             None => path,
         };
         let uri = match Uri::builder()
-            .scheme("http")
+            .scheme(if self.https { "https" } else { "http" })
             .authority(authority)
             .path_and_query(path_and_query)
             .build()
@@ -442,14 +492,19 @@ impl NodeInner {
         {
             parts.headers.insert(X_FORWARDED_HOST, host.clone());
         }
+        let proto = if parts.extensions.get::<crate::tls::ViaTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
         if let Some(peer) = peer {
-            add_forwarded(&mut parts.headers, peer, original_host.as_ref());
+            add_forwarded(&mut parts.headers, peer, proto, original_host.as_ref());
         }
         // A trusted TLS terminator's `X-Forwarded-Proto: https` is kept.
         if !parts.headers.contains_key(X_FORWARDED_PROTO) {
             parts
                 .headers
-                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         parts.uri = uri;
         parts.version = if http2 {
@@ -461,7 +516,20 @@ impl NodeInner {
 
         self.metrics.requests.increment(1);
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(timeout, self.clients.get().request(upstream_req)).await;
+        let sent = if self.https {
+            match self.clients.get_tls() {
+                Ok(client) => client.request(upstream_req),
+                Err(e) => {
+                    return Ok(status(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("node {} cannot be reached over TLS: {e}", self.node),
+                    ));
+                }
+            }
+        } else {
+            self.clients.get().request(upstream_req)
+        };
+        let result = tokio::time::timeout(timeout, sent).await;
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         let response = match result {
             Err(_) if grpc => {
@@ -662,7 +730,12 @@ pub fn valid_host(host: &[u8]) -> bool {
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded` (RFC 7239).
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>) {
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    proto: &str,
+    host: Option<&HeaderValue>,
+) {
     let ip = peer.ip();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
@@ -675,7 +748,7 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&Header
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let mut element = format!("for={node};proto=http");
+    let mut element = format!("for={node};proto={proto}");
     if let Some(host) = host
         .filter(|h| valid_host(h.as_bytes()))
         .and_then(|h| h.to_str().ok())
@@ -751,7 +824,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
         let host = HeaderValue::from_static("example.com");
-        add_forwarded(&mut h, "[2001:db8::1]:4000".parse().unwrap(), Some(&host));
+        add_forwarded(
+            &mut h,
+            "[2001:db8::1]:4000".parse().unwrap(),
+            "http",
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
         assert_eq!(
             h[header::FORWARDED],

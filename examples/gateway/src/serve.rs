@@ -229,21 +229,48 @@ async fn worker(
         // a part written while the previous one is unacknowledged waits for the client's
         // delayed ACK (40 ms on Linux).
         let _ = stream.set_nodelay(true);
+        let via_tls = shared.tls.is_some();
+        let tls = shared.tls.as_ref().map(|t| t.get());
         let shared = shared.clone();
-        let service = hyper::service::service_fn(
-            move |req: http::Request<hyper::body::Incoming>| {
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(crate::handle(shared, peer, req.map(Body::new)).await) }
-            },
-        );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            let _ = conn.await;
-            drop(slot);
-        });
+                async move {
+                    Ok::<_, Infallible>(
+                        crate::handle(shared, peer, via_tls, req.map(Body::new)).await,
+                    )
+                }
+            });
+        match tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                connections.spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake is part of the head: it gets `header_timeout`, on the
+                // connection's own task.
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let handshake = limits.header_timeout.0;
+                connections.spawn(async move {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     // Idle connections close now, busy ones after their response; at the deadline the rest

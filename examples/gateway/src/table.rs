@@ -147,7 +147,18 @@ impl Upstream {
         shared: &Shared,
         client_ip: &ClientIp,
     ) -> Result<Self, GatewayError> {
-        let clients = proxy::Clients::new(config.connect_timeout.0, config.protocol);
+        let clients = proxy::Clients::new(
+            config.connect_timeout.0,
+            config.protocol,
+            config.tls.as_ref().and_then(|t| t.ca.clone()),
+        );
+        // A pool with `https://` nodes or its own roots: they are read now, so that a bad
+        // `tls.ca` is the file's mistake at start or reload, not a 502 later.
+        if config.tls.is_some() || config.nodes.iter().any(|n| n.url.starts_with("https://")) {
+            clients
+                .tls_config()
+                .map_err(|e| config_error_at(&format!("upstreams.{name}.tls"), e))?;
+        }
         let at = format!("upstreams.{name}");
         let mut registry = config
             .breaker
@@ -516,8 +527,16 @@ pub(crate) async fn reload(shared: &Arc<Shared>) -> Result<String, GatewayError>
         config.admin = old.admin;
         config.stack.redis = old.stack.redis.clone();
     }
+    // A renewed certificate is read with the rest, and used once everything else is built.
+    let certificate = match &shared.tls {
+        Some(tls) => Some(tls.read().map_err(|e| config_error_at("tls", e))?),
+        None => None,
+    };
     let current = shared.table.load_full();
     let table = build_table(shared, &config, Some(&current)).await?;
+    if let (Some(tls), Some(certificate)) = (&shared.tls, certificate) {
+        tls.store(certificate);
+    }
     let summary = format!(
         "reloaded {}: {} routes, {} upstreams",
         path.display(),
@@ -552,6 +571,7 @@ pub(crate) async fn build_table(
                     && existing.config.retry_budget == up.retry_budget
                     && existing.config.health_check == up.health_check
                     && existing.config.protocol == up.protocol
+                    && existing.config.tls == up.tls
                     && existing.client_ip == client_ip =>
             {
                 staged_pools.push((existing.clone(), existing.stage(up)?));

@@ -178,14 +178,16 @@ impl PoolConfig {
     }
 }
 
-/// Checks an upstream base URL: `http://host:port` (the port may be left out), with no path
-/// beyond `/` and no query.
+/// Checks an upstream base URL: `http://host:port` or `https://host:port` (the port may be
+/// left out), with no path beyond `/` and no query.
 pub fn parse_base_url(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url:?}: only http:// upstreams are supported"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "{url:?}: only http:// and https:// upstreams are supported"
+        ));
     }
     if uri.authority().is_none() {
         return Err(format!("{url:?} has no host"));

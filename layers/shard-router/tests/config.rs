@@ -129,7 +129,7 @@ fn every_mistake_is_reported_at_its_path() {
         r#"{
             "nodes": [
                 { "id": "", "url": "http://h:1" },
-                { "id": "a", "url": "https://h:1" },
+                { "id": "a", "url": "ftp://h:1" },
                 { "id": "a", "url": "http://h:1/api", "weight": 0 },
                 { "id": "b\u0007", "url": "not a url at all" },
                 { "id": "c", "url": "http://h:1?x=1" }
@@ -150,7 +150,7 @@ fn every_mistake_is_reported_at_its_path() {
     assert_eq!(at("upstreams.api.nodes[0].id"), ["must not be empty"]);
     assert_eq!(
         at("upstreams.api.nodes[1].url"),
-        ["\"https://h:1\": only http:// upstreams are supported"]
+        ["\"ftp://h:1\": only http:// and https:// upstreams are supported"]
     );
     assert_eq!(at("upstreams.api.nodes[2].id"), ["\"a\" is used twice"]);
     assert_eq!(
@@ -219,8 +219,9 @@ fn base_urls() {
     assert_eq!(uri.port_u16(), Some(9001));
     assert!(parse_base_url("http://h:1/").is_ok());
     assert!(parse_base_url("http://h").is_ok());
+    assert!(parse_base_url("https://h:1").is_ok());
     for bad in [
-        "https://h:1",
+        "ftp://h:1",
         "h:1",
         "/path",
         "http://h:1/x",
