@@ -8,132 +8,22 @@
 //! client appended to `X-Forwarded-For` and `Forwarded`, and `X-Forwarded-Proto`.
 
 use std::future::Future;
-use std::net::SocketAddr;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use omega_penta::core::key::http::ClientIp;
 
-/// A pooled client to `http://` nodes.
-pub type Client = HyperClient<HttpConnector, Body>;
-
-/// A pooled client to `https://` nodes.
-pub type TlsClient = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
-
-/// A client with pooled keep-alive connections, waiting at most `connect_timeout` for a new
-/// connection.
-pub fn client(connect_timeout: Duration) -> Client {
-    builder(omega_penta::config::Protocol::Http1).build(connector(connect_timeout))
-}
-
-fn connector(connect_timeout: Duration) -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector
-}
-
-fn builder(protocol: omega_penta::config::Protocol) -> hyper_util::client::legacy::Builder {
-    let mut builder = HyperClient::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64);
-    if protocol != omega_penta::config::Protocol::Http1 {
-        builder
-            .http2_only(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_keep_alive_interval(Duration::from_secs(30));
-    }
-    builder
-}
-
-/// A pool's clients: one per thread that sends requests, so that a worker's requests go over
-/// connections its own runtime drives (no cross-thread wake-up per request), each waiting at
-/// most `connect_timeout` for a new connection. Clients to `https://` nodes are made (and the
-/// roots they trust loaded) only when such a node gets a request.
-pub struct Clients {
-    connect_timeout: Duration,
-    protocol: omega_penta::config::Protocol,
-    ca: Option<std::path::PathBuf>,
-    plain: thread_local::ThreadLocal<Client>,
-    tls: thread_local::ThreadLocal<TlsClient>,
-    tls_config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
-}
-
-impl std::fmt::Debug for Clients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Clients")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("protocol", &self.protocol)
-            .field("ca", &self.ca)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Clients {
-    /// Clients speaking `protocol`, waiting at most `connect_timeout` for a connection,
-    /// trusting `ca` (or the system's roots) for `https://` nodes.
-    pub fn new(
-        connect_timeout: Duration,
-        protocol: omega_penta::config::Protocol,
-        ca: Option<std::path::PathBuf>,
-    ) -> Arc<Self> {
-        Arc::new(Clients {
-            connect_timeout,
-            protocol,
-            ca,
-            plain: thread_local::ThreadLocal::new(),
-            tls: thread_local::ThreadLocal::new(),
-            tls_config: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// This thread's client to `http://` nodes.
-    pub fn get(&self) -> &Client {
-        self.plain
-            .get_or(|| builder(self.protocol).build(connector(self.connect_timeout)))
-    }
-
-    /// The TLS settings for `https://` nodes (read once): an error when the pool's `tls.ca`
-    /// cannot be read, or no root certificate is found.
-    pub fn tls_config(&self) -> Result<&Arc<rustls::ClientConfig>, &str> {
-        self.tls_config
-            .get_or_init(|| crate::tls::client_config(self.ca.as_deref()))
-            .as_ref()
-            .map_err(String::as_str)
-    }
-
-    /// This thread's client to `https://` nodes.
-    pub fn get_tls(&self) -> Result<&TlsClient, &str> {
-        let config = self.tls_config()?;
-        Ok(self.tls.get_or(|| {
-            let mut http = connector(self.connect_timeout);
-            http.enforce_http(false);
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config((**config).clone())
-                .https_only();
-            let https = if self.http2() {
-                https.enable_http2().wrap_connector(http)
-            } else {
-                https.enable_http1().wrap_connector(http)
-            };
-            builder(self.protocol).build(https)
-        }))
-    }
-
-    /// Whether the nodes speak HTTP/2.
-    pub fn http2(&self) -> bool {
-        self.protocol != omega_penta::config::Protocol::Http1
-    }
-}
+pub use crate::client::{Client, Clients, TlsClient, client};
+use crate::headers::{
+    FORWARDING, X_FORWARDED_HOST, X_FORWARDED_PROTO, add_forwarded, grpc_timeout, join_cookies,
+};
+pub use crate::headers::{remove_hop_by_hop, valid_host};
 
 /// What the proxy needs to know about the route a request matched (a request extension).
 #[derive(Clone, Debug)]
@@ -212,6 +102,21 @@ fn cause<T: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) 
         source = s.source();
     }
     None
+}
+
+/// Whether the request failed because of what the client sent: its body stream failed (an
+/// upload cut off, a client gone), not the node.
+fn caused_by_the_client(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
@@ -626,159 +531,9 @@ impl NodeInner {
     }
 }
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// A gRPC call's `grpc-timeout` (1 to 8 digits and a unit: `H`, `M`, `S`, `m`, `u`, `n`).
-fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Joins `cookie` fields an HTTP/2 client split (RFC 9113 §8.2.3) into the one field
-/// HTTP/1.1 allows (RFC 6265 §5.4).
-fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let joined: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Removes hop-by-hop headers, including those `Connection` names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// Whether the request failed because of what the client sent: its body stream failed (an
-/// upload cut off, a client gone), not the node.
-fn caused_by_the_client(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
-            && h.is_user()
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The headers that describe earlier hops: kept from trusted proxies only.
-const FORWARDING: [HeaderName; 4] = [
-    X_FORWARDED_FOR,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
-    header::FORWARDED,
-];
-
-/// Whether `host` is a `Host` a request may carry (RFC 9110 §7.2: `uri-host [":" port]`),
-/// restricted to what DNS names and IP literals use, so that it can go into `Forwarded:
-/// host="…"` and `X-Forwarded-Host` unchanged: `a,for=203.0.113.9` is refused, not forwarded
-/// as a forged hop.
-pub fn valid_host(host: &[u8]) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
-        })
-}
-
-/// Appends the client to `X-Forwarded-For` and `Forwarded` (RFC 7239).
-fn add_forwarded(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    proto: &str,
-    host: Option<&HeaderValue>,
-) {
-    let ip = peer.ip();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host
-        .filter(|h| valid_host(h.as_bytes()))
-        .and_then(|h| h.to_str().ok())
-    {
-        element.push_str(&format!(";host=\"{host}\""));
-    }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {element}"),
-        _ => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts_are_read_as_the_spec_writes_them() {
-        let t = |v: &'static str| grpc_timeout(&HeaderValue::from_static(v));
-        assert_eq!(t("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(t("5u"), Some(Duration::from_micros(5)));
-        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
-            assert_eq!(t(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn prefixes_match_whole_segments() {
@@ -787,53 +542,5 @@ mod tests {
         assert!(!matches("/api", "/apix"));
         assert!(matches("/", "/anything"));
         assert!(matches("/api/", "/api/x"));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_including_those_connection_names() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn hosts_that_could_forge_a_hop_are_not_valid() {
-        for ok in [
-            "example.com",
-            "example.com:8080",
-            "10.0.0.1:80",
-            "[2001:db8::1]:443",
-        ] {
-            assert!(valid_host(ok.as_bytes()), "{ok}");
-        }
-        for bad in ["a,for=203.0.113.9", "a\"b", "a;proto=https", "a b", ""] {
-            assert!(!valid_host(bad.as_bytes()), "{bad}");
-        }
-    }
-
-    #[test]
-    fn forwarding_headers_append_the_client() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
-        let host = HeaderValue::from_static("example.com");
-        add_forwarded(
-            &mut h,
-            "[2001:db8::1]:4000".parse().unwrap(),
-            "http",
-            Some(&host),
-        );
-        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
-        assert_eq!(
-            h[header::FORWARDED],
-            "for=\"[2001:db8::1]\";proto=http;host=\"example.com\""
-        );
     }
 }
