@@ -81,6 +81,7 @@ pub fn limit_body(req: Request<Body>, max: Option<u64>) -> Result<Request<Body>,
 }
 
 fn too_large(max: u64) -> Response<Body> {
+    metrics::counter!("omega_gateway_refused_total", "reason" => "body_too_large").increment(1);
     status(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("the request body is over this route's limit of {max} bytes"),
