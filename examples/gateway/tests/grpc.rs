@@ -96,6 +96,24 @@ impl tonic::server::ServerStreamingService<String> for Countdown {
     }
 }
 
+/// `Concat`: reads the client's whole stream, answers its messages joined.
+struct Concat;
+
+impl tonic::server::ClientStreamingService<String> for Concat {
+    type Response = String;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<String>, Status>> + Send>>;
+    fn call(&mut self, request: Request<tonic::Streaming<String>>) -> Self::Future {
+        Box::pin(async move {
+            let mut stream = request.into_inner();
+            let mut parts = Vec::new();
+            while let Some(part) = stream.message().await? {
+                parts.push(part);
+            }
+            Ok(Response::new(parts.join("+")))
+        })
+    }
+}
+
 impl tower::Service<http::Request<Body>> for Greeter {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -111,6 +129,7 @@ impl tower::Service<http::Request<Body>> for Greeter {
             match req.uri().path() {
                 "/test.Greeter/SayHello" => Ok(grpc.unary(SayHello, req).await),
                 "/test.Greeter/Countdown" => Ok(grpc.server_streaming(Countdown, req).await),
+                "/test.Greeter/Concat" => Ok(grpc.client_streaming(Concat, req).await),
                 _ => Ok(Status::unimplemented("no such method").into_http()),
             }
         })
@@ -207,6 +226,17 @@ async fn grpc_calls_pass_through_an_h2c_pool_with_their_trailers() {
     assert_eq!(messages, ["2", "1"]);
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), "gone mid-stream");
+
+    // A client stream: the messages go up one by one, the answer comes when it ends.
+    c.ready().await.unwrap();
+    let parts = tokio_stream::iter(["a", "b", "c"].map(str::to_owned));
+    let path = http::uri::PathAndQuery::from_static("/test.Greeter/Concat");
+    let joined = c
+        .client_streaming(Request::new(parts), path, Utf8)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined, "a+b+c");
 
     // The breaker reads those trailers: four failed streams open the node's circuit, and
     // calls are refused with UNAVAILABLE from then on.
