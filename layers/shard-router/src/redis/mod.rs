@@ -27,6 +27,8 @@
 
 mod codec;
 
+pub mod registry;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
