@@ -108,6 +108,34 @@ pub struct UpstreamConfig {
     /// How `https://` nodes are trusted (default: the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Nodes that announce themselves in Redis join and leave the pool (off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover: Option<Discover>,
+}
+
+/// Node discovery for a pool, through the shard router's registry in Redis: `"discover": {
+/// "redis_key": "users", "poll": "1s", "stable_polls": 2 }`. Nodes announced under
+/// `redis_key` (with `omega-gateway announce` or the library's `Registry`) join once seen alive
+/// in `stable_polls` reads in a row and leave when their heartbeat stops; the file's nodes stay.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Discover {
+    /// The registry's name (default: the pool's name).
+    pub redis_key: Option<String>,
+    /// Between two reads of the registry (default 1 s).
+    pub poll: Dur,
+    /// Reads in a row a new node must be seen alive in before it joins (default 2).
+    pub stable_polls: u32,
+}
+
+impl Default for Discover {
+    fn default() -> Self {
+        Discover {
+            redis_key: None,
+            poll: Dur(std::time::Duration::from_secs(1)),
+            stable_polls: 2,
+        }
+    }
 }
 
 /// How a pool's `https://` nodes are trusted: `"tls": { "ca": "/etc/omega/upstream-ca.pem" }`
@@ -359,6 +387,14 @@ impl StackConfig {
             up.retry_budget.validate(&mut at.at("retry_budget"));
             if let Some(check) = &up.health_check {
                 check.validate(&mut at.at("health_check"));
+            }
+            if let Some(discover) = &up.discover
+                && (discover.poll.0.is_zero() || discover.stable_polls == 0)
+            {
+                at.push(
+                    "discover",
+                    "poll must be more than 0s and stable_polls at least 1",
+                );
             }
             if up.connect_timeout.0.is_zero() {
                 at.push("connect_timeout", "must be more than 0s");

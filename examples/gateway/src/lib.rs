@@ -49,6 +49,7 @@ pub mod body;
 mod client;
 pub mod config;
 pub mod demo;
+mod discovery;
 mod failover;
 pub mod guard;
 mod headers;

@@ -4,6 +4,7 @@
 //! omega-gateway [--listen ADDR] [--admin ADDR]    # embedded demo: in-memory state, demo nodes
 //! omega-gateway --config gateway.json [--redis redis://127.0.0.1:6379]   (or gateway.yaml)
 //! omega-gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 [--admin ADDR] [--redis URL] [--cache]
+//! omega-gateway announce --redis URL --registry NAME --id ID --url URL [--weight N] [--ttl 10s]
 //! ```
 //!
 //! SIGTERM or Ctrl-C stop accepting and let in-flight requests finish (within
@@ -24,7 +25,10 @@ const USAGE: &str = "usage:
   omega-gateway --listen ADDR --upstream URL [--admin ADDR] [--redis URL] [--cache]
                                                  proxy everything to one upstream; --cache puts
                                                  RFC 9111's shared cache in front of everything
-                                                 (in memory, or shared through --redis)";
+                                                 (in memory, or shared through --redis)
+  omega-gateway announce --redis URL --registry NAME --id ID --url URL [--weight N] [--ttl 10s]
+                                                 announce a node to the pools that discover
+                                                 registry NAME, until stopped (then withdraw it)";
 
 #[derive(Default)]
 struct Args {
@@ -230,7 +234,85 @@ fn print_demo(gateway: &Gateway, addr: SocketAddr, admin: SocketAddr, demo: &Dem
     println!("Stop with Ctrl-C.");
 }
 
+/// `omega-gateway announce ...`: heartbeats for one node until SIGTERM or Ctrl-C, then
+/// withdraws it.
+async fn announce(args: &[String]) -> Result<(), String> {
+    let mut flags = std::collections::HashMap::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let name = flag
+            .strip_prefix("--")
+            .filter(|n| ["redis", "registry", "id", "url", "weight", "ttl"].contains(n))
+            .ok_or_else(|| format!("announce: unknown argument {flag:?}"))?;
+        let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+        flags.insert(name, value.clone());
+    }
+    let need = |name: &str| {
+        flags
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("announce needs --{name}"))
+    };
+    let (redis, registry, id, url) = (need("redis")?, need("registry")?, need("id")?, need("url")?);
+    omega_penta::config::parse_base_url(&url).map_err(|e| format!("--url: {e}"))?;
+    let weight: u32 = flags
+        .get("weight")
+        .map_or(Ok(1), |w| w.parse())
+        .map_err(|_| "--weight: not a whole number".to_owned())?;
+    let ttl = flags
+        .get("ttl")
+        .map_or(
+            Ok(omega_penta::config::Dur(std::time::Duration::from_secs(10))),
+            |t| t.parse(),
+        )
+        .map_err(|e| format!("--ttl: {e}"))?
+        .0;
+    let config = omega_penta::core::redis::RedisConfig::parse(&redis).map_err(|e| e.to_string())?;
+    let backend = omega_penta::core::redis::RedisBackend::connect(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let registry = omega_penta::shard_router::redis::registry::Registry::new(backend, &registry)
+        .map_err(|e| e.to_string())?;
+    let node = omega_penta::shard_router::Node::new(id.as_str(), url.as_str()).with_weight(weight);
+    registry
+        .announce(&node, ttl)
+        .await
+        .map_err(|e| e.to_string())?;
+    let heartbeat = registry.spawn_announcer(node, ttl);
+    println!(
+        "omega-gateway: announcing {id} ({url}) every {:?}, TTL {ttl:?}",
+        ttl / 3
+    );
+    wait_for_stop().await;
+    heartbeat.withdraw().await.map_err(|e| e.to_string())?;
+    println!("omega-gateway: {id} withdrawn");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn run() -> Result<(), GatewayError> {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.first().map(String::as_str) == Some("announce") {
+        if let Err(e) = announce(&all[1..]).await {
+            eprintln!("omega-gateway: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) if e.is_empty() => {

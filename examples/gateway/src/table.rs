@@ -37,6 +37,8 @@ pub(crate) struct Upstream {
     pub(crate) health: Arc<crate::health::Health>,
     /// The health checks' task, stopped with the pool.
     _checker: Option<crate::health::Checker>,
+    /// The discovery task, stopped with the pool.
+    _discovery: Option<crate::discovery::Discovery>,
     /// The topology shared through Redis, and its sync task (with `redis` configured).
     pub(crate) shared_topology: Option<(shard::redis::RedisTopology, shard::redis::SyncTask)>,
 }
@@ -136,6 +138,39 @@ impl Upstream {
             }
             None => None,
         };
+        let discovery = match (&config.discover, &shared_topology) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(config_error_at(
+                    &format!("{at}.discover"),
+                    "node discovery needs Redis (`redis` in the file, or --redis)",
+                ));
+            }
+            (Some(discover), Some((stored, _))) => {
+                let redis = shared
+                    .backend
+                    .as_redis()
+                    .expect("a shared shard map means Redis")
+                    .clone();
+                let registry = shard::redis::registry::Registry::new(
+                    redis,
+                    discover.redis_key.as_deref().unwrap_or(name),
+                )
+                .map_err(|e| config_error_at(&format!("{at}.discover.redis_key"), e.to_string()))?;
+                let keep: Vec<Arc<str>> = config
+                    .nodes
+                    .iter()
+                    .map(|n| Arc::from(n.id.as_str()))
+                    .collect();
+                Some(crate::discovery::Discovery::spawn(
+                    name,
+                    registry,
+                    stored.clone(),
+                    discover,
+                    keep,
+                ))
+            }
+        };
         // Every node's breaker exists from the start (node services, which hold them, are
         // made on a node's first request): the admin API lists each node's circuit, and an
         // opening shared by another gateway reaches this one before it routes there.
@@ -191,6 +226,7 @@ impl Upstream {
             clients,
             health,
             _checker: checker,
+            _discovery: discovery,
             shared_topology,
         })
     }
@@ -441,6 +477,7 @@ pub(crate) async fn build_table(
                     && existing.config.health_check == up.health_check
                     && existing.config.protocol == up.protocol
                     && existing.config.tls == up.tls
+                    && existing.config.discover == up.discover
                     && existing.client_ip == client_ip =>
             {
                 staged_pools.push((existing.clone(), existing.stage(up)?));

@@ -120,4 +120,19 @@ fn a_flapping_node_joins_only_once_seen_alive_in_a_row() {
     assert_eq!(changes.len(), 1, "{changes:?}");
     // Nodes it did not add are never its to remove.
     assert!(damper.changes(&[], &topology).is_empty());
+    // Managing all but the configured nodes: a node another router added leaves too.
+    let shared = Topology::new(
+        Algorithm::table(),
+        [
+            Node::new("seed", "http://10.0.0.9:80"),
+            Node::new("other", "http://10.0.0.8:80"),
+        ],
+    )
+    .unwrap();
+    let mut damper = Damper::managing_all_but(2, [std::sync::Arc::from("seed")]);
+    let changes = damper.changes(&[], &shared);
+    assert_eq!(
+        format!("{changes:?}"),
+        format!("{:?}", [omega_shard_router::Change::remove("other")])
+    );
 }

@@ -234,7 +234,9 @@ impl Drop for Follow {
 
 /// Turns registry reads into topology changes, damped: a node joins once it has been alive in
 /// `stable_polls` reads in a row, leaves once it is no longer alive, and changes its address or
-/// weight when its announcement does. Only nodes this damper added are ever removed.
+/// weight when its announcement does. By default only nodes this damper added are ever
+/// removed; [`Damper::managing_all_but`] makes it manage every node but a fixed set (routers
+/// that share one topology, where another router may have added a node).
 #[derive(Debug, Default)]
 pub struct Damper {
     stable_polls: u32,
@@ -242,6 +244,8 @@ pub struct Damper {
     seen: HashMap<Arc<str>, u32>,
     /// The nodes this damper added.
     added: HashSet<Arc<str>>,
+    /// With `Some`, every node but these is the registry's.
+    keep: Option<HashSet<Arc<str>>>,
 }
 
 impl Damper {
@@ -253,6 +257,22 @@ impl Damper {
         }
     }
 
+    /// A damper that manages every node of the topology except `keep` (the nodes configured
+    /// by other means).
+    pub fn managing_all_but(stable_polls: u32, keep: impl IntoIterator<Item = Arc<str>>) -> Self {
+        Damper {
+            keep: Some(keep.into_iter().collect()),
+            ..Damper::new(stable_polls)
+        }
+    }
+
+    fn manages(&self, id: &str) -> bool {
+        match &self.keep {
+            Some(keep) => !keep.contains(id),
+            None => self.added.contains(id),
+        }
+    }
+
     /// The changes that bring `topology` to what `live` says, for this read.
     pub fn changes(&mut self, live: &[Node], topology: &Topology) -> Vec<Change> {
         let mut changes = Vec::new();
@@ -260,7 +280,7 @@ impl Damper {
         self.seen.retain(|id, _| alive.contains(&**id));
         for node in live {
             match topology.node(node.id()) {
-                Some(current) if self.added.contains(node.id()) => {
+                Some(current) if self.manages(node.id()) => {
                     if current.address() != node.address() {
                         changes.push(Change::remove(node.id()));
                         changes.push(Change::Add(node.clone()));
@@ -279,9 +299,9 @@ impl Damper {
                 }
             }
         }
-        for id in &self.added {
-            if !alive.contains(&**id) && topology.node(id).is_some() {
-                changes.push(Change::Remove(id.clone()));
+        for node in topology.nodes() {
+            if !alive.contains(node.id()) && self.manages(node.id()) {
+                changes.push(Change::Remove(node.id_arc().clone()));
             }
         }
         changes
