@@ -167,7 +167,7 @@ impl<Req: 'static> RateLimiterBuilder<Req> {
                 clock: self.clock,
                 store,
                 #[cfg(feature = "http")]
-                policies: crate::headers::Policies::default(),
+                policies: super::policies::Policies::default(),
             }),
         })
     }

@@ -4,11 +4,14 @@
 //! - [`decision`]: what a check says;
 //! - [`local`]: decisions in this process (the in-memory backend);
 //! - `remote` (feature `redis`): decisions on Redis, exact or leased, and the failure policies;
+//! - `policies` (feature `http`): the requests' `RateLimit-Policy` lists, cached;
 //! - [`settle`]: what a service does with a decision.
 
 pub(crate) mod builder;
 pub(crate) mod decision;
 mod local;
+#[cfg(feature = "http")]
+mod policies;
 #[cfg(feature = "redis")]
 mod remote;
 pub(crate) mod settle;
@@ -68,7 +71,7 @@ pub(crate) struct Inner<Req> {
     pub(crate) store: Store,
     /// The `RateLimit-Policy` lists of requests, per set of policies.
     #[cfg(feature = "http")]
-    pub(crate) policies: crate::headers::Policies,
+    pub(crate) policies: policies::Policies,
 }
 
 /// Where the buckets live.
