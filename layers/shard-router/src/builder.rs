@@ -11,8 +11,9 @@ use omega_core::reject::KeepError;
 use crate::handle::TopologyHandle;
 use crate::node::Node;
 use crate::retry::{NoRetry, RetryElsewhere};
-use crate::routes::{Config, MakeService, Shared};
+use crate::routes::{MakeService, Shared};
 use crate::service::ShardRouter;
+use crate::settings::Settings;
 
 /// Builds a [`ShardRouter`]; start with [`ShardRouter::builder`].
 ///
@@ -24,7 +25,7 @@ pub struct ShardRouterBuilder<K, P = NoRetry, Rj = KeepError> {
     key: K,
     retry: P,
     reject: Rj,
-    cfg: Config,
+    cfg: Settings,
 }
 
 impl<K, P, Rj> fmt::Debug for ShardRouterBuilder<K, P, Rj> {
@@ -38,12 +39,6 @@ impl<K, P, Rj> fmt::Debug for ShardRouterBuilder<K, P, Rj> {
             .finish_non_exhaustive()
     }
 }
-
-/// How long a request waits for its node's service to become ready before the router leaves
-/// that node for the next one of the key's preference list (or refuses the request), unless
-/// [`ShardRouterBuilder::readiness_timeout`] says otherwise: 4 s, libmemcached's connect
-/// timeout (`MEMCACHED_DEFAULT_CONNECT_TIMEOUT`).
-pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The key source before [`ShardRouterBuilder::key`] is called: no request has a key.
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,7 +63,7 @@ impl ShardRouter<(), NoKey> {
             key: NoKey,
             retry: NoRetry,
             reject: KeepError,
-            cfg: Config::default(),
+            cfg: Settings::default(),
         }
     }
 }
@@ -138,10 +133,10 @@ impl<K, P, Rj> ShardRouterBuilder<K, P, Rj> {
     /// the node counts as unavailable: the request goes to the next node of the key's
     /// preference list (within [`failover`](Self::failover)), each with its own wait, or is
     /// refused with [`ShardErrorKind::Unavailable`](crate::ShardErrorKind::Unavailable). Default
-    /// [`DEFAULT_READINESS_TIMEOUT`] (4 s, libmemcached's connect timeout); `None` waits for
-    /// ever. The clock is tokio's (the router's futures must run on a tokio runtime with time
-    /// enabled for the timeout to apply); the timer is set only when a node is not ready at
-    /// once.
+    /// [`DEFAULT_READINESS_TIMEOUT`](crate::DEFAULT_READINESS_TIMEOUT) (4 s, libmemcached's
+    /// connect timeout); `None` waits for ever. The clock is tokio's (the router's futures
+    /// must run on a tokio runtime with time enabled for the timeout to apply); the timer is
+    /// set only when a node is not ready at once.
     pub fn readiness_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.cfg.ready_timeout = timeout;
         self

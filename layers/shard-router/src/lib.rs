@@ -142,10 +142,11 @@ mod retry;
 mod ring;
 mod routes;
 mod service;
+mod settings;
 mod table;
 mod topology;
 
-pub use builder::{DEFAULT_READINESS_TIMEOUT, NoKey, ShardRouterBuilder};
+pub use builder::{NoKey, ShardRouterBuilder};
 pub use error::{BoxError, ShardError, ShardErrorKind, TopologyError, TopologyErrorKind};
 pub use future::ResponseFuture;
 pub use handle::TopologyHandle;
@@ -160,6 +161,7 @@ pub use omega_core::reject::{KeepError, OnRejection, Refusal};
 pub use retry::{NoRetry, RetryElsewhere, RetryPolicy};
 pub use routes::{METRIC_REQUESTS, NodeCounters};
 pub use service::ShardRouter;
+pub use settings::DEFAULT_READINESS_TIMEOUT;
 pub use topology::Topology;
 
 #[cfg(all(doctest, feature = "http", feature = "redis", feature = "serde"))]

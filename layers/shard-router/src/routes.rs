@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use omega_core::key::{KeySource, MissingKey};
@@ -20,41 +19,17 @@ use omega_core::key::{KeySource, MissingKey};
 use crate::error::{ShardError, ShardErrorKind};
 use crate::handle::TopologyHandle;
 use crate::node::Node;
+use crate::settings::Settings;
 use crate::topology::Topology;
 
 /// Requests sent to a node, counted through the `metrics` crate (feature `metrics`); label
 /// `node`.
 pub const METRIC_REQUESTS: &str = "omega_shard_router_requests_total";
 
-pub(crate) type Available = Arc<dyn Fn(&Node) -> bool + Send + Sync>;
 pub(crate) type MakeService<S> = Box<dyn Fn(&Node) -> S + Send + Sync>;
 
 /// A node's service: made (or given) once, shared by every rebuild of the routes.
 type Cell<S> = Arc<OnceLock<S>>;
-
-/// The builder's settings.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) attempts: usize,
-    pub(crate) available: Option<Available>,
-    pub(crate) bound: Option<f64>,
-    pub(crate) reroute_removed: bool,
-    pub(crate) missing: MissingKey,
-    pub(crate) ready_timeout: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            attempts: 1,
-            available: None,
-            bound: None,
-            reroute_removed: true,
-            missing: MissingKey::Reject,
-            ready_timeout: Some(crate::builder::DEFAULT_READINESS_TIMEOUT),
-        }
-    }
-}
 
 struct Registry<S> {
     services: HashMap<Arc<str>, Cell<S>>,
@@ -114,7 +89,7 @@ pub(crate) struct Shared<S, K, P, Rj> {
     pub(crate) key: K,
     pub(crate) retry: P,
     pub(crate) reject: Rj,
-    pub(crate) cfg: Config,
+    pub(crate) cfg: Settings,
     make: Option<MakeService<S>>,
     routes: ArcSwap<Routes<S>>,
     registry: Mutex<Registry<S>>,
@@ -205,7 +180,7 @@ impl<S: Clone, K, P, Rj> Shared<S, K, P, Rj> {
         key: K,
         retry: P,
         reject: Rj,
-        cfg: Config,
+        cfg: Settings,
         make: Option<MakeService<S>>,
     ) -> Self {
         Shared {
