@@ -379,7 +379,9 @@ impl<Req: 'static> LimitState<Req> {
     pub(crate) fn local_key(&self, req: &Req) -> KeyOf<'_> {
         match &self.key {
             None => KeyOf::Bucket(None),
-            Some(source) => match source.key(req) {
+            // Matched in place: moving the key out of the source's return slot copies it
+            // whole (64 bytes) before its first byte is read.
+            Some(source) => match &source.key(req) {
                 Some(k) => KeyOf::Bucket(Some(self.local.hash(k.as_bytes()))),
                 None => match &self.missing {
                     Some(missing) => KeyOf::Missing(missing),
