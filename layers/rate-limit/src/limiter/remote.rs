@@ -98,22 +98,26 @@ impl<Req: 'static> RateLimiter<Req> {
         let (mut items, mut owners, mut leases) = (Vec::new(), Vec::new(), Vec::new());
         let ks = store.backend().keyspace();
         for (i, l) in limits.iter().enumerate() {
-            let key = match &l.key {
+            // A global limit has no key; a keyed limit's key stays where its source returned
+            // it (moved, it would be copied whole: see `LimitState::local_key`).
+            let returned = match &l.key {
                 None => None,
-                Some(source) => match source.key(req) {
-                    Some(k) => Some(k),
-                    None => match &l.missing {
-                        Some(missing) => {
-                            self.give_back_paid(paid, &keys, &from_old, cost, now);
-                            tally.key_missing(&l.name, missing);
-                            return Split::Decided(tally.finish(false));
-                        }
-                        None => continue,
-                    },
+                Some(source) => source.key(req),
+            };
+            let key = match &returned {
+                Some(k) => Some(k),
+                None if l.key.is_none() => None,
+                None => match &l.missing {
+                    Some(missing) => {
+                        self.give_back_paid(paid, &keys, &from_old, cost, now);
+                        tally.key_missing(&l.name, missing);
+                        return Split::Decided(tally.finish(false));
+                    }
+                    None => continue,
                 },
             };
             tally.applies(i, l.shadow);
-            let bytes = key.as_ref().map(|k| k.as_bytes());
+            let bytes = key.map(|k| k.as_bytes());
             let local_key = bytes.map(|b| l.local.hash(b));
             let g = l.gcra();
             let Some(l_leases) = &l.leases else {
