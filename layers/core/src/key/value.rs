@@ -71,6 +71,7 @@ impl<'a> Key<'a> {
 
 impl Key<'static> {
     /// A computed key holding a copy of `bytes` (inline when short).
+    #[inline]
     pub fn copy_of(bytes: &[u8]) -> Self {
         if bytes.len() <= INLINE {
             let mut inline = [0; INLINE];
