@@ -6,8 +6,8 @@
 //! | `header_timeout`: the whole request head, and the wait for the next request on a kept-alive connection | 60 s | connection closed |
 //! | `body_timeout`: the wait for the next part of a body, the client's upload or a node's answer | 60 s | 408 for an upload; a stalled answer's connection is closed |
 //! | `max_connections`: connections served at once | 10,000 | 503 and close; `omega_gateway_refused_total{reason="connections"}` |
-//! | `max_header_bytes`: the request head | 32 KiB | 431 |
-//! | `max_headers`: header fields in a request | 100 | 431 |
+//! | `max_header_bytes`: the request head | 32 KiB | 431; `omega_gateway_refused_total{reason="header_too_large"}` |
+//! | `max_headers`: header fields in a request | 100 | 431; the same |
 //! | `h2_max_concurrent_streams` | 128 | streams refused |
 //! | `h2_max_header_list_size` | 32 KiB | stream refused |
 //!
@@ -248,7 +248,7 @@ async fn worker(
                     .into_owned();
                 let conn = graceful.watch(conn);
                 connections.spawn(async move {
-                    let _ = conn.await;
+                    count_refusal(conn.await);
                     drop(slot);
                 });
             }
@@ -266,7 +266,7 @@ async fn worker(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    count_refusal(watcher.watch(conn).await);
                     drop(slot);
                 });
             }
@@ -282,6 +282,18 @@ async fn worker(
         connections.abort_all();
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// Counts the refusals hyper answers itself: a request head over `max_header_bytes` or
+/// `max_headers` (431), in `omega_gateway_refused_total{reason="header_too_large"}`.
+fn count_refusal(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = ended
+        && e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+    {
+        metrics::counter!("omega_gateway_refused_total", "reason" => "header_too_large")
+            .increment(1);
+    }
 }
 
 /// Answers a connection over `max_connections`: 503, then close.

@@ -93,6 +93,14 @@ async fn too_much_head_gets_431() {
     let r = get(gw.addr, "/api/x", &headers).await;
     assert_eq!(r.map(|r| r.status).unwrap_or(0), 431, "30 header fields");
     assert_eq!(a.hits.load(Ordering::Relaxed), 0);
+    let metrics =
+        String::from_utf8(get(gw.admin_addr, "/metrics", &[]).await.unwrap().body).unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("omega_gateway_refused_total{reason=\"header_too_large\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no header_too_large count in:\n{metrics}"));
+    assert!(counted >= 2, "{counted}");
     assert_eq!(
         get(gw.addr, "/api/x", &[("x-user-id", "u")])
             .await
