@@ -8,6 +8,8 @@
 #      admitted while Redis was away (each instance falls back to the whole limit locally by
 #      default, so up to 4x during the pause).
 #   3. Redis killed under load, then restarted: outcomes, and the limit shared again afterwards.
+#   4. A node removed through one gateway's admin API: how long until all four route without
+#      it, and how many requests reached it after that (0 expected).
 #
 # Needs: redis-server, nginx (the upstream) and wrk:  apt-get install redis-server nginx-light wrk
 # Usage: scripts/campaign.sh [RATE] [SECONDS]      (defaults 2000 and 10)
@@ -38,10 +40,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # The upstream: nginx answering a small body.
 UP_PORT=$(free_port)
+UP2_PORT=$(free_port)
 cat > "$work/nginx.conf" <<EOF
 worker_processes 1; daemon on; error_log $work/nginx.err; pid $work/nginx.pid;
 events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:$UP_PORT; keepalive_requests 1000000;
+  location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$UP2_PORT; keepalive_requests 1000000; access_log $work/n2.log;
   location / { return 200 "ok\n"; } } }
 EOF
 nginx -c "$work/nginx.conf" -p "$work"
@@ -53,11 +58,13 @@ start_redis
 
 # Four gateways, one global limit shared through Redis (exact decisions, no lease).
 ports=()
+admins=()
 for i in 1 2 3 4; do
-  port=$(free_port); admin=$(free_port); ports+=("$port")
+  port=$(free_port); admin=$(free_port); ports+=("$port"); admins+=("$admin")
   cat > "$work/gw$i.json" <<EOF
 { "listen": "127.0.0.1:$port", "admin": "127.0.0.1:$admin", "redis": "redis://127.0.0.1:$REDIS_PORT",
-  "upstreams": { "pool": { "nodes": [{ "id": "n1", "url": "http://127.0.0.1:$UP_PORT" }] } },
+  "upstreams": { "pool": { "key": { "header": "x-user-id" }, "nodes": [
+    { "id": "n1", "url": "http://127.0.0.1:$UP_PORT" }, { "id": "n2", "url": "http://127.0.0.1:$UP2_PORT" } ] } },
   "routes": [{ "prefix": "/", "upstream": "pool", "timeout": "5s",
     "limits": [{ "name": "global", "key": "global", "rate": $RATE, "per": "1s" }] }] }
 EOF
@@ -71,7 +78,7 @@ load() {
   local name=$1
   local outs=()
   for i in 1 2 3 4; do
-    wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" --latency "http://127.0.0.1:${ports[$((i-1))]}/" >"$work/$name.$i" 2>&1 &
+    wrk -t1 -c8 -d"${SECONDS_PER_RUN}s" --latency -H "x-user-id: user-$i" "http://127.0.0.1:${ports[$((i-1))]}/" >"$work/$name.$i" 2>&1 &
     outs+=("$!")
   done
   for p in "${outs[@]}"; do wait "$p" || true; done
@@ -114,6 +121,35 @@ load "redis-paused-5s"
 load "redis-killed-3s"
 
 load "after-recovery"
+
+# A node removed through gateway 1's admin API, while every gateway serves users of both nodes.
+cat > "$work/users.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/", { ["x-user-id"] = "user-" .. (n % 1000) })
+end
+LUA
+swap_load=()
+for i in 1 2 3 4; do
+  wrk -t1 -c4 -d"${SECONDS_PER_RUN}s" -s "$work/users.lua" "http://127.0.0.1:${ports[$((i-1))]}/" >"$work/swap.$i" 2>&1 &
+  swap_load+=("$!")
+done
+sleep 2
+started=$(date +%s%N)
+curl -s -o /dev/null -X DELETE -H "Authorization: Bearer campaign" "http://127.0.0.1:${admins[0]}/shards/pool/nodes/n2"
+for i in 1 2 3 4; do
+  until ! curl -s "http://127.0.0.1:${admins[$((i-1))]}/shards/pool" | grep -q '"n2"'; do sleep 0.005; done
+done
+swapped=$(date +%s%N)
+sleep 0.2
+before=$(wc -l < "$work/n2.log")
+for p in "${swap_load[@]}"; do wait "$p" || true; done
+after=$(wc -l < "$work/n2.log")
+echo
+echo "| node removed through one admin API | all four gateways without it after | requests to it afterwards |"
+echo "|---|---|---|"
+echo "| n2 (of n1, n2) | $(( (swapped - started) / 1000000 )) ms | $((after - before)) |"
 echo
 echo "While Redis is away each gateway enforces the whole limit on its own (the default failure"
 echo "policy, OnBackendFailure::Local { share: 1.0 }): up to 4x the limit for those seconds. A"
