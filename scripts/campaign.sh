@@ -153,5 +153,5 @@ echo "| n2 (of n1, n2) | $(( (swapped - started) / 1000000 )) ms | $((after - be
 echo
 echo "While Redis is away each gateway enforces the whole limit on its own (the default failure"
 echo "policy, OnBackendFailure::Local { share: 1.0 }): up to 4x the limit for those seconds. A"
-echo "library user sets Limit::on_backend_failure(Local { share: 0.25 }) to keep 4 instances near"
-echo "the limit; the gateway's file has no setting for it yet."
+echo "limit's \"on_redis_failure\": { \"local\": 25 } (Limit::on_backend_failure in the library) keeps"
+echo "4 instances near the limit."

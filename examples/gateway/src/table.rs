@@ -502,6 +502,7 @@ pub(crate) async fn build_table(
                             && a.key == b.key
                             && a.lease == b.lease
                             && a.shadow == b.shadow
+                            && a.on_redis_failure == b.on_redis_failure
                             && (same_client_ip || a.key != KeyConfig::ClientIp)
                     })
             })

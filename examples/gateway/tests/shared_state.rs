@@ -316,3 +316,28 @@ async fn a_gateway_starts_while_redis_is_down_and_shares_once_it_is_back() {
     );
     gw.shutdown().await;
 }
+
+/// A limit's `on_redis_failure` applies while Redis is down: `closed` denies, `open` admits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limits_redis_failure_policy_applies_while_redis_is_down() {
+    let mut redis = omega_testkit::RedisServer::start();
+    let a = upstream("a", false).await;
+    let route = |prefix: &str, policy: &str| {
+        serde_json::json!({ "prefix": prefix, "upstream": "pool", "limits": [
+            { "name": "global", "key": "global", "rate": 1000, "per": "1s", "on_redis_failure": policy }
+        ] })
+    };
+    let mut doc = serde_json::to_value(config(&[("a", a.addr)], serde_json::json!([]))).unwrap();
+    doc["redis"] = redis.url().into();
+    doc["routes"] = serde_json::json!([route("/closed", "closed"), route("/open", "open")]);
+    let gw = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let user = [("x-user-id", "u")];
+    assert_eq!(get(gw.addr, "/closed/x", &user).await.unwrap().status, 200);
+    redis.kill();
+    let mut statuses = Vec::new();
+    for path in ["/closed/x", "/open/x"] {
+        statuses.push(get(gw.addr, path, &user).await.unwrap().status);
+    }
+    assert_eq!(statuses, [429, 200], "closed denies, open admits");
+    gw.shutdown().await;
+}

@@ -61,6 +61,37 @@ pub struct LimitConfig {
     /// it) or `"reject"` (400 Bad Request).
     #[serde(default)]
     pub missing: MissingKey,
+    /// What the limit does while Redis fails ([`OnBackendFailure`](crate::OnBackendFailure)):
+    /// `"open"`, `"closed"`, or `{ "local": P }`, this process enforcing P% of the quota on its
+    /// own (the default is `{ "local": 100 }`; with N instances, `100 / N` keeps the cluster
+    /// near its limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_redis_failure: Option<OnRedisFailure>,
+}
+
+/// [`LimitConfig::on_redis_failure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisFailure {
+    /// Admit, as far as this limit is concerned.
+    Open,
+    /// Deny.
+    Closed,
+    /// Enforce this percentage (1 to 100) of the quota in this process.
+    Local(u8),
+}
+
+impl OnRedisFailure {
+    /// The limit's policy.
+    pub fn policy(self) -> crate::OnBackendFailure {
+        match self {
+            OnRedisFailure::Open => crate::OnBackendFailure::Open,
+            OnRedisFailure::Closed => crate::OnBackendFailure::Closed,
+            OnRedisFailure::Local(percent) => crate::OnBackendFailure::Local {
+                share: f64::from(percent) / 100.0,
+            },
+        }
+    }
 }
 
 impl LimitConfig {
@@ -79,6 +110,14 @@ impl LimitConfig {
         }
         if self.lease == Some(0) {
             issues.push("lease", "must be at least 1");
+        }
+        if let Some(OnRedisFailure::Local(p)) = self.on_redis_failure
+            && !(1..=100).contains(&p)
+        {
+            issues.push(
+                "on_redis_failure.local",
+                "must be a percentage from 1 to 100",
+            );
         }
         if self.lease.is_some() && !cfg!(feature = "redis") {
             issues.push(
@@ -149,7 +188,10 @@ mod http_builders {
                 omega_core::config::KeyConfig::Global => Limit::global(self.name.clone(), quota),
                 ref key => Limit::keyed(self.name.clone(), quota, key.source(client_ip)),
             };
-            let limit = limit.shadow(self.shadow).on_missing_key(self.missing);
+            let mut limit = limit.shadow(self.shadow).on_missing_key(self.missing);
+            if let Some(failure) = self.on_redis_failure {
+                limit = limit.on_backend_failure(failure.policy());
+            }
             // Without the `redis` feature, `validate` refuses a lease.
             #[cfg(feature = "redis")]
             let limit = match self.lease {

@@ -39,6 +39,7 @@ fn files_keep_their_shape() {
             shadow: true,
             lease: Some(5),
             missing: MissingKey::Reject,
+            on_redis_failure: None,
         }
     );
     // Defaults: no burst (the rate), not shadow, no lease, requests without the key skipped.
@@ -235,4 +236,32 @@ mod building {
             .unwrap();
         assert!(ttl > 0, "PTTL = {ttl}");
     }
+}
+
+#[test]
+fn the_redis_failure_policy_is_read_and_checked() {
+    use omega_rate_limit::config::OnRedisFailure;
+    let limits: Vec<LimitConfig> = serde_json::from_str(
+        r#"[
+            { "name": "a", "key": "global", "rate": 1, "per": "1s", "on_redis_failure": "open" },
+            { "name": "b", "key": "global", "rate": 1, "per": "1s", "on_redis_failure": "closed" },
+            { "name": "c", "key": "global", "rate": 1, "per": "1s", "on_redis_failure": { "local": 25 } }
+        ]"#,
+    )
+    .unwrap();
+    assert_eq!(limits[0].on_redis_failure, Some(OnRedisFailure::Open));
+    assert_eq!(limits[1].on_redis_failure, Some(OnRedisFailure::Closed));
+    assert_eq!(limits[2].on_redis_failure, Some(OnRedisFailure::Local(25)));
+    assert_eq!(
+        OnRedisFailure::Local(25).policy(),
+        omega_rate_limit::OnBackendFailure::Local { share: 0.25 }
+    );
+    let bad: Vec<LimitConfig> = serde_json::from_str(
+        r#"[{ "name": "d", "key": "global", "rate": 1, "per": "1s", "on_redis_failure": { "local": 0 } }]"#,
+    )
+    .unwrap();
+    let mut issues = omega_core::config::Issues::new();
+    omega_rate_limit::config::validate_limits(&bad, &mut issues);
+    let e = issues.into_result().unwrap_err();
+    assert!(e.to_string().contains("[0].on_redis_failure.local"), "{e}");
 }
