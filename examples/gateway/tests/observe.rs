@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use omega_gateway::GatewayConfig;
 use omega_testkit::http::get;
-use support::{config, json, start, upstream};
+use support::{config, json, start, status_for, upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_carry_an_id_and_are_logged_one_line_each() {
@@ -44,13 +44,7 @@ async fn requests_carry_an_id_and_are_logged_one_line_each() {
     assert_eq!(json(&r)["headers"]["x-request-id"], id.as_str());
 
     // A limited request and one for no route are logged too.
-    assert_eq!(
-        get(gw.addr, "/api/x", &[("x-user-id", "lim")])
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_for(gw.addr, "lim").await, 200);
     let limited = get(
         gw.addr,
         "/api/x",
