@@ -136,3 +136,60 @@ fn a_flapping_node_joins_only_once_seen_alive_in_a_row() {
         format!("{:?}", [omega_shard_router::Change::remove("other")])
     );
 }
+
+/// The next change of a `tower::discover::Discover`, within 10 s.
+async fn next_change<D>(discover: &mut D) -> tower::discover::Change<D::Key, D::Service>
+where
+    D: tower::discover::Discover + Unpin,
+    D::Error: std::fmt::Debug,
+{
+    let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *discover).poll_discover(cx));
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("a change within 10 s")
+        .expect("the stream goes on")
+        .unwrap()
+}
+
+/// The registry as a `tower::discover` stream: announced nodes come as inserts with the
+/// service made for them, a node whose heartbeat stops comes as a remove after its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_a_tower_discover_stream() {
+    use tower::discover::Change;
+    let server = RedisServer::start();
+    let registry = Registry::new(backend(RedisConfig::url(server.url())).await, "api").unwrap();
+    registry
+        .announce(&Node::new("a", "http://10.0.0.1:80"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let b = registry.spawn_announcer(
+        Node::new("b", "http://10.0.0.2:80"),
+        Duration::from_millis(600),
+    );
+    // The "service" of each node is its address, to see that `make` saw the node.
+    let mut discover = registry.discover(Duration::from_millis(50), 2, |node: &Node| {
+        node.address().to_owned()
+    });
+    let mut inserted = Vec::new();
+    while inserted.len() < 2 {
+        match next_change(&mut discover).await {
+            Change::Insert(id, address) => inserted.push((id.to_string(), address)),
+            Change::Remove(id) => panic!("{id} removed before it was inserted"),
+        }
+    }
+    inserted.sort();
+    assert_eq!(
+        inserted,
+        [
+            ("a".to_owned(), "http://10.0.0.1:80".to_owned()),
+            ("b".to_owned(), "http://10.0.0.2:80".to_owned())
+        ]
+    );
+    drop(b);
+    let started = Instant::now();
+    match next_change(&mut discover).await {
+        Change::Remove(id) => assert_eq!(&*id, "b"),
+        Change::Insert(id, _) => panic!("{id} inserted again"),
+    }
+    println!("b's remove came {:?} after its heartbeat stopped (TTL 600 ms)", started.elapsed());
+}

@@ -11,9 +11,18 @@
 //! been seen alive in `stable_polls` reads in a row (a node flapping on and off does not move
 //! keys back and forth at every read), and leaves when it is no longer alive. It only manages
 //! the nodes it added itself: nodes configured by other means stay.
+//!
+//! The same damped changes come as a [`tower::discover::Discover`] stream from
+//! [`Registry::discover`], for anything that consumes one: [`ShardRouter::discover`], tower's
+//! `balance`, or a user's own pool.
+//!
+//! [`ShardRouter::discover`]: crate::ShardRouter::discover
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use omega_core::redis::{RedisBackend, Script};
@@ -195,6 +204,84 @@ impl Registry {
             }
         });
         Follow { task }
+    }
+}
+
+impl Registry {
+    /// The registry as a [`tower::discover::Discover`] stream: every `poll`, nodes alive for
+    /// `stable_polls` reads in a row come as `Insert(id, make(&node))`, nodes gone as
+    /// `Remove(id)`; a node whose address changed is removed and inserted again with a new
+    /// service (weights are not part of `Discover`: a reweight is not reported). While Redis
+    /// does not answer, nothing changes. The polling runs on a background task that stops
+    /// when the stream is dropped.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn discover<S, F>(&self, poll: Duration, stable_polls: u32, mut make: F) -> Discovered<S>
+    where
+        S: Send + 'static,
+        F: FnMut(&Node) -> S + Send + 'static,
+    {
+        use tower::discover::Change as D;
+        let this = self.clone();
+        // One read's changes at a time: the task waits for the consumer before reading again.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            let mut damper = Damper::new(stable_polls);
+            // What the consumer has been told, as a topology the damper can compare with.
+            let Ok(mut known) = Topology::empty(crate::Algorithm::default()) else {
+                return;
+            };
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Ok(live) = this.live().await else {
+                    continue;
+                };
+                let changes = damper.changes(&live, &known);
+                if changes.is_empty() {
+                    continue;
+                }
+                let Ok(next) = known.apply(&changes) else {
+                    continue;
+                };
+                for change in &changes {
+                    let out = match change {
+                        Change::Add(node) => D::Insert(node.id_arc().clone(), make(node)),
+                        Change::Remove(id) => D::Remove(id.clone()),
+                        Change::Reweight(..) => continue,
+                    };
+                    if tx.send(out).await.is_err() {
+                        return;
+                    }
+                }
+                damper.applied(&changes);
+                known = next;
+            }
+        });
+        Discovered { changes: rx, task }
+    }
+}
+
+/// The stream of [`Registry::discover`]: `Ok(Insert)` and `Ok(Remove)` changes keyed by node
+/// id, never an error (a Redis failure changes nothing). Dropping it stops the polling.
+#[derive(Debug)]
+pub struct Discovered<S> {
+    changes: tokio::sync::mpsc::Receiver<tower::discover::Change<Arc<str>, S>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<S> futures_core::Stream for Discovered<S> {
+    type Item = Result<tower::discover::Change<Arc<str>, S>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+impl<S> Drop for Discovered<S> {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
