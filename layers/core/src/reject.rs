@@ -120,6 +120,15 @@ pub trait OnRejection<Req, Res, E>: Clone + Send + Sync + 'static {
     /// The inner service's error as the service's error.
     fn map_err(err: E) -> Self::Error;
 
+    /// Whether the inner service's `result` is a failure, for layers that learn from
+    /// failures (the adaptive concurrency limit). An error by default; with [`Respond`] —
+    /// where the stack answers failures as responses — also a `5xx` response. (A gRPC
+    /// failure carried in trailers is not visible here: its head says `200`.)
+    #[inline]
+    fn is_failure(result: &Result<Res, E>) -> bool {
+        result.is_err()
+    }
+
     /// Lets a response that passed the layer carry the layer's header fields (`write` adds
     /// them). Called only when [`OnRejection::ADVISES`] is `true`.
     #[cfg(feature = "http")]
@@ -207,6 +216,14 @@ mod http_strategy {
         #[inline]
         fn advise(response: &mut Response<ResB>, write: impl FnOnce(&mut ::http::HeaderMap)) {
             write(response.headers_mut());
+        }
+
+        #[inline]
+        fn is_failure(result: &Result<Response<ResB>, E>) -> bool {
+            match result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
+            }
         }
     }
 

@@ -151,6 +151,64 @@ async fn errors_count_as_drops_and_the_limit_stops_at_min() {
     assert_eq!(limiter.estimate("").unwrap().limit(), 3);
 }
 
+/// With `respond()` a failing downstream answers with 5xx responses, not errors (the gateway's
+/// upstreams, axum handlers): those count as drops too, and the limit falls to min; 4xx
+/// answers are the client's doing and do not.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn with_respond_5xx_answers_count_as_drops() {
+    use http::{Request, Response, StatusCode};
+
+    for (status, falls) in [
+        (StatusCode::BAD_GATEWAY, true),
+        (StatusCode::NOT_FOUND, false),
+    ] {
+        let limiter = AdaptiveLimiter::<Request<()>>::builder()
+            .algorithm(Aimd::default())
+            .min(3)
+            .max(100)
+            .initial(50)
+            .clock(Clock::system())
+            .build()
+            .unwrap();
+        let inner = service_fn(move |_req: Request<()>| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let mut response = Response::new(String::new());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        });
+        let svc = AdaptiveConcurrencyLayer::new(limiter.clone())
+            .respond()
+            .layer(inner);
+        let end = tokio::time::Instant::now() + Duration::from_secs(2);
+        let tasks: Vec<_> = (0..60)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    while tokio::time::Instant::now() < end {
+                        let r = svc.clone().oneshot(Request::new(())).await.unwrap();
+                        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let limit = limiter.estimate("").unwrap().limit();
+        if falls {
+            assert_eq!(limit, 3, "{status} answers are drops");
+        } else {
+            assert!(
+                limit >= 50,
+                "{status} answers are not drops: the limit fell to {limit}"
+            );
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_limit_grows_to_max_and_no_further() {
     let limiter = AdaptiveLimiter::<()>::builder()

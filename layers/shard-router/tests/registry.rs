@@ -159,7 +159,10 @@ async fn the_registry_is_a_tower_discover_stream() {
     let server = RedisServer::start();
     let registry = Registry::new(backend(RedisConfig::url(server.url())).await, "api").unwrap();
     registry
-        .announce(&Node::new("a", "http://10.0.0.1:80"), Duration::from_secs(60))
+        .announce(
+            &Node::new("a", "http://10.0.0.1:80"),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let b = registry.spawn_announcer(
@@ -191,5 +194,8 @@ async fn the_registry_is_a_tower_discover_stream() {
         Change::Remove(id) => assert_eq!(&*id, "b"),
         Change::Insert(id, _) => panic!("{id} inserted again"),
     }
-    println!("b's remove came {:?} after its heartbeat stopped (TTL 600 ms)", started.elapsed());
+    println!(
+        "b's remove came {:?} after its heartbeat stopped (TTL 600 ms)",
+        started.elapsed()
+    );
 }

@@ -95,10 +95,12 @@ where
             KindProj::Inner { future, permit, .. } => {
                 let result = std::task::ready!(future.try_poll(cx));
                 if let Some(permit) = permit.take() {
-                    permit.finish(if result.is_ok() {
-                        Outcome::Ok
-                    } else {
+                    // An error, or what the strategy calls a failure (a 5xx answer with
+                    // `respond()`), is a drop.
+                    permit.finish(if Rj::is_failure(&result) {
                         Outcome::Dropped
+                    } else {
+                        Outcome::Ok
                     });
                 }
                 Poll::Ready(result.map_err(Rj::map_err))

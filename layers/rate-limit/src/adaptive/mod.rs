@@ -13,8 +13,9 @@
 //! A request over its partition's limit is refused at once with [`ConcurrencyLimited`]
 //! through omega-core's rejection strategy, as on every Omega Penta layer: an error by
 //! default, `503 Service Unavailable` with `AdaptiveConcurrencyLayer::respond` (feature
-//! `http`; gRPC: `RESOURCE_EXHAUSTED`). An error from the inner service counts as a drop; a request dropped
-//! before its answer (its future dropped) frees its slot without a sample.
+//! `http`; gRPC: `RESOURCE_EXHAUSTED`). An error from the inner service counts as a drop, and
+//! so does a `5xx` answer with `respond()` (where failures come as responses); a request
+//! dropped before its answer (its future dropped) frees its slot without a sample.
 //!
 //! The hot path is two clock readings and a few atomics: admission compares the in-flight
 //! count with the limit (a compare-and-swap), a completion adds its RTT to the window with
