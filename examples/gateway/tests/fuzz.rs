@@ -74,8 +74,17 @@ fn config_like() -> impl Strategy<Value = serde_json::Value> {
     })
 }
 
+/// How many inputs a fuzzer generates: `default` in the test suite, `OMEGA_FUZZ_CASES` when the
+/// campaign (`scripts/campaign.sh`) runs it for longer.
+fn cases(default: u32) -> u32 {
+    std::env::var("OMEGA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2_000), ..ProptestConfig::default() })]
 
     #[test]
     fn the_configuration_parser_never_panics(doc in config_like(), text in "[ -~]{0,64}") {
@@ -148,7 +157,7 @@ fn hostile_headers_and_paths_get_answers_not_panics() {
     });
     let addr = gw.addr;
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 300,
+        cases: cases(300),
         ..ProptestConfig::default()
     });
     // Mostly requests that pass the checks at the door (a valid Host, a plain path), so that
@@ -203,7 +212,8 @@ fn hostile_headers_and_paths_get_answers_not_panics() {
         )
         .unwrap();
     println!(
-        "statuses of 300 generated requests: {:?}",
+        "statuses of {} generated requests: {:?}",
+        cases(300),
         statuses.borrow()
     );
     // Still serving after all of that.
