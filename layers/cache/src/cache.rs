@@ -261,27 +261,25 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     pub(crate) fn drop_everything(&self) {
         self.epochs.bump_all();
         for p in self.parts.iter() {
-            p.l1.invalidate_all();
+            p.drop_all();
         }
     }
 
     fn drop_key(&self, part: usize, key: &[u8]) {
         self.epochs.bump_key(part, key);
-        self.parts[part].l1.invalidate(key);
+        self.parts[part].drop_key(key);
     }
 
     fn drop_tag(&self, tag: &str) {
         self.epochs.bump_all();
         for p in self.parts.iter() {
-            let tag: Arc<str> = Arc::from(tag);
-            // Registered only with `support_invalidation_closures`, which every L1 has.
-            let _ = p.l1.invalidate_entries_if(move |_, e| e.has_tag(&tag));
+            p.drop_tag(Arc::from(tag));
         }
     }
 
     fn drop_partition(&self, part: usize) {
         self.epochs.bump_all();
-        self.parts[part].l1.invalidate_all();
+        self.parts[part].drop_all();
     }
 
     /// Applies an invalidation from another instance (or this one), sent at `sent_us`.

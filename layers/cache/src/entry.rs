@@ -88,6 +88,8 @@ pub(crate) struct Variant {
 /// An entry as L1 keeps it (behind an `Arc`, so a hit clones a pointer).
 pub(crate) struct Entry<V> {
     pub(crate) value: V,
+    /// The L1 key it is kept at (the front of L1 compares it on every hit).
+    pub(crate) key: Box<[u8]>,
     /// When the entry was built, on this process's clock.
     pub(crate) built_at: Nanos,
     /// When it was stored (by whichever instance), on this process's clock.
@@ -131,6 +133,7 @@ impl<V> Entry<V> {
         let wall_now = wall_ms();
         Entry {
             value,
+            key: Box::default(),
             built_at: now,
             stored_at: local(now, wall_now, wall.stored).min(now),
             fresh_until: local(now, wall_now, wall.fresh),
@@ -143,6 +146,12 @@ impl<V> Entry<V> {
             variant: None,
             refreshing: AtomicBool::new(false),
         }
+    }
+
+    /// The same entry, kept at `key` in L1.
+    pub(crate) fn at(mut self, key: &[u8]) -> Self {
+        self.key = key.into();
+        self
     }
 
     /// The same entry, as one variant of its key.

@@ -111,6 +111,7 @@ pub mod config;
 mod entry;
 pub mod error;
 mod flight;
+mod front;
 pub mod future;
 #[cfg(feature = "http")]
 pub mod http;

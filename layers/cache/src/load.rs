@@ -330,7 +330,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         }
         let value = p.codec.decode(env.value).ok()?;
         let weight = PartitionState::<V>::weight(env.value.len(), key.len());
-        let entry = Entry::new(value, env.wall, env.tags, weight, now).with_variant(variant);
+        let entry = Entry::new(value, env.wall, env.tags, weight, now)
+            .with_variant(variant)
+            .at(key);
         Some(Decoded::Entry(Arc::new(entry)))
     }
 

@@ -9,6 +9,7 @@ use moka::notification::RemovalCause;
 use omega_core::Nanos;
 
 use crate::entry::{Entry, Freshness, Marker, Slot};
+use crate::front::Front;
 use crate::stats::{Count, Counters};
 use crate::storage::ValueCodec;
 
@@ -194,11 +195,13 @@ impl<V> Partition<V> {
 
 pub(crate) type L1<V> = moka::sync::Cache<Box<[u8]>, Slot<V>, foldhash::fast::RandomState>;
 
-/// A partition at work: its settings, codec, L1 and counters.
+/// A partition at work: its settings, codec, L1 (moka, and the front of recently hit entries
+/// read before it) and counters.
 pub(crate) struct PartitionState<V> {
     pub(crate) cfg: Partition<V>,
     pub(crate) codec: Arc<dyn ValueCodec<V>>,
     pub(crate) l1: L1<V>,
+    pub(crate) front: Arc<Front<V>>,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -240,6 +243,7 @@ impl<V> Expiry<Box<[u8]>, Slot<V>> for PerEntry {
 impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
     pub(crate) fn new(cache: &str, cfg: Partition<V>, codec: Arc<dyn ValueCodec<V>>) -> Self {
         let counters = Arc::new(Counters::new(cache, &cfg.name));
+        let front = Arc::new(Front::new(cfg.capacity));
         let mut builder = moka::sync::Cache::builder()
             .name(&format!("{cache}/{}", cfg.name))
             .max_capacity(cfg.capacity)
@@ -247,8 +251,13 @@ impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
             .expire_after(PerEntry)
             .support_invalidation_closures();
         if cfg.count_evictions {
-            let evictions = counters.clone();
-            builder = builder.eviction_listener(move |_k, _v, cause| {
+            // moka calls the listener only where it is set (see `count_evictions`): it also
+            // takes what moka evicts or expires out of the front at once.
+            let (evictions, front) = (counters.clone(), front.clone());
+            builder = builder.eviction_listener(move |k, v, cause| {
+                if let Slot::Entry(e) = &v {
+                    front.clear_entry(&k, e);
+                }
                 if cause == RemovalCause::Size {
                     evictions.count(Count::Evicted);
                 }
@@ -259,17 +268,37 @@ impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
             cfg,
             codec,
             l1,
+            front,
             counters,
         }
     }
 
-    /// Looks `key` up at `now`: the hit path (no allocation, no lock).
+    /// Looks `key` up at `now`: the front of L1, then moka (no allocation, no lock).
     #[inline]
     pub(crate) fn find(&self, key: &[u8], now: Nanos) -> Found<V> {
-        match self.get(key) {
+        let slot = self.front.slot(key);
+        if let Some(e) = self.front.hit(slot, key, now, |e| Found::Fresh(e.clone())) {
+            return e;
+        }
+        self.find_in_moka(key, slot, now)
+    }
+
+    /// Looks `key` (in front slot `slot`) up in moka at `now`; a fresh entry goes in the front.
+    #[inline]
+    pub(crate) fn find_in_moka(&self, key: &[u8], slot: usize, now: Nanos) -> Found<V> {
+        let ticket = self.front.ticket(slot);
+        let found = self.get(key);
+        if !matches!(&found, Some(Slot::Entry(e)) if e.freshness(now) == Freshness::Fresh) {
+            // Evicted, replaced by a marker, or past its freshness: the front lets it go too.
+            self.front.forget(slot, key);
+        }
+        match found {
             None => Found::Miss,
             Some(Slot::Entry(e)) => match e.freshness(now) {
-                Freshness::Fresh => Found::Fresh(e),
+                Freshness::Fresh => {
+                    self.front.fill(ticket, &e, now);
+                    Found::Fresh(e)
+                }
                 Freshness::Stale => {
                     let claimed = e.claim_refresh();
                     Found::Stale(e, claimed)
@@ -304,18 +333,42 @@ impl<V: Clone + Send + Sync + 'static> PartitionState<V> {
         u32::try_from(encoded as u64 + key as u64 + OVERHEAD).unwrap_or(u32::MAX)
     }
 
-    /// Keeps `entry` in L1 (unless the partition is L2-only).
+    /// Keeps `entry` in L1 (unless the partition is L2-only); the front drops what it held
+    /// at `key`.
     pub(crate) fn keep(&self, key: &[u8], entry: &Arc<Entry<V>>) {
         if self.cfg.in_memory {
             self.l1.insert(key.into(), Slot::Entry(entry.clone()));
+            self.front.clear_key(key);
         }
     }
 
-    /// Keeps `marker` in L1 (unless the partition is L2-only).
+    /// Keeps `marker` in L1 (unless the partition is L2-only); the front drops what it held
+    /// at `key`.
     pub(crate) fn keep_marker(&self, key: &[u8], marker: &Arc<Marker>) {
         if self.cfg.in_memory {
             self.l1.insert(key.into(), Slot::Vary(marker.clone()));
+            self.front.clear_key(key);
         }
+    }
+
+    /// Drops `key` from L1, moka then the front.
+    pub(crate) fn drop_key(&self, key: &[u8]) {
+        self.l1.invalidate(key);
+        self.front.clear_key(key);
+    }
+
+    /// Drops every entry tagged `tag` from L1, moka then the front (all of it: it cannot tell
+    /// which of its entries a purge that is under way in moka concerns).
+    pub(crate) fn drop_tag(&self, tag: Arc<str>) {
+        // Registered only with `support_invalidation_closures`, which every L1 has.
+        let _ = self.l1.invalidate_entries_if(move |_, e| e.has_tag(&tag));
+        self.front.clear_all();
+    }
+
+    /// Drops every entry from L1, moka then the front.
+    pub(crate) fn drop_all(&self) {
+        self.l1.invalidate_all();
+        self.front.clear_all();
     }
 
     pub(crate) fn count(&self, what: Count) {

@@ -203,7 +203,16 @@ impl<S, V: Clone + Send + Sync + 'static, P, St, R> CacheService<S, V, P, St, R>
         let p = &cache.parts[part];
         let primary = lookup.key.as_bytes();
         let now = cache.clock.now();
-        let mut found = p.find(primary, now);
+        let slot = p.front.slot(primary);
+        if let Some(hit) = p
+            .front
+            .hit(slot, primary, now, |e| self.storage.respond(&e.value))
+        {
+            p.count(Count::Hit);
+            *answer = Some(hit);
+            return Step::Hit;
+        }
+        let mut found = p.find_in_moka(primary, slot, now);
         let mut variant = None;
         let mut alone = false;
         if let Found::Vary(m) = &found {

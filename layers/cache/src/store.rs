@@ -72,7 +72,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> {
         };
         let weight = PartitionState::<V>::weight(encoded.len(), key.len());
         let tags = rules.tags.into_boxed_slice();
-        let entry = Arc::new(Entry::new(value, wall, tags, weight, now).with_variant(variant));
+        let entry = Arc::new(
+            Entry::new(value, wall, tags, weight, now)
+                .with_variant(variant)
+                .at(&key),
+        );
         p.keep(&key, &entry);
         if let Some(m) = &marker {
             p.keep_marker(primary, m);
