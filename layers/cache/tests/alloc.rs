@@ -1,5 +1,6 @@
-//! An L1 hit through the Tower layer allocates nothing: the key is borrowed or inline, moka's
-//! synchronous lookup clones an `Arc`, the answer clones `Bytes`, the future is ready at once.
+//! An L1 hit through the Tower layer allocates nothing: the key is borrowed or inline, the
+//! front table is read without a reference count (and one hit in 8 through moka's synchronous
+//! lookup clones an `Arc`), the answer clones `Bytes`, the future is ready at once.
 //! Counted by a global allocator that counts this thread's allocations.
 
 use std::future::Future;
