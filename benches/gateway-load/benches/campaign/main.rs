@@ -139,10 +139,20 @@ async fn campaign(mut redis: SharedRedis, o: &Options) {
     // 1. A global limit held cluster-wide (again after the Redis faults, below).
     let limited = plan("/limited", seconds);
     let mut limit_rows = vec![limit_row(
-        "before the faults",
+        "steady",
         &load::run(&addrs, &limited).await,
         o.rate,
     )];
+    let run = tokio::spawn(load_owned(addrs.clone(), limited.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.resume();
+    limit_rows.push(limit_row(
+        "Redis paused 5 s of it (on_redis_failure: local 25%)",
+        &run.await.unwrap(),
+        o.rate,
+    ));
 
     // 2. Propagation.
     println!(
