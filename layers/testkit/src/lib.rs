@@ -48,5 +48,6 @@ mod redis;
 pub use cluster::RedisCluster;
 pub use pg::{POSTGRES_URL_VAR, PgDatabase, postgres_admin_url};
 pub use port::free_port;
+pub use process::spawn_long_lived;
 pub use proxy::FaultProxy;
 pub use redis::{RedisServer, require_redis_server};

@@ -32,11 +32,13 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Spawns `cmd` from a thread that lives as long as the process.
+/// Spawns `cmd` as a child that dies with this process (SIGKILL when it exits, however it
+/// exits; Linux only), for tests and benches that start servers of their own.
 ///
-/// `PR_SET_PDEATHSIG` fires when the spawning *thread* exits, so spawning from a test thread
-/// would kill a server that was handed to another thread (a shared server, a blocking pool).
-pub(crate) fn spawn_long_lived(mut cmd: Command) -> io::Result<Child> {
+/// The child is spawned from a thread that lives as long as the process: `PR_SET_PDEATHSIG`
+/// fires when the spawning *thread* exits, so spawning from a test thread would kill a server
+/// that was handed to another thread (a shared server, a blocking pool).
+pub fn spawn_long_lived(mut cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     die_with_parent(&mut cmd);
     let spawner = SPAWNER.get_or_init(|| {

@@ -137,14 +137,15 @@ impl Gateway {
         let file = dir.join(format!("gateway-{index}.json"));
         std::fs::write(&file, config.to_string()).unwrap();
         let log = std::fs::File::create(dir.join(format!("gateway-{index}.log"))).unwrap();
-        let child = Command::new(binary)
-            .arg("--config")
+        let mut cmd = Command::new(binary);
+        cmd.arg("--config")
             .arg(&file)
             .env("OMEGA_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
+            .stdin(Stdio::null());
+        // Killed with the campaign, even when it is interrupted.
+        let child = omega_testkit::spawn_long_lived(cmd)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let gateway = Gateway {
             addr,
