@@ -102,30 +102,49 @@ pub(crate) fn add_forwarded(
     proto: &str,
     host: Option<&HeaderValue>,
 ) {
+    use std::fmt::Write as _;
+    // Both values are written into one buffer and split off it: one allocation per request
+    // for both fields, however long the chains they extend.
+    fn prior<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty())
+    }
     let ip = peer.ip();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.to_string(),
+    let host = host
+        .filter(|h| valid_host(h.as_bytes()))
+        .and_then(|h| h.to_str().ok());
+    let prior_xff = prior(headers, &X_FORWARDED_FOR);
+    let prior_forwarded = prior(headers, &header::FORWARDED);
+    let mut buf = bytes::BytesMut::with_capacity(
+        prior_xff.map_or(0, str::len)
+            + prior_forwarded.map_or(0, str::len)
+            + host.map_or(0, str::len)
+            + 128,
+    );
+    if let Some(prior) = prior_xff {
+        buf.extend_from_slice(prior.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    let _ = write!(buf, "{ip}");
+    let xff = buf.split().freeze();
+    if let Some(prior) = prior_forwarded {
+        buf.extend_from_slice(prior.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    let _ = match ip {
+        std::net::IpAddr::V4(v4) => write!(buf, "for={v4};proto={proto}"),
+        std::net::IpAddr::V6(v6) => write!(buf, "for=\"[{v6}]\";proto={proto}"),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(host) = host {
+        let _ = write!(buf, ";host=\"{host}\"");
+    }
+    let forwarded = buf.freeze();
+    if let Ok(v) = HeaderValue::from_maybe_shared(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host
-        .filter(|h| valid_host(h.as_bytes()))
-        .and_then(|h| h.to_str().ok())
-    {
-        element.push_str(&format!(";host=\"{host}\""));
-    }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {element}"),
-        _ => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(forwarded) {
         headers.insert(header::FORWARDED, v);
     }
 }

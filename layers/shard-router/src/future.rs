@@ -320,7 +320,10 @@ where
                         }
                     }
                     let req = this.req.take().expect("the request is sent once");
-                    if this.tried.len() + 1 < this.shared.cfg.attempts {
+                    // A copy for the next attempt, only when there can be one: attempts
+                    // left and another node to try (a one-node pool copies nothing).
+                    let attempt = this.tried.len() + 1;
+                    if attempt < this.shared.cfg.attempts && attempt < this.routes.topology.len() {
                         *this.spare = this.shared.retry.clone_request(&req);
                     }
                     this.shared.acquire(this.routes, *this.node, *this.failover);
