@@ -295,8 +295,17 @@ async fn keys_stay_on_their_node_and_a_failing_node_fails_over() {
             .any(|l| l == r#"omega_gateway_node_requests_total{upstream="pool",node="c"} 4"#),
         "{metrics}"
     );
+    // Latencies are Prometheus histograms (buckets add up across gateways; quantiles of a
+    // summary do not).
     assert!(
-        metrics.contains("omega_gateway_request_seconds"),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("omega_gateway_request_seconds_bucket{")
+                && l.contains(r#"le="0.005""#)),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("omega_gateway_node_seconds_bucket{"),
         "{metrics}"
     );
     gw.shutdown().await;
