@@ -135,16 +135,21 @@ fn a_refusal_is_a_resource_exhausted_status() {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 }
 
-#[tokio::test(start_paused = true)]
-async fn errors_count_as_drops_and_the_limit_stops_at_min() {
-    let limiter = AdaptiveLimiter::<()>::builder()
+/// AIMD between 3 and 100, from 50.
+fn aimd_3_to_100<Req: 'static>() -> AdaptiveLimiter<Req> {
+    AdaptiveLimiter::builder()
         .algorithm(Aimd::default())
         .min(3)
         .max(100)
         .initial(50)
         .clock(Clock::system())
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_count_as_drops_and_the_limit_stops_at_min() {
+    let limiter = aimd_3_to_100::<()>();
     let svc = AdaptiveConcurrencyLayer::new(limiter.clone())
         .layer(downstream(Duration::from_millis(5), |_: &()| true));
     drive(svc, 60, Duration::from_secs(2), |_| ()).await;
@@ -163,14 +168,7 @@ async fn with_respond_5xx_answers_count_as_drops() {
         (StatusCode::BAD_GATEWAY, true),
         (StatusCode::NOT_FOUND, false),
     ] {
-        let limiter = AdaptiveLimiter::<Request<()>>::builder()
-            .algorithm(Aimd::default())
-            .min(3)
-            .max(100)
-            .initial(50)
-            .clock(Clock::system())
-            .build()
-            .unwrap();
+        let limiter = aimd_3_to_100::<Request<()>>();
         let inner = service_fn(move |_req: Request<()>| async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let mut response = Response::new(String::new());

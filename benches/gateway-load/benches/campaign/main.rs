@@ -143,16 +143,6 @@ async fn campaign(mut redis: SharedRedis, o: &Options) {
         &load::run(&addrs, &limited).await,
         o.rate,
     )];
-    let run = tokio::spawn(load_owned(addrs.clone(), limited.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.pause();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    redis.resume();
-    limit_rows.push(limit_row(
-        "Redis paused 5 s of it (on_redis_failure: local 25%)",
-        &run.await.unwrap(),
-        o.rate,
-    ));
 
     // 2. Propagation.
     println!(
@@ -169,6 +159,14 @@ async fn campaign(mut redis: SharedRedis, o: &Options) {
     let took = purge_spreads(&gateways, &nodes).await;
     println!("| cache tag purged | {} | |\n", ms(took));
 
+    // The limit while Redis is paused (after the propagation figures, which need Redis).
+    let paused = with_fault(&addrs, &limited, 5, &mut redis, pause, resume).await;
+    limit_rows.push(limit_row(
+        "Redis paused 5 s of it (on_redis_failure: local 25%)",
+        &paused,
+        o.rate,
+    ));
+
     // 3. Faults under load.
     println!(
         "| fault under load ({} s runs, fault at 2 s) | requests | 2xx | 429 | 503 | other status | connection errors | timed out (client, 5 s) | past the route timeout ({} s) | p99 | worst | next second all 2xx |",
@@ -178,53 +176,30 @@ async fn campaign(mut redis: SharedRedis, o: &Options) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let api = plan("/api", seconds);
 
-    let run = tokio::spawn(load_owned(addrs.clone(), api.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.pause();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    redis.resume();
-    fault_row("Redis paused 5 s", run.await.unwrap(), &addrs).await;
-
-    let run = tokio::spawn(load_owned(addrs.clone(), api.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.restart();
-    fault_row(
-        "Redis killed, restarted after 3 s",
-        run.await.unwrap(),
+    let t = with_fault(&addrs, &api, 5, &mut redis, pause, resume).await;
+    fault_row("Redis paused 5 s", t, &addrs).await;
+    let t = with_fault(
         &addrs,
+        &api,
+        3,
+        &mut redis,
+        SharedRedis::kill,
+        SharedRedis::restart,
     )
     .await;
+    fault_row("Redis killed, restarted after 3 s", t, &addrs).await;
 
-    let run = tokio::spawn(load_owned(addrs.clone(), api.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    redis.cut();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    redis.heal();
-    fault_row(
-        "Redis cut by the fault proxy for 5 s",
-        run.await.unwrap(),
-        &addrs,
-    )
-    .await;
+    let t = with_fault(&addrs, &api, 5, &mut redis, cut, heal).await;
+    fault_row("Redis cut by the fault proxy for 5 s", t, &addrs).await;
+
     limit_rows.push(limit_row(
         "after the Redis faults, no restart",
         &load::run(&addrs, &limited).await,
         o.rate,
     ));
 
-    let run = tokio::spawn(load_owned(addrs.clone(), api.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    nodes[2].kill();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    nodes[2].restart().await;
-    fault_row(
-        "upstream node n3 killed, back after 5 s",
-        run.await.unwrap(),
-        &addrs,
-    )
-    .await;
+    let t = with_fault(&addrs, &api, 5, &mut nodes[2], Node::kill, Node::restart).await;
+    fault_row("upstream node n3 killed, back after 5 s", t, &addrs).await;
 
     // 4. Memory with many distinct client keys (before a gateway is killed, so all four count).
     let before: Vec<u64> = gateways.iter().map(Gateway::rss_kib).collect();
@@ -305,6 +280,39 @@ fn plan(path: &'static str, duration: Duration) -> Plan {
         keys: Keys::Users(1000),
         deadline: Duration::from_secs(5),
     }
+}
+
+/// Runs `plan`; 2 s into it, `start(target)`, and `hold` seconds later `end(target)`.
+async fn with_fault<T>(
+    addrs: &[SocketAddr],
+    plan: &Plan,
+    hold: u64,
+    target: &mut T,
+    start: impl FnOnce(&mut T),
+    end: impl FnOnce(&mut T),
+) -> Tally {
+    let run = tokio::spawn(load_owned(addrs.to_vec(), plan.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    start(target);
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    end(target);
+    run.await.unwrap()
+}
+
+fn pause(redis: &mut SharedRedis) {
+    redis.pause();
+}
+
+fn resume(redis: &mut SharedRedis) {
+    redis.resume();
+}
+
+fn cut(redis: &mut SharedRedis) {
+    redis.cut();
+}
+
+fn heal(redis: &mut SharedRedis) {
+    redis.heal();
 }
 
 async fn load_owned(addrs: Vec<SocketAddr>, plan: Plan) -> Tally {

@@ -62,15 +62,17 @@ impl Node {
         }
     }
 
-    /// Starts the node again on its port.
-    pub(crate) async fn restart(&mut self) {
+    /// Starts the node again on its port (within a tokio runtime).
+    pub(crate) fn restart(&mut self) {
         self.kill();
         let listener = loop {
-            match TcpListener::bind(self.addr).await {
+            match std::net::TcpListener::bind(self.addr) {
                 Ok(l) => break l,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         };
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         self.tasks = Some(serve(listener, self.id, self.state.clone()));
     }
 }

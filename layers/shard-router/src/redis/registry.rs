@@ -189,14 +189,9 @@ impl Registry {
         let this = self.clone();
         let task = tokio::spawn(async move {
             let mut damper = Damper::new(stable_polls);
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut reads = this.reads(poll);
             loop {
-                tick.tick().await;
-                // Redis down: nothing is known, nothing changes.
-                let Ok(live) = this.live().await else {
-                    continue;
-                };
+                let live = reads.next(&this).await;
                 let changes = damper.changes(&live, &handle.load());
                 if !changes.is_empty() && handle.apply(&changes).is_ok() {
                     damper.applied(&changes);
@@ -207,7 +202,29 @@ impl Registry {
     }
 }
 
+/// Reads of the registry every `poll`, for the followers.
+struct Reads(tokio::time::Interval);
+
+impl Reads {
+    /// The next successful read: while Redis does not answer, nothing is known and nothing
+    /// changes, so a failed read waits for the next tick.
+    async fn next(&mut self, registry: &Registry) -> Vec<Node> {
+        loop {
+            self.0.tick().await;
+            if let Ok(live) = registry.live().await {
+                return live;
+            }
+        }
+    }
+}
+
 impl Registry {
+    fn reads(&self, poll: Duration) -> Reads {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Reads(tick)
+    }
+
     /// The registry as a [`tower::discover::Discover`] stream: every `poll`, nodes alive for
     /// `stable_polls` reads in a row come as `Insert(id, make(&node))`, nodes gone as
     /// `Remove(id)`; a node whose address changed is removed and inserted again with a new
@@ -231,13 +248,9 @@ impl Registry {
             let Ok(mut known) = Topology::empty(crate::Algorithm::default()) else {
                 return;
             };
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut reads = this.reads(poll);
             loop {
-                tick.tick().await;
-                let Ok(live) = this.live().await else {
-                    continue;
-                };
+                let live = reads.next(&this).await;
                 let changes = damper.changes(&live, &known);
                 if changes.is_empty() {
                     continue;
