@@ -172,6 +172,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn closed(c: &mut Criterion) {
+    if let Some(n) = rows::iters() {
+        rows::run(n);
+        std::process::exit(0);
+    }
     let mut g = c.benchmark_group("circuit_breaker_closed");
     let b = omega();
     g.bench_function("omega", |bench| {
@@ -379,3 +383,49 @@ criterion_group!(
     tower_2_threads
 );
 criterion_main!(benches);
+
+/// With `OMEGA_BENCH_ITERS=n` set, the bench runs `n` calls of each `circuit_breaker_closed`
+/// row in one function per row (`rows::closed_omega`, ...) and nothing else, for instruction
+/// counts that do not depend on the machine's load: `OMEGA_BENCH_ITERS=100000 valgrind
+/// --tool=callgrind <bench binary>`, then `callgrind_annotate --inclusive=yes` and the rows'
+/// totals divided by `n`.
+mod rows {
+    use super::*;
+
+    pub(super) fn iters() -> Option<u64> {
+        std::env::var("OMEGA_BENCH_ITERS").ok()?.parse().ok()
+    }
+
+    pub(super) fn run(n: u64) {
+        let b = omega();
+        let r = Recloser::custom().build();
+        let f = failsafe_default();
+        closed_omega(&b, 1_000);
+        closed_recloser(&r, 1_000);
+        closed_failsafe(&f, 1_000);
+        closed_omega(&b, n);
+        closed_recloser(&r, n);
+        closed_failsafe(&f, n);
+    }
+
+    #[inline(never)]
+    fn closed_omega(b: &CircuitBreaker, n: u64) {
+        for _ in 0..n {
+            black_box(b.call_sync(|| Ok::<_, ()>(black_box(1u64))).is_ok());
+        }
+    }
+
+    #[inline(never)]
+    fn closed_recloser(r: &Recloser, n: u64) {
+        for _ in 0..n {
+            black_box(r.call(|| Ok::<_, ()>(black_box(1u64))).is_ok());
+        }
+    }
+
+    #[inline(never)]
+    fn closed_failsafe(f: &(impl failsafe::CircuitBreaker + Sync), n: u64) {
+        for _ in 0..n {
+            black_box(f.call(|| Ok::<_, ()>(black_box(1u64))).is_ok());
+        }
+    }
+}

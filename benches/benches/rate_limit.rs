@@ -38,6 +38,10 @@ use tower::{Layer, Service, service_fn};
 const KEYS: u64 = 1_000;
 
 fn direct(c: &mut Criterion) {
+    if let Some(n) = rows::iters() {
+        rows::run(n);
+        std::process::exit(0);
+    }
     let mut g = c.benchmark_group("rate_limit_direct");
     let omega = RateLimiter::<()>::builder()
         .limit(Limit::global("global", Quota::per_second(1_000_000_000)))
@@ -280,3 +284,170 @@ fn redis(c: &mut Criterion) {
 
 criterion_group!(benches, direct, deny, keyed, tower_call, redis);
 criterion_main!(benches);
+
+/// With `OMEGA_BENCH_ITERS=n` set, the bench runs `n` iterations of each row in one function
+/// per row (`rows::keyed_omega`, ...) and nothing else, for instruction counts that do not
+/// depend on the machine's load: `OMEGA_BENCH_ITERS=100000 valgrind --tool=callgrind <bench
+/// binary>`, then `callgrind_annotate --inclusive=yes` and the rows' totals divided by `n`
+/// (the Redis rows: by `n` batches of 64 decisions).
+mod rows {
+    use super::*;
+
+    pub(super) fn iters() -> Option<u64> {
+        std::env::var("OMEGA_BENCH_ITERS").ok()?.parse().ok()
+    }
+
+    pub(super) fn run(n: u64) {
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("user-{k}")).collect();
+        let omega = RateLimiter::<String>::builder()
+            .limit(Limit::keyed(
+                "per_user",
+                Quota::per_second(1_000_000_000),
+                KeyRef,
+            ))
+            .build()
+            .unwrap();
+        let gov = GLimiter::keyed(GQuota::per_second(NonZeroU32::new(1_000_000_000).unwrap()));
+        // Every key seen once, so the rows time known keys.
+        keyed_omega(&omega, &keys, KEYS);
+        keyed_governor(&gov, &keys, KEYS);
+        keyed_omega(&omega, &keys, n);
+        keyed_governor(&gov, &keys, n);
+        if std::env::var_os("OMEGA_BENCH_REDIS").is_some() {
+            redis_rows(n);
+        }
+    }
+
+    #[inline(never)]
+    fn keyed_omega(omega: &RateLimiter<String>, keys: &[String], n: u64) {
+        let mut i = 0usize;
+        for _ in 0..n {
+            i = (i + 1) % keys.len();
+            black_box(omega.admit(&keys[i]).is_ok());
+        }
+    }
+
+    #[inline(never)]
+    fn keyed_governor(gov: &governor::DefaultKeyedRateLimiter<String>, keys: &[String], n: u64) {
+        let mut i = 0usize;
+        for _ in 0..n {
+            i = (i + 1) % keys.len();
+            black_box(gov.check_key(&keys[i]).is_ok());
+        }
+    }
+
+    fn redis_rows(n: u64) {
+        let server = omega_testkit::RedisServer::start();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let calls: Vec<ApiCall> = (0..1_000)
+            .map(|i| ApiCall {
+                user: format!("user-{i}"),
+                endpoint: ["GET /a", "GET /b", "POST /c"][i % 3],
+            })
+            .collect();
+        let connect = || {
+            rt.block_on(Backend::redis(
+                RedisConfig::url(server.url())
+                    .op_timeout(Duration::from_secs(30))
+                    .connect_timeout(Duration::from_secs(30)),
+            ))
+            .unwrap()
+        };
+        let exact = three_limits(connect(), None);
+        let lease = three_limits(
+            connect(),
+            Some(Lease::new(4096).max_hold(Duration::from_secs(60))),
+        );
+        let client = redis::Client::open(server.url()).unwrap();
+        let conn = rt
+            .block_on(client.get_multiplexed_async_connection())
+            .unwrap();
+        let script = redis::Script::new(LUA_GCRA);
+        // Warm: every key and lease seen once.
+        redis_omega(&rt, &exact, &calls, 1_000 / IN_FLIGHT as u64 + 1);
+        redis_lease(&rt, &lease, &calls, 1_000 / IN_FLIGHT as u64 + 1);
+        redis_lua(&rt, &conn, &script, &calls, 1_000 / IN_FLIGHT as u64 + 1);
+        redis_omega(&rt, &exact, &calls, n);
+        redis_lease(&rt, &lease, &calls, n);
+        redis_lua(&rt, &conn, &script, &calls, n);
+    }
+
+    fn batch(
+        rt: &tokio::runtime::Runtime,
+        limiter: &RateLimiter<ApiCall>,
+        calls: &[ApiCall],
+        n: u64,
+    ) {
+        let mut next = 0usize;
+        for _ in 0..n {
+            let start = next;
+            next = next.wrapping_add(IN_FLIGHT);
+            rt.block_on(async {
+                let batch = (0..IN_FLIGHT).map(|i| {
+                    let call = &calls[(start + i) % calls.len()];
+                    async move { limiter.check(call).await.is_allowed() }
+                });
+                let admitted = futures_util::future::join_all(batch).await;
+                assert!(admitted.into_iter().all(|a| a), "Redis decided every call");
+            })
+        }
+    }
+
+    #[inline(never)]
+    fn redis_omega(
+        rt: &tokio::runtime::Runtime,
+        l: &RateLimiter<ApiCall>,
+        calls: &[ApiCall],
+        n: u64,
+    ) {
+        black_box(0); // a body of its own (identical rows would be merged)
+        batch(rt, l, calls, n)
+    }
+
+    #[inline(never)]
+    fn redis_lease(
+        rt: &tokio::runtime::Runtime,
+        l: &RateLimiter<ApiCall>,
+        calls: &[ApiCall],
+        n: u64,
+    ) {
+        black_box(1); // a body of its own (identical rows would be merged)
+        batch(rt, l, calls, n)
+    }
+
+    #[inline(never)]
+    fn redis_lua(
+        rt: &tokio::runtime::Runtime,
+        conn: &redis::aio::MultiplexedConnection,
+        script: &redis::Script,
+        calls: &[ApiCall],
+        n: u64,
+    ) {
+        let mut next = 0usize;
+        for _ in 0..n {
+            let start = next;
+            next = next.wrapping_add(IN_FLIGHT);
+            rt.block_on(async {
+                let batch = (0..IN_FLIGHT).map(|i| {
+                    let mut conn = conn.clone();
+                    let key = format!("lua:{}", calls[(start + i) % calls.len()].user);
+                    async move {
+                        let ok: i64 = script
+                            .key(key)
+                            .arg(1)
+                            .arg(1_000_000)
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        ok == 1
+                    }
+                });
+                let admitted = futures_util::future::join_all(batch).await;
+                assert!(admitted.into_iter().all(|a| a));
+            })
+        }
+    }
+}

@@ -81,6 +81,10 @@ fn str_keys() -> Vec<String> {
 }
 
 fn lookup_u64(c: &mut Criterion) {
+    if let Some(n) = rows::iters() {
+        rows::run(n);
+        std::process::exit(0);
+    }
     let keys = u64_keys();
     let mut g = c.benchmark_group("shard_lookup_u64_100");
     let table = topology(Algorithm::table());
@@ -181,3 +185,90 @@ fn tower_call(c: &mut Criterion) {
 
 criterion_group!(benches, lookup_u64, lookup_str, tower_call);
 criterion_main!(benches);
+
+/// With `OMEGA_BENCH_ITERS=n` set, the bench runs `n` lookups of each row of
+/// `shard_lookup_u64_100` and `shard_lookup_str_100`, and `n` calls of `shard_tower_call`'s
+/// `omega`, in one function per row (`rows::u64_table`, ...) and nothing else, for
+/// instruction counts that do not depend on the machine's load: `OMEGA_BENCH_ITERS=100000
+/// valgrind --tool=callgrind <bench binary>`, then `callgrind_annotate --inclusive=yes` and
+/// the rows' totals divided by `n`.
+mod rows {
+    use super::*;
+
+    pub(super) fn iters() -> Option<u64> {
+        std::env::var("OMEGA_BENCH_ITERS").ok()?.parse().ok()
+    }
+
+    pub(super) fn run(n: u64) {
+        let keys = u64_keys();
+        let strs = str_keys();
+        let table = topology(Algorithm::table());
+        let ring = topology(Algorithm::ring());
+        let maglev = Maglev::with_capacity(ids(), 65_537);
+        u64_table(&table, &keys, n);
+        u64_ring(&ring, &keys, n);
+        u64_maglev(&maglev, &keys, n);
+        str_table(&table, &strs, n);
+        str_ring(&ring, &strs, n);
+        let handle = TopologyHandle::new(topology(Algorithm::table()));
+        let mut router = ShardRouter::builder(handle)
+            .key(|k: &u64| Some(*k))
+            .build(|_: &Node| {
+                service_fn(|k: u64| std::future::ready(Ok::<_, std::convert::Infallible>(k)))
+            });
+        tower_omega(&mut router, &keys, 1_000);
+        tower_omega(&mut router, &keys, n);
+    }
+
+    #[inline(never)]
+    fn u64_table(t: &Topology, keys: &[u64], n: u64) {
+        black_box(0); // a body of its own (identical rows would be merged)
+        for j in 0..n as usize {
+            black_box(t.owner(black_box(&keys[j & (KEYS - 1)])));
+        }
+    }
+
+    #[inline(never)]
+    fn u64_ring(t: &Topology, keys: &[u64], n: u64) {
+        black_box(1); // a body of its own (identical rows would be merged)
+        for j in 0..n as usize {
+            black_box(t.owner(black_box(&keys[j & (KEYS - 1)])));
+        }
+    }
+
+    #[inline(never)]
+    fn u64_maglev(m: &Maglev<String>, keys: &[u64], n: u64) {
+        black_box(2); // a body of its own (identical rows would be merged)
+        for j in 0..n as usize {
+            black_box(m.get(black_box(&keys[j & (KEYS - 1)])));
+        }
+    }
+
+    #[inline(never)]
+    fn str_table(t: &Topology, keys: &[String], n: u64) {
+        black_box(3); // a body of its own (identical rows would be merged)
+        for j in 0..n as usize {
+            black_box(t.owner(black_box(keys[j & (KEYS - 1)].as_str())));
+        }
+    }
+
+    #[inline(never)]
+    fn str_ring(t: &Topology, keys: &[String], n: u64) {
+        black_box(4); // a body of its own (identical rows would be merged)
+        for j in 0..n as usize {
+            black_box(t.owner(black_box(keys[j & (KEYS - 1)].as_str())));
+        }
+    }
+
+    #[inline(never)]
+    fn tower_omega<S>(router: &mut S, keys: &[u64], n: u64)
+    where
+        S: Service<u64>,
+        S::Error: std::fmt::Debug,
+    {
+        for j in 0..n as usize {
+            let out = router.call(black_box(keys[j & (KEYS - 1)])).now_or_never();
+            black_box(out.expect("no-op services are ready").unwrap());
+        }
+    }
+}
