@@ -33,36 +33,42 @@ pub trait ShardKey {
 }
 
 impl<T: ShardKey + ?Sized> ShardKey for &T {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         (**self).with_bytes(f)
     }
 }
 
 impl ShardKey for str {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self.as_bytes())
     }
 }
 
 impl ShardKey for String {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self.as_bytes())
     }
 }
 
 impl ShardKey for [u8] {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self)
     }
 }
 
 impl ShardKey for Vec<u8> {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self)
     }
 }
 
 impl<const N: usize> ShardKey for [u8; N] {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self)
     }
@@ -71,6 +77,7 @@ impl<const N: usize> ShardKey for [u8; N] {
 /// A key from a key source ([`omega_core::key::KeySource`]): its bytes, as the router hashes
 /// them.
 impl ShardKey for omega_core::key::Key<'_> {
+    #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self.as_bytes())
     }
@@ -79,7 +86,8 @@ impl ShardKey for omega_core::key::Key<'_> {
 macro_rules! int_keys {
     ($($t:ty),*) => {$(
         impl ShardKey for $t {
-            fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+            #[inline]
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
                 f(&self.to_le_bytes())
             }
         }

@@ -96,6 +96,15 @@ impl KetamaFlavor {
         }
     }
 
+    /// [`key_hash`](Self::key_hash) in the top 32 bits, as the topology routes by it. Out of
+    /// line, so that [`Topology::hash_bytes`](crate::Topology::hash_bytes) stays small enough
+    /// to inline into lookups with XXH3, where a key of known length (an integer) hashes in a
+    /// few instructions.
+    #[inline(never)]
+    pub(crate) fn route_hash(self, key: &[u8]) -> u64 {
+        u64::from(self.key_hash(key)) << 32
+    }
+
     /// `true` when keys hash with MD5 (all but [`Libmemcached`](Self::Libmemcached)).
     pub(crate) fn md5_keys(self) -> bool {
         self != KetamaFlavor::Libmemcached

@@ -286,7 +286,7 @@ impl Topology {
     #[inline]
     pub fn hash_bytes(&self, bytes: &[u8]) -> u64 {
         match self.algorithm {
-            Algorithm::Ketama(flavour) => u64::from(flavour.key_hash(bytes)) << 32,
+            Algorithm::Ketama(flavour) => flavour.route_hash(bytes),
             _ => hash_key(bytes),
         }
     }
