@@ -242,7 +242,11 @@ where
                             Some(None)
                         }
                     };
-                    *this.deadline = None;
+                    // Checked here: assigning `None` drops the old value out of line, a call
+                    // per request even when no wait started.
+                    if this.deadline.is_some() {
+                        *this.deadline = None;
+                    }
                     if let Some(error) = failed {
                         // The node cannot take the request: the next node of its list may.
                         let routes = this.routes.clone();
