@@ -143,15 +143,26 @@ impl<Req: 'static> RateLimiter<Req> {
     /// call (one per slot on a cluster, all at once); the whole decision has one deadline, the
     /// backend's operation timeout, after which each limit's failure policy decides.
     pub async fn check(&self, req: &Req) -> Decision<'_> {
-        match &self.inner.store {
-            Store::Memory => self.check_local(req),
-            #[cfg(feature = "redis")]
-            Store::Redis(store) => match self.decide_redis(store, req) {
-                remote::Split::Decided(decision) => decision,
-                // Boxed so that `check`'s own future stays small: lease mode mostly decides
-                // above without it.
-                remote::Split::Remote(prepared) => Box::pin(self.check_prepared(prepared)).await,
-            },
+        // Only the boxed remote call lives across the await: a scrutinee matched around the
+        // await (the split: a decision or the prepared call) would be kept in `check`'s own
+        // future, which every caller moves.
+        #[cfg(feature = "redis")]
+        {
+            let remote = match &self.inner.store {
+                Store::Memory => return self.check_local(req),
+                Store::Redis(store) => match self.decide_redis(store, req) {
+                    remote::Split::Decided(decision) => return decision,
+                    // Boxed so that `check`'s own future stays small: lease mode mostly
+                    // decides above without it.
+                    remote::Split::Remote(prepared) => Box::pin(self.check_prepared(prepared)),
+                },
+            };
+            remote.await
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let Store::Memory = &self.inner.store;
+            self.check_local(req)
         }
     }
 
