@@ -1,5 +1,6 @@
-//! The pools' HTTP clients: hyper's pooled client, one per thread and pool, to `http://` and
-//! `https://` nodes, over HTTP/1.1 or HTTP/2.
+//! The pools' HTTP clients, one set per thread and pool: keep-alive HTTP/1.1 connections to
+//! `http://` nodes on hyper's connection API ([`crate::pool`]), and hyper-util's pooled client
+//! for `https://` nodes, HTTP/2 nodes and health checks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub struct Clients {
     protocol: omega_penta::config::Protocol,
     ca: Option<std::path::PathBuf>,
     plain: thread_local::ThreadLocal<Client>,
+    http1: crate::pool::Http1Pool,
     tls: thread_local::ThreadLocal<TlsClient>,
     tls_config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
@@ -78,12 +80,20 @@ impl Clients {
             protocol,
             ca,
             plain: thread_local::ThreadLocal::new(),
+            http1: crate::pool::Http1Pool::new(connect_timeout),
             tls: thread_local::ThreadLocal::new(),
             tls_config: std::sync::OnceLock::new(),
         })
     }
 
-    /// This thread's client to `http://` nodes.
+    /// The keep-alive connections to `http://` nodes over HTTP/1.1, per worker thread: the
+    /// proxy path's client for such nodes.
+    pub fn http1(&self) -> &crate::pool::Http1Pool {
+        &self.http1
+    }
+
+    /// This thread's client to `http://` nodes (the proxy path uses [`Clients::http1`] for
+    /// HTTP/1.1 nodes).
     pub fn get(&self) -> &Client {
         self.plain
             .get_or(|| builder(self.protocol).build(connector(self.connect_timeout)))

@@ -55,6 +55,7 @@ pub mod guard;
 mod headers;
 pub mod health;
 pub mod path;
+pub mod pool;
 pub mod proxy;
 pub mod serve;
 mod table;

@@ -88,13 +88,58 @@ fn too_large(max: u64) -> Response<Body> {
     )
 }
 
+/// Why a node did not answer a request, whichever client sent it.
+#[derive(Debug)]
+pub struct UpstreamError {
+    /// No connection could be made: nothing was sent.
+    connect: bool,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl UpstreamError {
+    /// Whether no connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        self.connect
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.error)
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for UpstreamError {
+    fn from(error: hyper_util::client::legacy::Error) -> Self {
+        UpstreamError {
+            connect: error.is_connect(),
+            error: Box::new(error),
+        }
+    }
+}
+
+impl From<crate::pool::SendError> for UpstreamError {
+    fn from(error: crate::pool::SendError) -> Self {
+        UpstreamError {
+            connect: matches!(error, crate::pool::SendError::Connect(_)),
+            error: Box::new(error),
+        }
+    }
+}
+
 /// Whether a request failed because its body grew past the route's limit.
-fn over_the_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+fn over_the_body_limit(e: &UpstreamError) -> bool {
     cause::<http_body_util::LengthLimitError>(e).is_some()
 }
 
 /// The first error of type `T` in `e`'s chain of sources.
-fn cause<T: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> Option<&T> {
+fn cause<T: std::error::Error + 'static>(e: &UpstreamError) -> Option<&T> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(t) = s.downcast_ref::<T>() {
@@ -107,7 +152,7 @@ fn cause<T: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) 
 
 /// Whether the request failed because of what the client sent: its body stream failed (an
 /// upload cut off, a client gone), not the node.
-fn caused_by_the_client(e: &hyper_util::client::legacy::Error) -> bool {
+fn caused_by_the_client(e: &UpstreamError) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>()
@@ -225,7 +270,7 @@ impl ProxyNode {
 #[derive(Debug)]
 pub struct Unanswered {
     node: Arc<str>,
-    error: hyper_util::client::legacy::Error,
+    error: UpstreamError,
     /// Whether anything was sent.
     pub sent: bool,
     /// Whether the request may be sent again: it has no body, or its body is still unread.
@@ -337,7 +382,7 @@ impl NodeInner {
         };
         let uri = match Uri::builder()
             .scheme(if self.https { "https" } else { "http" })
-            .authority(authority)
+            .authority(authority.clone())
             .path_and_query(path_and_query)
             .build()
         {
@@ -422,20 +467,25 @@ impl NodeInner {
 
         self.metrics.requests.increment(1);
         let started = std::time::Instant::now();
-        let sent = if self.https {
-            match self.clients.get_tls() {
-                Ok(client) => client.request(upstream_req),
+        let result = if self.https {
+            let client = match self.clients.get_tls() {
+                Ok(client) => client,
                 Err(e) => {
                     return Ok(status(
                         StatusCode::BAD_GATEWAY,
                         &format!("node {} cannot be reached over TLS: {e}", self.node),
                     ));
                 }
-            }
+            };
+            let sent = client.request(upstream_req);
+            tokio::time::timeout(timeout, async { sent.await.map_err(UpstreamError::from) }).await
+        } else if http2 {
+            let sent = self.clients.get().request(upstream_req);
+            tokio::time::timeout(timeout, async { sent.await.map_err(UpstreamError::from) }).await
         } else {
-            self.clients.get().request(upstream_req)
+            let sent = self.clients.http1().send(&authority, upstream_req);
+            tokio::time::timeout(timeout, async { sent.await.map_err(UpstreamError::from) }).await
         };
-        let result = tokio::time::timeout(timeout, sent).await;
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         let response = match result {
             Err(_) if grpc => {

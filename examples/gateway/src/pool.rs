@@ -1,0 +1,187 @@
+//! Keep-alive HTTP/1.1 connections to `http://` nodes, per worker thread, on hyper's
+//! connection API.
+//!
+//! Each worker thread serves its connections on its own single-threaded runtime (see
+//! `serve.rs`), so each keeps its own idle connections per node: taking one is an uncontended
+//! lock and a pop, and the connection's task runs on the same runtime as the request. This is
+//! what hyper-util's pooled client does for us, minus what a proxy does not need per request:
+//! its boxed response future (about 3 KB), its pool's key and checkout machinery and the
+//! connection metadata it adds to every request's extensions.
+//!
+//! A connection goes back to its thread's list as soon as the request is handed to it, and is
+//! taken again only once hyper says it is ready for the next request (the previous response's
+//! body has been read). A request that a pooled connection could not even send — the node
+//! closed it while idle — goes again over a new connection, as hyper-util's client does. Idle
+//! connections are dropped after 60 s (`IDLE`), at the next checkout for their node; at most
+//! 64 (`MAX_IDLE`) are kept per node and thread. TLS and HTTP/2 nodes keep hyper-util's client.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::uri::Authority;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+/// How long a connection may wait unused before it is closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The most connections kept per node and worker thread.
+const MAX_IDLE: usize = 64;
+
+/// A request that got no response from the node.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made within the pool's connect timeout: nothing was sent.
+    Connect(std::io::Error),
+    /// The connection failed while sending the request or waiting for the response head.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
+            SendError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => Some(e),
+            SendError::Http(e) => Some(e),
+        }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// The idle connections of one pool's nodes, one list per worker thread and node.
+pub struct Http1Pool {
+    connect_timeout: Duration,
+    idle: thread_local::ThreadLocal<Mutex<HashMap<Authority, Vec<Idle>>>>,
+}
+
+impl std::fmt::Debug for Http1Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Pool")
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Http1Pool {
+    /// A pool waiting at most `connect_timeout` for a new connection.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Http1Pool {
+            connect_timeout,
+            idle: thread_local::ThreadLocal::new(),
+        }
+    }
+
+    /// Sends `req` to the node at `authority` over an idle connection of this thread, or a
+    /// new one. The request's URI is sent in origin form (its path and query).
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let origin_form = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        *req.uri_mut() = origin_form;
+        if let Some(mut sender) = self.checkout(authority) {
+            let response = sender.try_send_request(req);
+            // Busy until the response's body is read: the next checkout skips it till then.
+            self.checkin(authority, sender);
+            match response.await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the node had closed the connection. Go again on a new one.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(authority).await?;
+        let response = sender.send_request(req);
+        self.checkin(authority, sender);
+        response.await.map_err(SendError::Http)
+    }
+
+    /// This thread's list of idle connections.
+    fn lists(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
+        self.idle
+            .get_or_default()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection to `authority` ready for a request; closed and expired ones are dropped,
+    /// busy ones (a response body still being read) stay.
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<Body>> {
+        let mut lists = self.lists();
+        let list = lists.get_mut(authority)?;
+        let now = Instant::now();
+        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE);
+        let ready = list.iter().rposition(|c| c.sender.is_ready())?;
+        Some(list.swap_remove(ready).sender)
+    }
+
+    /// Keeps `sender` for the next request to `authority`, unless the list is full.
+    fn checkin(&self, authority: &Authority, sender: SendRequest<Body>) {
+        let mut lists = self.lists();
+        let list = match lists.get_mut(authority) {
+            Some(list) => list,
+            None => lists.entry(authority.clone()).or_default(),
+        };
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new connection to `authority`, driven by a task on this thread's runtime.
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, SendError> {
+        let port = authority.port_u16().unwrap_or(80);
+        // An IPv6 literal comes in brackets.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| {
+            SendError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            ))
+        })?
+        .map_err(SendError::Connect)?;
+        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            // The node closing the connection, or breaking it, ends the task; the request
+            // that was on it sees the error.
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+}
