@@ -29,13 +29,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use omega_penta::config::ConfigError;
 use omega_penta::core::Backend;
 use omega_penta::core::key::http::PeerAddr;
@@ -56,6 +56,8 @@ mod headers;
 pub mod health;
 pub mod path;
 pub mod pool;
+mod prometheus;
+pub use prometheus::prometheus;
 pub mod proxy;
 pub mod serve;
 mod table;
@@ -107,41 +109,6 @@ impl From<ConfigError> for GatewayError {
 pub fn load_config(path: &std::path::Path) -> Result<GatewayConfig, GatewayError> {
     let text = std::fs::read_to_string(path).map_err(|e| GatewayError::Io(path.to_owned(), e))?;
     Ok(GatewayConfig::from_file_text(path, &text)?)
-}
-
-/// How often the Prometheus recorder folds recorded samples into its histograms. Until it
-/// does, every sample is kept: without upkeep, memory grows with every request until the next
-/// scrape of `/metrics`.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-
-/// The upper bounds of the latency histograms' buckets, in seconds: 0.5 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// The process-wide Prometheus recorder, installed on first use (before any layer registers
-/// its metrics).
-pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            // Latencies (every metric named `*_seconds`) are histograms with fixed buckets:
-            // recording one is a counter bump (a summary's sketch allocated on most samples),
-            // and buckets add up across instances where quantiles do not.
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-                    &LATENCY_BUCKETS,
-                )
-                .expect("latency buckets are not empty")
-                .build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may be installed already (a test harness); then ours only
-            // renders what it sees.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 pub(crate) struct Shared {
@@ -590,15 +557,7 @@ async fn serve(
         let c = shared.config.lock().unwrap_or_else(PoisonError::into_inner);
         (c.shutdown_grace.0, c.pre_drain.0, c.server.clone())
     };
-    let upkeep = shared.metrics.clone();
-    let upkeep = tokio::spawn(async move {
-        let mut every = tokio::time::interval(METRICS_UPKEEP);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    let upkeep = tokio::spawn(prometheus::upkeep(shared.metrics.clone()));
     let (stop_proxy_tx, stop_proxy) = tokio::sync::oneshot::channel::<()>();
     let (stop_admin_tx, stop_admin) = tokio::sync::oneshot::channel::<()>();
     // A proxy writes each part of a response as it arrives: with Nagle's algorithm on, a part
