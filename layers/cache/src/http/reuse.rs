@@ -33,10 +33,17 @@ pub(crate) fn age(entry: &Entry<Arc<StoredResponse>>, now: Nanos) -> u64 {
         .saturating_add(entry.resident(now).as_secs())
 }
 
-/// Seconds of freshness left (negative once stale), as `Cache-Status` writes `ttl`.
+/// Seconds of freshness left (negative once stale), as `Cache-Status` writes `ttl`: rounded
+/// to the nearest second, because an entry's deadlines come from the wall clock (read in
+/// milliseconds when it was stored) and would otherwise show a millisecond between two readings
+/// as a whole second less.
 pub(crate) fn ttl(entry: &Entry<Arc<StoredResponse>>, now: Nanos) -> i64 {
     let n = entry.ttl_nanos(now);
-    i64::try_from(n.div_euclid(1_000_000_000)).unwrap_or(if n < 0 { i64::MIN } else { i64::MAX })
+    i64::try_from(n.saturating_add(500_000_000).div_euclid(1_000_000_000)).unwrap_or(if n < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 /// What `entry` can do for a request with `req` directives (and `Authorization` when
@@ -110,4 +117,44 @@ pub(crate) fn serves_on_error(entry: &Entry<Arc<StoredResponse>>, now: Nanos) ->
     }
     let left = ttl(entry, now);
     left > 0 || u64::try_from(-left).unwrap_or(u64::MAX) <= u64::from(meta.stale_if_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+    use crate::entry::Wall;
+
+    /// An entry stored with `fresh_ms` of freshness on the wall clock, mapped onto the local
+    /// clock at 0.
+    fn entry(fresh_ms: u64) -> Entry<Arc<StoredResponse>> {
+        let mut wall = Wall::from_now(
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        wall.fresh = wall.stored + fresh_ms;
+        let value = Arc::new(StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::new(),
+        ));
+        Entry::new(value, wall, Box::new([]), 1, 0)
+    }
+
+    #[test]
+    fn ttl_does_not_lose_a_second_to_a_millisecond_between_two_clock_readings() {
+        // 60 s of freshness, read back a millisecond short of it (the wall clock moved between
+        // the store's reading and the entry's): `ttl=60`, as the origin's `max-age=60` says.
+        assert_eq!(ttl(&entry(59_999), 0), 60);
+        assert_eq!(ttl(&entry(60_000), 0), 60);
+        assert_eq!(ttl(&entry(59_400), 0), 59);
+        // Stale for 10 s.
+        assert_eq!(ttl(&entry(0), 10_000_000_000), -10);
+    }
 }
