@@ -63,6 +63,7 @@ pub mod serve;
 mod table;
 pub mod tls;
 pub mod tunnel;
+pub mod wire;
 
 pub use config::GatewayConfig;
 pub use proxy::RouteInfo;

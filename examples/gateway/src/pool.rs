@@ -14,6 +14,9 @@
 //! closed it while idle — goes again over a new connection, as hyper-util's client does. Idle
 //! connections are dropped after 60 s (`IDLE`), at the next checkout for their node; at most
 //! 64 (`MAX_IDLE`) are kept per node and thread. TLS and HTTP/2 nodes keep hyper-util's client.
+//!
+//! Requests without a body go another way, through the gateway's own HTTP/1.1 client
+//! ([`crate::wire`], [`Http1Pool::send_bodiless`]), with connections of their own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -67,6 +70,7 @@ struct Idle {
 /// The idle connections of one pool's nodes, one list per worker thread and node.
 pub struct Http1Pool {
     connect_timeout: Duration,
+    wire: std::sync::Arc<crate::wire::Idle>,
     idle: thread_local::ThreadLocal<Mutex<HashMap<Authority, Vec<Idle>>>>,
 }
 
@@ -83,6 +87,7 @@ impl Http1Pool {
     pub fn new(connect_timeout: Duration) -> Self {
         Http1Pool {
             connect_timeout,
+            wire: std::sync::Arc::default(),
             idle: thread_local::ThreadLocal::new(),
         }
     }
@@ -116,6 +121,16 @@ impl Http1Pool {
         let response = sender.send_request(req);
         self.checkin(authority, sender);
         response.await.map_err(SendError::Http)
+    }
+
+    /// Sends the bodiless request `head` to the node at `authority` with the gateway's own
+    /// HTTP/1.1 client, in the caller's task.
+    pub async fn send_bodiless(
+        &self,
+        authority: &Authority,
+        head: http::request::Parts,
+    ) -> Result<Response<crate::wire::NodeBody>, crate::wire::Error> {
+        crate::wire::send(&self.wire, authority, &head, self.connect_timeout).await
     }
 
     /// This thread's list of idle connections.

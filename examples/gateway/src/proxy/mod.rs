@@ -19,11 +19,16 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use omega_penta::core::key::http::ClientIp;
 
+use crate::body::{IdleTimeout, Side};
 pub use crate::client::{Client, Clients, TlsClient, client};
 use crate::headers::{
     FORWARDING, X_FORWARDED_HOST, X_FORWARDED_PROTO, add_forwarded, grpc_timeout, join_cookies,
 };
 pub use crate::headers::{remove_hop_by_hop, valid_host};
+pub use error::{Unanswered, UpstreamError};
+use error::{cause, caused_by_the_client, over_the_body_limit};
+
+mod error;
 
 /// What the proxy needs to know about the route a request matched (a request extension).
 #[derive(Clone, Debug)]
@@ -86,83 +91,6 @@ fn too_large(max: u64) -> Response<Body> {
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("the request body is over this route's limit of {max} bytes"),
     )
-}
-
-/// Why a node did not answer a request, whichever client sent it.
-#[derive(Debug)]
-pub struct UpstreamError {
-    /// No connection could be made: nothing was sent.
-    connect: bool,
-    error: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl UpstreamError {
-    /// Whether no connection could be made (nothing was sent).
-    pub fn is_connect(&self) -> bool {
-        self.connect
-    }
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.error.fmt(f)
-    }
-}
-
-impl std::error::Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.error)
-    }
-}
-
-impl From<hyper_util::client::legacy::Error> for UpstreamError {
-    fn from(error: hyper_util::client::legacy::Error) -> Self {
-        UpstreamError {
-            connect: error.is_connect(),
-            error: Box::new(error),
-        }
-    }
-}
-
-impl From<crate::pool::SendError> for UpstreamError {
-    fn from(error: crate::pool::SendError) -> Self {
-        UpstreamError {
-            connect: matches!(error, crate::pool::SendError::Connect(_)),
-            error: Box::new(error),
-        }
-    }
-}
-
-/// Whether a request failed because its body grew past the route's limit.
-fn over_the_body_limit(e: &UpstreamError) -> bool {
-    cause::<http_body_util::LengthLimitError>(e).is_some()
-}
-
-/// The first error of type `T` in `e`'s chain of sources.
-fn cause<T: std::error::Error + 'static>(e: &UpstreamError) -> Option<&T> {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(t) = s.downcast_ref::<T>() {
-            return Some(t);
-        }
-        source = s.source();
-    }
-    None
-}
-
-/// Whether the request failed because of what the client sent: its body stream failed (an
-/// upload cut off, a client gone), not the node.
-fn caused_by_the_client(e: &UpstreamError) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
-            && h.is_user()
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
@@ -261,44 +189,6 @@ impl ProxyNode {
                 https,
             }),
         }
-    }
-}
-
-/// A request its node did not answer: the connection could not be made (nothing was sent), or
-/// the node broke it off before the response head. The router may send it to the next node of
-/// the key's preference list (see `table::Failover`).
-#[derive(Debug)]
-pub struct Unanswered {
-    node: Arc<str>,
-    error: UpstreamError,
-    /// Whether anything was sent.
-    pub sent: bool,
-    /// Whether the request may be sent again: it has no body, or its body is still unread.
-    pub replayable: bool,
-    /// Whether its method is idempotent (RFC 9110 §9.2.2).
-    pub idempotent: bool,
-}
-
-impl std::fmt::Display for Unanswered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.sent {
-            write!(
-                f,
-                "node {} broke the connection off before answering: {}",
-                self.node, self.error
-            )
-        } else {
-            write!(f, "node {} is unreachable: {}", self.node, self.error)
-        }
-    }
-}
-
-impl std::error::Error for Unanswered {}
-
-impl Unanswered {
-    /// The answer when no node was left to try: 502.
-    pub fn into_response(self) -> Response<Body> {
-        status(StatusCode::BAD_GATEWAY, &self.to_string())
     }
 }
 
@@ -478,13 +368,17 @@ impl NodeInner {
                 }
             };
             let sent = client.request(upstream_req);
-            tokio::time::timeout(timeout, async { sent.await.map_err(UpstreamError::from) }).await
+            tokio::time::timeout(timeout, async { Ok(Answer::Hyper(sent.await?)) }).await
         } else if http2 {
             let sent = self.clients.get().request(upstream_req);
-            tokio::time::timeout(timeout, async { sent.await.map_err(UpstreamError::from) }).await
+            tokio::time::timeout(timeout, async { Ok(Answer::Hyper(sent.await?)) }).await
+        } else if bodiless && upgrade.is_none() {
+            let (head, _) = upstream_req.into_parts();
+            let sent = self.clients.http1().send_bodiless(&authority, head);
+            tokio::time::timeout(timeout, async { Ok(Answer::Wire(sent.await?)) }).await
         } else {
             let sent = self.clients.http1().send(&authority, upstream_req);
-            tokio::time::timeout(timeout, async { sent.await.map_err(UpstreamError::from) }).await
+            tokio::time::timeout(timeout, async { Ok(Answer::Hyper(sent.await?)) }).await
         };
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         let response = match result {
@@ -532,19 +426,44 @@ impl NodeInner {
             }
             Ok(Ok(r)) => r,
         };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(self.switch(response, upgrade, route.as_deref()));
-        }
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, body) = match response {
+            Answer::Hyper(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                return Ok(self.switch(r, upgrade, route.as_deref()));
+            }
+            Answer::Hyper(r) => {
+                let (parts, body) = r.into_parts();
+                (
+                    parts,
+                    Body::new(IdleTimeout::new(body, Side::Node, body_timeout)),
+                )
+            }
+            // A body that came whole with its head has nothing to wait for.
+            Answer::Wire(r) if !r.body().is_streaming() => {
+                let (parts, body) = r.into_parts();
+                (parts, Body::new(body))
+            }
+            Answer::Wire(r) => {
+                let (parts, body) = r.into_parts();
+                (
+                    parts,
+                    Body::new(IdleTimeout::new(body, Side::Node, body_timeout)),
+                )
+            }
+        };
         remove_hop_by_hop(&mut parts.headers);
         if route.as_ref().is_some_and(|r| r.log) {
             parts
                 .extensions
                 .insert(crate::access_log::ServedBy(self.node.clone()));
         }
-        let body = crate::body::IdleTimeout::new(body, crate::body::Side::Node, body_timeout);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(Response::from_parts(parts, body))
     }
+}
+
+/// A node's answer, from hyper's client or the gateway's own ([`crate::wire`]).
+enum Answer {
+    Hyper(Response<hyper::body::Incoming>),
+    Wire(Response<crate::wire::NodeBody>),
 }
 
 impl NodeInner {
