@@ -357,29 +357,31 @@ impl NodeInner {
 
         self.metrics.requests.increment(1);
         let started = std::time::Instant::now();
-        let result = if self.https {
-            let client = match self.clients.get_tls() {
-                Ok(client) => client,
-                Err(e) => {
-                    return Ok(status(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("node {} cannot be reached over TLS: {e}", self.node),
-                    ));
-                }
-            };
-            let sent = client.request(upstream_req);
-            tokio::time::timeout(timeout, async { Ok(Answer::Hyper(sent.await?)) }).await
-        } else if http2 {
-            let sent = self.clients.get().request(upstream_req);
-            tokio::time::timeout(timeout, async { Ok(Answer::Hyper(sent.await?)) }).await
-        } else if bodiless && upgrade.is_none() {
-            let (head, _) = upstream_req.into_parts();
-            let sent = self.clients.http1().send_bodiless(&authority, head);
-            tokio::time::timeout(timeout, async { Ok(Answer::Wire(sent.await?)) }).await
-        } else {
-            let sent = self.clients.http1().send(&authority, upstream_req);
-            tokio::time::timeout(timeout, async { Ok(Answer::Hyper(sent.await?)) }).await
+        let tls = match self.https.then(|| self.clients.get_tls()) {
+            None => None,
+            Some(Ok(client)) => Some(client),
+            Some(Err(e)) => {
+                return Ok(status(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("node {} cannot be reached over TLS: {e}", self.node),
+                ));
+            }
         };
+        // One timer for whichever client sends the request.
+        let sent = async {
+            Ok(if let Some(client) = tls {
+                Answer::Hyper(client.request(upstream_req).await?)
+            } else if http2 {
+                Answer::Hyper(self.clients.get().request(upstream_req).await?)
+            } else if bodiless && upgrade.is_none() {
+                let (head, _) = upstream_req.into_parts();
+                Answer::Wire(self.clients.http1().send_bodiless(&authority, head).await?)
+            } else {
+                Answer::Hyper(self.clients.http1().send(&authority, upstream_req).await?)
+            })
+        };
+        let result: Result<Result<Answer, UpstreamError>, _> =
+            tokio::time::timeout(timeout, sent).await;
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         let response = match result {
             Err(_) if grpc => {
