@@ -259,6 +259,14 @@ fn broken(path: &str) -> (Vec<u8>, bool) {
             true,
         ),
         "/api/silent" => (Vec::new(), true),
+        // A head that never ends (100 KB of fields and counting), the connection kept open.
+        "/api/endless-head" => {
+            let mut a = answer("HTTP/1.1 200 OK\r\n");
+            for i in 0..2_000 {
+                a.extend(format!("x-field-{i}: {}\r\n", "a".repeat(40)).bytes());
+            }
+            (a, false)
+        }
         "/api/cut" => (
             answer("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly these"),
             true,
@@ -277,7 +285,12 @@ fn broken(path: &str) -> (Vec<u8>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_answers_are_a_bad_gateway_or_a_cut_body() {
     // A gateway each, so that one node's failures do not open the breaker for the next.
-    for path in ["/api/garbage", "/api/two-lengths", "/api/silent"] {
+    for path in [
+        "/api/garbage",
+        "/api/two-lengths",
+        "/api/silent",
+        "/api/endless-head",
+    ] {
         let node = node(broken).await;
         let gw = start(config(&[("a", node.addr)], serde_json::json!([]))).await;
         let got = Client::open(gw.addr).await.send("GET", path).await;
