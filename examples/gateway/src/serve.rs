@@ -72,7 +72,7 @@ impl Default for ServerLimits {
             body_timeout: Dur(Duration::from_secs(60)),
             max_connections: 10_000,
             max_header_bytes: 32 * 1024,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
             tunnel_idle_timeout: Dur(Duration::from_secs(60)),
             h2_max_concurrent_streams: 128,
@@ -182,6 +182,9 @@ pub(crate) async fn proxy(
 
 /// One worker: accepts connections from its copy of the listening socket and serves them on
 /// its own runtime.
+/// hyper's own bound on a request head's fields.
+const HYPER_MAX_HEADERS: usize = 100;
+
 async fn worker(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -195,8 +198,12 @@ async fn worker(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout.0)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
+        .max_buf_size(limits.max_header_bytes);
+    // hyper parses a head into an array on the stack at its default bound; any bound set, even
+    // that one, moves the array to the heap: an allocation per request.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -105,6 +105,25 @@ async fn too_much_head_gets_431() {
     gw.shutdown().await;
 }
 
+/// At the defaults (100 fields), a head with 90 fields is served and one with 120 gets 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_field_limit_holds() {
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    for (fields, expected) in [(90, 200), (120, 431)] {
+        let names: Vec<String> = (0..fields).map(|i| format!("x-h{i}")).collect();
+        let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        headers.push(("x-user-id", "u"));
+        let r = get(gw.addr, "/api/x", &headers).await;
+        assert_eq!(
+            r.map(|r| r.status).unwrap_or(0),
+            expected,
+            "{fields} fields"
+        );
+    }
+    gw.shutdown().await;
+}
+
 /// One connection over `max_connections` is answered 503 and closed; once one closes, new
 /// ones are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
