@@ -60,12 +60,27 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
+    // `Connection: keep-alive` (or `close`, `upgrade`) names nothing beyond the fixed list:
+    // no name is made and nothing is collected for it.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .map(str::trim)
+        .filter(|name| {
+            ![
+                "close",
+                "keep-alive",
+                "upgrade",
+                "te",
+                "transfer-encoding",
+                "trailer",
+            ]
+            .iter()
+            .any(|fixed| name.eq_ignore_ascii_case(fixed))
+        })
+        .filter_map(|name| HeaderName::try_from(name).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -178,6 +193,17 @@ mod tests {
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive , X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
