@@ -210,7 +210,8 @@ impl Upstream {
                 );
                 let unbox: fn(
                     http::Response<omega_penta::circuit_breaker::GrpcBody<Body>>,
-                ) -> http::Response<Body> = |r| r.map(Body::new);
+                ) -> http::Response<Body> =
+                    |r| r.map(|body| body.into_unwatched().unwrap_or_else(Body::new));
                 tower::ServiceExt::map_response(
                     CircuitBreakerLayer::new(breaker).grpc().layer(target),
                     unbox,

@@ -275,6 +275,17 @@ impl<B> GrpcBody<B> {
     fn plain(inner: B) -> Self {
         GrpcBody { inner, watch: None }
     }
+
+    /// The inner body when this one watches nothing (the call's outcome was recorded from the
+    /// response head, as for every non-gRPC answer); otherwise `Err(self)`. A caller that boxes
+    /// bodies can skip the wrapper for those answers.
+    #[allow(clippy::result_large_err)] // `Err` hands the body back unchanged: no error to box
+    pub fn into_unwatched(self) -> Result<B, Self> {
+        match self.watch {
+            None => Ok(self.inner),
+            Some(_) => Err(self),
+        }
+    }
 }
 
 impl<B: Default> Default for GrpcBody<B> {

@@ -258,3 +258,20 @@ async fn refusals_follow_the_chosen_strategy() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(b.health().rejected_calls, 2);
 }
+
+#[tokio::test]
+async fn only_bodies_that_watch_nothing_unwrap() {
+    let b = breaker();
+    let svc = service(&b);
+    // Recorded at the head: nothing to watch, the inner body comes out.
+    let decided = call(&svc, "/trailers_only").await.into_body();
+    assert!(decided.into_unwatched().is_ok());
+    // A status still to come in the trailers: the wrapper stays, and still records.
+    let watching = call(&svc, "/fails_mid_stream").await.into_body();
+    let Err(watching) = watching.into_unwatched() else {
+        panic!("a body whose status is in its trailers keeps its watch");
+    };
+    assert_eq!(b.health().calls, 1);
+    watching.collect().await.unwrap();
+    assert_eq!((b.health().calls, b.health().failed_calls), (2, 2));
+}
