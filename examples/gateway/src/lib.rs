@@ -54,6 +54,7 @@ mod failover;
 pub mod guard;
 mod headers;
 pub mod health;
+mod idle;
 pub mod path;
 pub mod pool;
 mod prometheus;

@@ -2,8 +2,8 @@
 //! connection API.
 //!
 //! Each worker thread serves its connections on its own single-threaded runtime (see
-//! `serve.rs`), so each keeps its own idle connections per node: taking one is an uncontended
-//! lock and a pop, and the connection's task runs on the same runtime as the request. This is
+//! `serve.rs`), so each keeps its own idle connections per node (`idle.rs`), and the
+//! connection's task runs on the same runtime as the request. This is
 //! what hyper-util's pooled client does for us, minus what a proxy does not need per request:
 //! its boxed response future (about 3 KB), its pool's key and checkout machinery and the
 //! connection metadata it adds to every request's extensions.
@@ -11,16 +11,13 @@
 //! A connection goes back to its thread's list as soon as the request is handed to it, and is
 //! taken again only once hyper says it is ready for the next request (the previous response's
 //! body has been read). A request that a pooled connection could not even send — the node
-//! closed it while idle — goes again over a new connection, as hyper-util's client does. Idle
-//! connections are dropped after 60 s (`IDLE`), at the next checkout for their node; at most
-//! 64 (`MAX_IDLE`) are kept per node and thread. TLS and HTTP/2 nodes keep hyper-util's client.
+//! closed it while idle — goes again over a new connection, as hyper-util's client does. TLS
+//! and HTTP/2 nodes keep hyper-util's client.
 //!
 //! Requests without a body go another way, through the gateway's own HTTP/1.1 client
 //! ([`crate::wire`], [`Http1Pool::send_bodiless`]), with connections of their own.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use http::uri::Authority;
@@ -29,11 +26,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-/// How long a connection may wait unused before it is closed.
-const IDLE: Duration = Duration::from_secs(60);
-
-/// The most connections kept per node and worker thread.
-const MAX_IDLE: usize = 64;
+use crate::idle::{IdleLists, Usable};
 
 /// A request that got no response from the node.
 #[derive(Debug)]
@@ -62,16 +55,11 @@ impl std::error::Error for SendError {
     }
 }
 
-struct Idle {
-    sender: SendRequest<Body>,
-    since: Instant,
-}
-
 /// The idle connections of one pool's nodes, one list per worker thread and node.
 pub struct Http1Pool {
     connect_timeout: Duration,
     wire: std::sync::Arc<crate::wire::Idle>,
-    idle: thread_local::ThreadLocal<Mutex<HashMap<Authority, Vec<Idle>>>>,
+    idle: IdleLists<SendRequest<Body>>,
 }
 
 impl std::fmt::Debug for Http1Pool {
@@ -88,7 +76,7 @@ impl Http1Pool {
         Http1Pool {
             connect_timeout,
             wire: std::sync::Arc::default(),
-            idle: thread_local::ThreadLocal::new(),
+            idle: IdleLists::default(),
         }
     }
 
@@ -133,61 +121,30 @@ impl Http1Pool {
         crate::wire::send(&self.wire, authority, &head, self.connect_timeout).await
     }
 
-    /// This thread's list of idle connections.
-    fn lists(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Idle>>> {
-        self.idle
-            .get_or_default()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A connection to `authority` ready for a request; closed and expired ones are dropped,
-    /// busy ones (a response body still being read) stay.
+    /// A connection to `authority` ready for a request; closed ones are dropped, busy ones (a
+    /// response body still being read) stay.
     fn checkout(&self, authority: &Authority) -> Option<SendRequest<Body>> {
-        let mut lists = self.lists();
-        let list = lists.get_mut(authority)?;
-        let now = Instant::now();
-        list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE);
-        let ready = list.iter().rposition(|c| c.sender.is_ready())?;
-        Some(list.swap_remove(ready).sender)
+        self.idle.take(authority, |sender| {
+            if sender.is_closed() {
+                Usable::Closed
+            } else if sender.is_ready() {
+                Usable::Ready
+            } else {
+                Usable::Busy
+            }
+        })
     }
 
     /// Keeps `sender` for the next request to `authority`, unless the list is full.
     fn checkin(&self, authority: &Authority, sender: SendRequest<Body>) {
-        let mut lists = self.lists();
-        let list = match lists.get_mut(authority) {
-            Some(list) => list,
-            None => lists.entry(authority.clone()).or_default(),
-        };
-        if list.len() < MAX_IDLE {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+        self.idle.park(authority, sender);
     }
 
     /// A new connection to `authority`, driven by a task on this thread's runtime.
     async fn connect(&self, authority: &Authority) -> Result<SendRequest<Body>, SendError> {
-        let port = authority.port_u16().unwrap_or(80);
-        // An IPv6 literal comes in brackets.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await
-        .map_err(|_| {
-            SendError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {:?}", self.connect_timeout),
-            ))
-        })?
-        .map_err(SendError::Connect)?;
-        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        let stream = crate::idle::open(authority, self.connect_timeout)
+            .await
+            .map_err(SendError::Connect)?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -26,7 +26,7 @@ pub(super) fn with_body(
     response.map(|whole| {
         if head.framing == Framing::None {
             if head.reusable && conn.buf.is_empty() {
-                idle.checkin(authority, conn);
+                idle.lists.park(authority, conn);
             }
             return NodeBody {
                 state: State::Whole(whole),
@@ -173,7 +173,7 @@ impl Streaming {
     fn release(self) {
         let done = matches!(self.decode, Decode::Length(0));
         if done && self.reusable && self.conn.buf.is_empty() {
-            self.idle.checkin(&self.authority, self.conn);
+            self.idle.lists.park(&self.authority, self.conn);
         }
     }
 

@@ -20,11 +20,10 @@
 
 mod body;
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,6 +31,8 @@ use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version, request};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::idle::{IdleLists, Usable};
 
 pub use body::NodeBody;
 
@@ -41,10 +42,6 @@ const READ_SIZE: usize = 8 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head or trailer section.
 const MAX_HEADERS: usize = 100;
-/// How long a connection may wait unused before it is closed.
-const IDLE: Duration = Duration::from_secs(60);
-/// The most idle connections kept per node and worker thread.
-const MAX_IDLE: usize = 64;
 
 /// Why a node gave no (whole) answer.
 #[derive(Debug)]
@@ -179,52 +176,10 @@ impl Conn {
     }
 }
 
-struct Parked {
-    conn: Conn,
-    since: Instant,
-}
-
 /// The idle connections of one pool's nodes, one list per worker thread and node.
 #[derive(Default)]
 pub struct Idle {
-    lists: thread_local::ThreadLocal<Mutex<HashMap<Authority, Vec<Parked>>>>,
-}
-
-impl Idle {
-    fn lists(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, Vec<Parked>>> {
-        self.lists
-            .get_or_default()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A connection to `authority` that the node has left alone, expired ones dropped.
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
-        let mut lists = self.lists();
-        let list = lists.get_mut(authority)?;
-        let now = Instant::now();
-        while let Some(mut parked) = list.pop() {
-            if now.duration_since(parked.since) < IDLE && parked.conn.quiet() {
-                return Some(parked.conn);
-            }
-        }
-        None
-    }
-
-    /// Keeps `conn` for the next request to `authority`, unless the list is full.
-    fn checkin(&self, authority: &Authority, conn: Conn) {
-        let mut lists = self.lists();
-        let list = match lists.get_mut(authority) {
-            Some(list) => list,
-            None => lists.entry(authority.clone()).or_default(),
-        };
-        if list.len() < MAX_IDLE {
-            list.push(Parked {
-                conn,
-                since: Instant::now(),
-            });
-        }
-    }
+    lists: IdleLists<Conn>,
 }
 
 impl std::fmt::Debug for Idle {
@@ -242,7 +197,14 @@ pub async fn send(
     head: &request::Parts,
     connect_timeout: Duration,
 ) -> Result<Response<NodeBody>, Error> {
-    if let Some(conn) = idle.checkout(authority) {
+    let quiet = |conn: &mut Conn| {
+        if conn.quiet() {
+            Usable::Ready
+        } else {
+            Usable::Closed
+        }
+    };
+    if let Some(conn) = idle.lists.take(authority, quiet) {
         match exchange(conn, idle, authority, head).await {
             Ok(response) => return Ok(response),
             // The node closed the idle connection as the request went out: once more, on a
@@ -256,22 +218,9 @@ pub async fn send(
 }
 
 async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Error> {
-    let port = authority.port_u16().unwrap_or(80);
-    // An IPv6 literal comes in brackets.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    let stream = crate::idle::open(authority, timeout)
         .await
-        .map_err(|_| {
-            Error::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {timeout:?}"),
-            ))
-        })?
         .map_err(Error::Connect)?;
-    stream.set_nodelay(true).map_err(Error::Connect)?;
     Ok(Conn {
         stream,
         buf: Buffer::new(),
