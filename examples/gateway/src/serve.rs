@@ -242,11 +242,17 @@ async fn worker(
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let shared = shared.clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        crate::handle(shared, peer, via_tls, req.map(Body::new)).await,
-                    )
-                }
+                // An HTTP/1 request without a body (most of them) needs no boxed body.
+                let bodiless = req.version() <= http::Version::HTTP_11
+                    && hyper::body::Body::is_end_stream(req.body());
+                let req = req.map(|b| {
+                    if bodiless {
+                        Body::empty()
+                    } else {
+                        Body::new(b)
+                    }
+                });
+                async move { Ok::<_, Infallible>(crate::handle(shared, peer, via_tls, req).await) }
             });
         match tls {
             None => {
