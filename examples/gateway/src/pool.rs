@@ -14,8 +14,9 @@
 //! closed it while idle — goes again over a new connection, as hyper-util's client does. TLS
 //! and HTTP/2 nodes keep hyper-util's client.
 //!
-//! Requests without a body go another way, through the gateway's own HTTP/1.1 client
-//! ([`crate::wire`], [`Http1Pool::send_bodiless`]), with connections of their own.
+//! Requests without a body or with a body of known length go another way, through the
+//! gateway's own HTTP/1.1 client ([`crate::wire`], [`Http1Pool::send_own`]), with connections
+//! of their own; this one carries chunked uploads and protocol switches.
 
 use std::time::Duration;
 
@@ -111,14 +112,15 @@ impl Http1Pool {
         response.await.map_err(SendError::Http)
     }
 
-    /// Sends the bodiless request `head` to the node at `authority` with the gateway's own
-    /// HTTP/1.1 client, in the caller's task.
-    pub async fn send_bodiless(
+    /// Sends `head` with `body` (of known length; `None`: no body) to the node at `authority`
+    /// with the gateway's own HTTP/1.1 client, in the caller's task.
+    pub async fn send_own(
         &self,
         authority: &Authority,
         head: http::request::Parts,
+        body: Option<Body>,
     ) -> Result<Response<crate::wire::NodeBody>, crate::wire::Error> {
-        crate::wire::send(&self.wire, authority, &head, self.connect_timeout).await
+        crate::wire::send(&self.wire, authority, &head, body, self.connect_timeout).await
     }
 
     /// A connection to `authority` ready for a request; closed ones are dropped, busy ones (a

@@ -46,9 +46,24 @@ async fn node(script: fn(&str) -> (Vec<u8>, bool)) -> Node {
                         }
                         continue;
                     };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let mut head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end + 4);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    // A body is read by its length, except where the node answers first.
+                    let length = head
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: ")?.parse::<usize>().ok());
+                    if let Some(n) = length.filter(|_| !path.starts_with("/api/early")) {
+                        while buf.len() < n {
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..n).collect();
+                        head.push_str(&format!("\r\n[{} body bytes, sum {}]", n, checksum(&body)));
+                    }
                     seen.lock().unwrap().push(head);
                     let (answer, close) = script(&path);
                     if socket.write_all(&answer).await.is_err() || close {
@@ -116,6 +131,12 @@ impl Client {
             body,
         })
     }
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
 }
 
 fn answer(text: &str) -> Vec<u8> {
@@ -351,9 +372,10 @@ async fn the_wire_client_hands_on_trailers_and_names_the_host() {
         .unwrap()
         .into_parts();
     for _ in 0..3 {
-        let response = omega_gateway::wire::send(&idle, &authority, &head, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let response =
+            omega_gateway::wire::send(&idle, &authority, &head, None, Duration::from_secs(5))
+                .await
+                .unwrap();
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-checksum"], "42");
         assert_eq!(collected.to_bytes(), "hello world");
@@ -365,4 +387,84 @@ async fn the_wire_client_hands_on_trailers_and_names_the_host() {
         first.contains(&format!("\r\nhost: {}", node.addr)),
         "{first}"
     );
+}
+
+fn uploads(path: &str) -> (Vec<u8>, bool) {
+    match path {
+        "/api/early" => (
+            answer("HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big\n"),
+            false,
+        ),
+        _ => (
+            answer("HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"),
+            false,
+        ),
+    }
+}
+
+/// `POST path` with `body` on `sender`: status and body.
+async fn post(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    let req = http::Request::post(path)
+        .header("host", "gateway.test")
+        .header("x-user-id", "u")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_go_whole_and_an_early_answer_reaches_the_client() {
+    let node = node(uploads).await;
+    let gw = start(config(&[("a", node.addr)], serde_json::json!([]))).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // Bodies of known length, one after another: whole, by their length, over one node
+    // connection.
+    for size in [10, 100_000, 1 << 20] {
+        let body = big()[..size].to_vec();
+        let (status, answer) = post(&mut sender, "/api/upload", body.clone()).await;
+        assert_eq!((status, answer), (201, b"ok".to_vec()), "{size} bytes");
+        let head = node.heads.lock().unwrap().last().cloned().unwrap();
+        let expected = format!("[{size} body bytes, sum {}]", checksum(&body));
+        assert!(head.ends_with(&expected), "{size} bytes: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {size}"))
+        );
+    }
+    assert_eq!(node.accepted.load(Ordering::Relaxed), 1);
+
+    // The node answers 413 at once and reads none of a 32 MiB upload (more than the socket
+    // buffers between them hold): the client gets the 413, and the node's connection, its body
+    // half sent, is not used again.
+    let upload: Vec<u8> = big().repeat(32);
+    let (status, answer) = post(&mut sender, "/api/early", upload).await;
+    assert_eq!((status, answer), (413, b"too big\n".to_vec()));
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (status, _) = post(&mut sender, "/api/upload", b"again".to_vec()).await;
+    assert_eq!(status, 201);
+    assert_eq!(node.accepted.load(Ordering::Relaxed), 2);
+    gw.shutdown().await;
 }

@@ -89,6 +89,9 @@ pub(super) fn caused_by_the_client(e: &UpstreamError) -> bool {
         {
             return true;
         }
+        if let Some(crate::wire::Error::Body(_)) = s.downcast_ref::<crate::wire::Error>() {
+            return true;
+        }
         source = s.source();
     }
     false

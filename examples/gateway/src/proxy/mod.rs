@@ -236,7 +236,10 @@ impl NodeInner {
             .as_ref()
             .map_or(Duration::from_secs(60), |r| r.body_timeout);
         // Whether the request could go to another node if this one does not answer.
-        let bodiless = axum::body::HttpBody::size_hint(req.body()).exact() == Some(0);
+        let length = axum::body::HttpBody::size_hint(req.body()).exact();
+        let bodiless = length == Some(0);
+        // A body of known length goes by `Content-Length` through the gateway's own client.
+        let sized = length.is_some();
         let slot = req.extensions().get::<crate::body::BodySlot>().cloned();
         let idempotent = matches!(
             *req.method(),
@@ -373,9 +376,15 @@ impl NodeInner {
                 Answer::Hyper(client.request(upstream_req).await?)
             } else if http2 {
                 Answer::Hyper(self.clients.get().request(upstream_req).await?)
-            } else if bodiless && upgrade.is_none() {
-                let (head, _) = upstream_req.into_parts();
-                Answer::Wire(self.clients.http1().send_bodiless(&authority, head).await?)
+            } else if sized && upgrade.is_none() {
+                let (head, body) = upstream_req.into_parts();
+                let body = (!bodiless).then_some(body);
+                Answer::Wire(
+                    self.clients
+                        .http1()
+                        .send_own(&authority, head, body)
+                        .await?,
+                )
             } else {
                 Answer::Hyper(self.clients.http1().send(&authority, upstream_req).await?)
             })

@@ -1,14 +1,17 @@
-//! HTTP/1.1 to `http://` nodes in the request's own task, for requests without a body.
+//! HTTP/1.1 to `http://` nodes in the request's own task, for requests without a body or with
+//! a body of known length.
 //!
-//! Most proxied requests carry no body (GET, HEAD, DELETE…). For those the gateway writes the
-//! request head and reads the response itself, on a keep-alive connection of the worker thread
-//! that serves the client, inside the task that serves the client: no connection task, no
-//! channel to it, no task wake-up between the two sides, one reused 8 KiB read buffer per
-//! connection instead of a new one per response. A response whose body has already arrived
-//! with its head (a small answer) is handed on whole and its connection goes back to the
-//! thread's idle list at once; a longer one streams, and its connection goes back when the last
-//! byte has been read. Requests with a body, protocol switches (WebSocket), `https://` and
-//! HTTP/2 nodes keep hyper's client (see [`crate::pool`]).
+//! Most proxied requests carry no body (GET, HEAD, DELETE…), and most others say how long it
+//! is. For those the gateway writes the request and reads the response itself, on a keep-alive
+//! connection of the worker thread that serves the client, inside the task that serves the
+//! client: no connection task, no channel to it, no task wake-up between the two sides, one
+//! reused 8 KiB read buffer per connection instead of a new one per response. A response whose
+//! body has already arrived with its head (a small answer) is handed on whole and its
+//! connection goes back to the thread's idle list at once; a longer one streams, and its
+//! connection goes back when the last byte has been read. A request body goes out frame by
+//! frame while the connection is watched: an early answer (a 413 before the upload is read)
+//! reaches the client. Chunked uploads, protocol switches (WebSocket), `https://` and HTTP/2
+//! nodes keep hyper's client (see [`crate::pool`]).
 //!
 //! Framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; `Transfer-Encoding`
 //! (chunked, with trailers) before `Content-Length`; otherwise the body ends when the node
@@ -16,17 +19,20 @@
 //! connection is reused only when its response was framed, said nothing of closing and left
 //! no byte unread. Taking an idle connection asks Tokio (no system call) whether the node has
 //! closed it or written to it since; a request whose reused connection breaks before a byte of
-//! answer goes again on a new connection when its method is idempotent.
+//! answer goes again on a new connection when its method is idempotent and its body was not
+//! read yet.
 
 mod body;
+mod outgoing;
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use axum::body::Body;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version, request};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -56,6 +62,9 @@ pub enum Error {
     Invalid(&'static str),
     /// The node closed the connection, or broke it, in the middle of the body.
     BodyCut,
+    /// The client's request body failed while it was being sent (it stalled past the body
+    /// timeout, or the client went away).
+    Body(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl std::fmt::Display for Error {
@@ -66,6 +75,7 @@ impl std::fmt::Display for Error {
             Error::Closed => f.write_str("the node closed the connection before answering"),
             Error::Invalid(what) => write!(f, "invalid response from the node: {what}"),
             Error::BodyCut => f.write_str("the node's response body broke off"),
+            Error::Body(e) => write!(f, "the request body failed: {e}"),
         }
     }
 }
@@ -74,6 +84,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Connect(e) | Error::Io(e) => Some(e),
+            Error::Body(e) => Some(&**e),
             _ => None,
         }
     }
@@ -188,15 +199,18 @@ impl std::fmt::Debug for Idle {
     }
 }
 
-/// Sends the bodiless request `head` to the node at `authority` over an idle connection of
-/// this thread, or a new one made within `connect_timeout`. The request's URI goes in origin
-/// form; a request without `Host` gets the node's authority.
+/// Sends the request `head` with `body` (of known length; `None`: no body) to the node at
+/// `authority` over an idle connection of this thread, or a new one made within
+/// `connect_timeout`. The request's URI goes in origin form; a request without `Host` gets the
+/// node's authority.
 pub async fn send(
     idle: &Arc<Idle>,
     authority: &Authority,
     head: &request::Parts,
+    mut body: Option<Body>,
     connect_timeout: Duration,
 ) -> Result<Response<NodeBody>, Error> {
+    let with_body = body.is_some();
     let quiet = |conn: &mut Conn| {
         if conn.quiet() {
             Usable::Ready
@@ -205,16 +219,17 @@ pub async fn send(
         }
     };
     if let Some(conn) = idle.lists.take(authority, quiet) {
-        match exchange(conn, idle, authority, head).await {
+        match exchange(conn, idle, authority, head, &mut body).await {
             Ok(response) => return Ok(response),
             // The node closed the idle connection as the request went out: once more, on a
-            // new connection, when sending it again is harmless.
-            Err(Error::Closed | Error::Io(_)) if head.method.is_idempotent() => {}
+            // new connection, when sending it again is harmless and its body was not read.
+            Err(Error::Closed | Error::Io(_))
+                if head.method.is_idempotent() && (body.is_some() || !with_body) => {}
             Err(e) => return Err(e),
         }
     }
     let conn = connect(authority, connect_timeout).await?;
-    exchange(conn, idle, authority, head).await
+    exchange(conn, idle, authority, head, &mut body).await
 }
 
 async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Error> {
@@ -226,34 +241,6 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Error
         buf: Buffer::new(),
         out: Vec::with_capacity(512),
     })
-}
-
-/// Writes `head` into `out` as an HTTP/1.1 request head.
-fn encode(out: &mut Vec<u8>, head: &request::Parts, authority: &Authority) {
-    out.clear();
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.push(b' ');
-    match head.uri.path_and_query().map(|pq| pq.as_str()) {
-        Some(pq) if !pq.is_empty() => out.extend_from_slice(pq.as_bytes()),
-        _ => out.push(b'/'),
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !head.headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in &head.headers {
-        // No body goes with the request: no framing header either.
-        if name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How a response's body ends.
@@ -335,13 +322,23 @@ async fn exchange(
     idle: &Arc<Idle>,
     authority: &Authority,
     head: &request::Parts,
+    body: &mut Option<Body>,
 ) -> Result<Response<NodeBody>, Error> {
-    encode(&mut conn.out, head, authority);
+    let length = body.as_ref().map(|b| http_body::Body::size_hint(b).lower());
+    outgoing::encode(&mut conn.out, head, authority, length);
     conn.stream.write_all(&conn.out).await.map_err(Error::Io)?;
+    // Taken only now: a request whose head could not be written still has its body.
+    let whole = match body.take() {
+        // Boxed: its state stays out of the future of every bodiless request.
+        Some(body) => Box::pin(outgoing::write_body(&mut conn, body)).await?,
+        None => true,
+    };
     let bodiless = head.method == Method::HEAD;
     loop {
         if let Some(response) = parse(&mut conn, bodiless)? {
-            let (response, head) = response;
+            let (response, mut head) = response;
+            // A body cut short by the node's early answer leaves the connection unusable.
+            head.reusable &= whole;
             return Ok(body::with_body(conn, response, head, idle, authority));
         }
         if conn.buf.len() >= MAX_HEAD {
