@@ -326,12 +326,14 @@ async fn exchange(
 ) -> Result<Response<NodeBody>, Error> {
     let length = body.as_ref().map(|b| http_body::Body::size_hint(b).lower());
     outgoing::encode(&mut conn.out, head, authority, length);
-    conn.stream.write_all(&conn.out).await.map_err(Error::Io)?;
-    // Taken only now: a request whose head could not be written still has its body.
     let whole = match body.take() {
-        // Boxed: its state stays out of the future of every bodiless request.
-        Some(body) => Box::pin(outgoing::write_body(&mut conn, body)).await?,
-        None => true,
+        // The head goes with the body's first part, in one write. Boxed: its state stays out
+        // of the future of every bodiless request.
+        Some(body) => Box::pin(outgoing::write_with_body(&mut conn, body)).await?,
+        None => {
+            conn.stream.write_all(&conn.out).await.map_err(Error::Io)?;
+            true
+        }
     };
     let bodiless = head.method == Method::HEAD;
     loop {

@@ -4,6 +4,8 @@
 //! upload it will not take), and that answer goes to the client instead of a broken write.
 
 use axum::body::Body;
+use std::io::IoSlice;
+
 use bytes::{Buf, Bytes};
 use http::header;
 use http::request;
@@ -57,14 +59,24 @@ pub(super) fn encode(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Sends `body` on `conn`: `true` when all of it went, `false` when the node began to answer
-/// (or closed the connection) first — what it sent is then in `conn`'s buffer, and the
-/// connection cannot carry another request.
-pub(super) async fn write_body(conn: &mut Conn, mut body: Body) -> Result<bool, Error> {
+/// Sends the head in `conn.out`, then `body`, on `conn`: the head goes out with the body's
+/// first part (one write, one segment for a small request). `true` when all of it went,
+/// `false` when the node began to answer (or closed the connection) first — what it sent is
+/// then in `conn`'s buffer, and the connection cannot carry another request.
+pub(super) async fn write_with_body(conn: &mut Conn, mut body: Body) -> Result<bool, Error> {
+    let head = std::mem::take(&mut conn.out);
+    let whole = send(conn, &head, &mut body).await;
+    // The head's buffer is the connection's, for its next request.
+    conn.out = head;
+    whole
+}
+
+async fn send(conn: &mut Conn, head: &[u8], body: &mut Body) -> Result<bool, Error> {
+    let mut head_sent = 0;
     loop {
         let frame = tokio::select! {
             biased;
-            ready = conn.stream.readable() => {
+            ready = conn.stream.readable(), if head_sent == head.len() => {
                 ready.map_err(Error::Io)?;
                 if answered(conn)? {
                     return Ok(false);
@@ -73,16 +85,16 @@ pub(super) async fn write_body(conn: &mut Conn, mut body: Body) -> Result<bool, 
             }
             frame = body.frame() => frame,
         };
-        let mut data: Bytes = match frame {
-            None => return Ok(true),
+        let (mut data, ended): (Bytes, bool) = match frame {
+            None => (Bytes::new(), true),
             Some(Err(e)) => return Err(Error::Body(e.into())),
             // A message framed by its length has no place for trailers.
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
+                Ok(data) => (data, false),
                 Err(_) => continue,
             },
         };
-        while !data.is_empty() {
+        while head_sent < head.len() || !data.is_empty() {
             tokio::select! {
                 biased;
                 ready = conn.stream.readable() => {
@@ -93,13 +105,26 @@ pub(super) async fn write_body(conn: &mut Conn, mut body: Body) -> Result<bool, 
                 }
                 ready = conn.stream.writable() => {
                     ready.map_err(Error::Io)?;
-                    match conn.stream.try_write(&data) {
-                        Ok(n) => data.advance(n),
+                    let written = if head_sent < head.len() {
+                        let parts = [IoSlice::new(&head[head_sent..]), IoSlice::new(&data)];
+                        conn.stream.try_write_vectored(&parts)
+                    } else {
+                        conn.stream.try_write(&data)
+                    };
+                    match written {
+                        Ok(n) => {
+                            let of_head = n.min(head.len() - head_sent);
+                            head_sent += of_head;
+                            data.advance(n - of_head);
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(Error::Io(e)),
                     }
                 }
             }
+        }
+        if ended {
+            return Ok(true);
         }
     }
 }
