@@ -1,6 +1,7 @@
 //! The pools' HTTP clients, one set per thread and pool: keep-alive HTTP/1.1 connections to
-//! `http://` nodes on hyper's connection API ([`crate::pool`]), and hyper-util's pooled client
-//! for `https://` nodes, HTTP/2 nodes and health checks.
+//! `http://` nodes ([`crate::pool`]: the gateway's own client, [`crate::wire`], for requests
+//! without a body or with one of known length, hyper's connection API for the rest), and
+//! hyper-util's pooled client for `https://` nodes, HTTP/2 nodes and health checks.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -261,7 +261,7 @@ struct Head {
 fn framing(
     response: &httparse::Response<'_, '_>,
     status: u16,
-    bodiless: bool,
+    to_head: bool,
 ) -> Result<Head, Error> {
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
@@ -295,7 +295,7 @@ fn framing(
             }
         }
     }
-    let framing = if bodiless || status == 204 || status == 304 {
+    let framing = if to_head || status == 204 || status == 304 {
         Framing::None
     } else if transfer_encoding {
         if chunked {
@@ -335,9 +335,10 @@ async fn exchange(
             true
         }
     };
-    let bodiless = head.method == Method::HEAD;
+    // The answer to a HEAD request has no body, whatever its head says.
+    let to_head = head.method == Method::HEAD;
     loop {
-        if let Some(response) = parse(&mut conn, bodiless)? {
+        if let Some(response) = parse(&mut conn, to_head)? {
             let (response, mut head) = response;
             // A body cut short by the node's early answer leaves the connection unusable.
             head.reusable &= whole;
@@ -358,7 +359,7 @@ async fn exchange(
 /// The response head at the start of `conn`'s buffer, when it is complete (interim 1xx
 /// answers skipped). The head, and the body when it came whole, are taken out of the buffer
 /// with a single copy.
-fn parse(conn: &mut Conn, bodiless: bool) -> Result<Option<(Response<Bytes>, Head)>, Error> {
+fn parse(conn: &mut Conn, to_head: bool) -> Result<Option<(Response<Bytes>, Head)>, Error> {
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut fields);
@@ -376,7 +377,7 @@ fn parse(conn: &mut Conn, bodiless: bool) -> Result<Option<(Response<Bytes>, Hea
             continue;
         }
         let status = StatusCode::from_u16(status).map_err(|_| Error::Invalid("status code"))?;
-        let mut head = framing(&response, status.as_u16(), bodiless)?;
+        let mut head = framing(&response, status.as_u16(), to_head)?;
         // A small answer is usually all here already: copy it out with its head at once.
         let whole = match head.framing {
             Framing::Length(n) if (conn.buf.len() - head_len) as u64 >= n => Some(n as usize),
