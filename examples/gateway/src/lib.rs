@@ -55,6 +55,7 @@ pub mod guard;
 mod headers;
 pub mod health;
 mod idle;
+mod inbound;
 pub mod path;
 pub mod pool;
 mod prometheus;

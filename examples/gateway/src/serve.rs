@@ -256,6 +256,8 @@ async fn worker(
             });
         match tls {
             None => {
+                // Closed by `inbound::close` when hyper is done with it.
+                let stream = crate::inbound::Replay::new(Vec::new(), stream);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();

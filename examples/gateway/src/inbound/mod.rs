@@ -1,0 +1,5 @@
+//! Client connections over plain TCP.
+
+mod replay;
+
+pub(crate) use replay::Replay;
