@@ -21,12 +21,10 @@
 //! cross-thread wake-up per request); an idle worker is the one the kernel wakes for a new
 //! connection. Shared state (limits, breakers, routes) is the same for all of them.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use omega_penta::config::Dur;
 use serde::{Deserialize, Serialize};
@@ -180,11 +178,11 @@ pub(crate) async fn proxy(
     }
 }
 
-/// One worker: accepts connections from its copy of the listening socket and serves them on
-/// its own runtime.
 /// hyper's own bound on a request head's fields.
 const HYPER_MAX_HEADERS: usize = 100;
 
+/// One worker: accepts connections from its copy of the listening socket and serves them on
+/// its own runtime.
 async fn worker(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -209,7 +207,15 @@ async fn worker(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.h2_max_header_list_size);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let server = Arc::new(crate::inbound::Server {
+        shared,
+        hyper: builder,
+        limits: crate::inbound::Limits {
+            max_bytes: limits.max_header_bytes,
+            max_fields: limits.max_headers,
+        },
+        header_timeout: limits.header_timeout.0,
+    });
     let refused = metrics::counter!("omega_gateway_refused_total", "reason" => "connections");
     let mut connections = JoinSet::new();
     loop {
@@ -236,41 +242,17 @@ async fn worker(
         // a part written while the previous one is unacknowledged waits for the client's
         // delayed ACK (40 ms on Linux).
         let _ = stream.set_nodelay(true);
-        let via_tls = shared.tls.is_some();
-        let tls = shared.tls.as_ref().map(|t| t.get());
-        let shared = shared.clone();
-        let service =
-            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                // An HTTP/1 request without a body (most of them) needs no boxed body.
-                let bodiless = req.version() <= http::Version::HTTP_11
-                    && hyper::body::Body::is_end_stream(req.body());
-                let req = req.map(|b| {
-                    if bodiless {
-                        Body::empty()
-                    } else {
-                        Body::new(b)
-                    }
-                });
-                async move { Ok::<_, Infallible>(crate::handle(shared, peer, via_tls, req).await) }
-            });
-        match tls {
+        let (server, stop) = (server.clone(), stop.clone());
+        match server.shared.tls.as_ref().map(|t| t.get()) {
             None => {
-                // Closed by `inbound::close` when hyper is done with it.
-                let stream = crate::inbound::Replay::new(Vec::new(), stream);
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
                 connections.spawn(async move {
-                    count_refusal(conn.await);
+                    count_refusal(crate::inbound::serve(server, stream, peer, stop).await);
                     drop(slot);
                 });
             }
             Some(acceptor) => {
                 // The handshake is part of the head: it gets `header_timeout`, on the
                 // connection's own task.
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
                 let handshake = limits.header_timeout.0;
                 connections.spawn(async move {
                     let Ok(Ok(stream)) =
@@ -278,10 +260,7 @@ async fn worker(
                     else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    count_refusal(watcher.watch(conn).await);
+                    count_refusal(crate::inbound::hyper(&server, stream, peer, stop).await);
                     drop(slot);
                 });
             }
@@ -290,13 +269,11 @@ async fn worker(
     drop(listener);
     // Idle connections close now, busy ones after their response; at the deadline the rest
     // are ended.
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
-    while connections.join_next().await.is_some() {}
 }
 
 /// Counts the refusals hyper answers itself: a request head over `max_header_bytes` or

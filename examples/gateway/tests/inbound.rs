@@ -1,12 +1,232 @@
-//! The gateway's serving of client connections, as clients meet it on real sockets.
+//! The gateway's own HTTP/1.1 serving of plain requests, as clients meet it on real sockets:
+//! pipelined requests, heads in pieces, framing of every kind of answer, a connection that
+//! moves on to hyper when a request carries a body, and a stopping gateway.
 
 mod support;
 
 use std::time::Duration;
 
-use support::{config, start, upstream};
+use omega_testkit::http::{Connection, RawResponse};
+use support::{config, json, start, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Reads one response from `raw` (HEAD answers have no body whatever they say); the response
+/// and the bytes it took, or `None` while it is incomplete.
+fn answer(raw: &[u8], to_head: bool) -> Option<(RawResponse, usize)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&raw[..end - 4]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut response = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if to_head || status == 204 || status == 304 {
+        return Some((response, end));
+    }
+    if response.header("transfer-encoding") == Some("chunked") {
+        let mut at = end;
+        loop {
+            let line_end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size = usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).ok()?, 16)
+                .unwrap_or_else(|_| panic!("bad chunk size at {at}"));
+            at = line_end + 2;
+            if size == 0 {
+                // No trailers here: the empty line.
+                raw.get(at..at + 2)?;
+                return Some((response, at + 2));
+            }
+            response.body.extend_from_slice(raw.get(at..at + size)?);
+            at += size + 2;
+            raw.get(..at)?;
+        }
+    }
+    let length: usize = response
+        .header("content-length")
+        .expect("a framed answer")
+        .parse()
+        .unwrap();
+    response.body = raw.get(end..end + length)?.to_vec();
+    Some((response, end + length))
+}
+
+/// Reads responses off `s` until the server closes it: one per entry of `to_head`.
+async fn answers_until_closed(s: &mut TcpStream, to_head: &[bool]) -> Vec<RawResponse> {
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    let mut at = 0;
+    let mut out = Vec::new();
+    for &h in to_head {
+        let (r, used) = answer(&raw[at..], h)
+            .unwrap_or_else(|| panic!("incomplete: {:?}", String::from_utf8_lossy(&raw[at..])));
+        at += used;
+        out.push(r);
+    }
+    assert_eq!(at, raw.len(), "bytes after the last answer");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Three requests in one write; the last asks to close.
+    s.write_all(
+        b"GET /api/one HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n\
+          HEAD /api/two HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n\
+          GET /api/three HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answers = answers_until_closed(&mut s, &[false, true, false]).await;
+    assert_eq!(json(&answers[0])["path"], "/api/one");
+    assert_eq!(answers[1].status, 200);
+    assert!(answers[1].header("content-length").is_some(), "{answers:?}");
+    assert_eq!(json(&answers[2])["path"], "/api/three");
+    assert_eq!(answers[2].header("connection"), Some("close"));
+    for a in &answers {
+        let date = a.header("date").expect("every answer has a Date");
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+    }
+    gw.shutdown().await;
+}
+
+/// A head that arrives a few bytes at a time is read whole; so is one far larger than one
+/// read, up to `max_header_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_pieces_is_read_whole() {
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = b"GET /api/pieces HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nConnection: close\r\n\r\n";
+    for piece in head.chunks(7) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let answers = answers_until_closed(&mut s, &[false]).await;
+    assert_eq!(json(&answers[0])["path"], "/api/pieces");
+
+    let big = "b".repeat(24 * 1024);
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!("GET /api/big HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nx-big: {big}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answers = answers_until_closed(&mut s, &[false]).await;
+    assert_eq!(json(&answers[0])["headers"]["x-big"], big.as_str());
+    gw.shutdown().await;
+}
+
+/// Plain requests and requests with bodies share a connection: the first upload hands the
+/// connection to hyper, which serves the rest of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_moves_on_to_hyper_at_its_first_body() {
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /api/before HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let first = loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after the first request");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some((r, used)) = answer(&raw, false) {
+            raw.drain(..used);
+            break r;
+        }
+    };
+    assert_eq!(json(&first)["path"], "/api/before");
+    // An upload, then a plain request, pipelined behind it.
+    s.write_all(
+        b"POST /api/upload HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nContent-Length: 5\r\n\r\nhello\
+          GET /api/after HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answers = answers_until_closed(&mut s, &[false, false]).await;
+    let upload = json(&answers[0]);
+    assert_eq!(
+        (upload["method"].as_str(), upload["len"].as_u64()),
+        (Some("POST"), Some(5))
+    );
+    assert_eq!(json(&answers[1])["path"], "/api/after");
+    gw.shutdown().await;
+}
+
+/// Streamed answers go out chunked, part by part; 204 and 304 carry no body and keep the
+/// connection; a long download arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_answer_is_framed() {
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let mut c = Connection::open(gw.addr).await.unwrap();
+    let user = [("x-user-id", "u")];
+    let parts = c.get("/api/two-parts", &user).await.unwrap();
+    assert_eq!(parts.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(parts.body, b"first second");
+    for code in ["204", "304"] {
+        let r = c.get(&format!("/api/status/{code}"), &user).await.unwrap();
+        assert_eq!(r.status.to_string(), code);
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("transfer-encoding"), None);
+    }
+    let size = 3 * 1024 * 1024 + 17;
+    let r = c
+        .get(&format!("/api/download/{size}"), &user)
+        .await
+        .unwrap();
+    assert_eq!(r.body.len(), size);
+    let expected: Vec<u8> = (0..size.div_ceil(65_536))
+        .flat_map(|i| support::bytes_of(i as u8, (size - i * 65_536).min(65_536)))
+        .collect();
+    assert!(r.body == expected, "the download arrived changed");
+    let after = c.get("/api/x", &user).await.unwrap();
+    assert_eq!(after.status, 200);
+    gw.shutdown().await;
+}
+
+/// A stopping gateway closes an idle kept-alive connection at once and answers a busy one
+/// with `Connection: close` before closing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_closes_idle_connections_and_finishes_busy_ones() {
+    let a = upstream("a", false).await;
+    let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
+    let mut idle = Connection::open(gw.addr).await.unwrap();
+    assert_eq!(
+        idle.get("/api/x", &[("x-user-id", "u")])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let mut busy = TcpStream::connect(gw.addr).await.unwrap();
+    busy.write_all(b"GET /api/slow HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(gw.shutdown());
+    let answers = answers_until_closed(&mut busy, &[false]).await;
+    assert_eq!(answers[0].body, b"slow done");
+    assert_eq!(answers[0].header("connection"), Some("close"));
+    let closed = idle.get("/api/x", &[("x-user-id", "u")]).await;
+    assert!(closed.is_err(), "an idle connection stays open: {closed:?}");
+    stopping.await.unwrap();
+}
 
 /// An upload answered before it was read (413 over a route's `max_body`) gets its answer: the
 /// gateway drains what the client still sends instead of resetting the connection, which
