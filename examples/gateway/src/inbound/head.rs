@@ -1,6 +1,8 @@
 //! A request head read by the gateway itself: only the plain case (HTTP/1.1, no body, no
 //! protocol switch, within the limits); anything else is hyper's to answer.
 
+use std::mem::MaybeUninit;
+
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -33,9 +35,10 @@ pub(super) enum Parsed {
 
 /// Reads the request head at the start of `buf`.
 pub(super) fn parse(buf: &[u8], limits: Limits) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Left uninitialised: httparse writes the fields it returns (no 3 KiB of zeroes per head).
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= limits.max_bytes => return Parsed::Partial,
         _ => return Parsed::Other,

@@ -25,14 +25,17 @@ mod replay;
 mod respond;
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -179,78 +182,93 @@ impl Conn {
     async fn next_request(
         &mut self,
         server: &Server,
-        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        mut timer: Pin<&mut tokio::time::Sleep>,
     ) -> Next {
+        let limits = server.limits;
         if !self.pending.is_empty()
-            && let Some(next) = self.parsed(server.limits)
+            && let Some(next) = parsed(&mut self.pending, limits)
         {
             return next;
         }
+        let (stream, pending) = (&mut self.stream, &mut self.pending);
         let mut deadline = None;
         loop {
-            match self.read(server.limits) {
-                Ok(Some(next)) => return next,
-                Ok(None) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Next::Close,
+            // What the socket holds now: no system call when Tokio knows it holds nothing (a
+            // read shorter than the buffer drained it).
+            match poll_fn(|cx| Poll::Ready(poll_head(stream, pending, cx, limits))).await {
+                Poll::Ready(Ok(Some(next))) => return next,
+                Poll::Ready(Ok(None)) => continue,
+                Poll::Ready(Err(_)) => return Next::Close,
+                Poll::Pending => {}
             }
-            // Nothing to read yet: wait, within `header_timeout` of the first wait.
+            // Nothing yet: wait, within `header_timeout` of the first wait.
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
                 biased;
-                ready = self.stream.readable() => if ready.is_err() { return Next::Close },
+                read = poll_fn(|cx| poll_head(stream, pending, cx, limits)) => match read {
+                    Ok(Some(next)) => return next,
+                    Ok(None) => {}
+                    Err(_) => return Next::Close,
+                },
                 _ = timer.as_mut() => return Next::Close,
                 _ = self.stop.wait_for(|stopped| *stopped) => return Next::Close,
             }
         }
     }
+}
 
-    /// One read from the socket, parsed with what came before it: `Ok(None)` when the head
-    /// is still unfinished.
-    fn read(&mut self, limits: head::Limits) -> std::io::Result<Option<Next>> {
-        READ.with_borrow_mut(|buf| {
-            let n = self.stream.try_read(buf)?;
-            if n == 0 {
-                // Closed by the client, between requests or in the middle of a head.
-                return Ok(Some(Next::Close));
-            }
-            if !self.pending.is_empty() {
-                self.pending.extend_from_slice(&buf[..n]);
-                return Ok(self.parsed(limits));
-            }
-            Ok(match head::parse(&buf[..n], limits) {
-                Parsed::Request(req, len, close) => {
-                    self.pending.extend_from_slice(&buf[len..n]);
-                    Some(Next::Request(req, close))
-                }
-                Parsed::Partial => {
-                    self.pending.extend_from_slice(&buf[..n]);
-                    None
-                }
-                Parsed::Other => {
-                    self.pending.extend_from_slice(&buf[..n]);
-                    Some(Next::Hyper)
-                }
-            })
-        })
-    }
-
-    /// The request at the start of `pending`, if its head is complete.
-    fn parsed(&mut self, limits: head::Limits) -> Option<Next> {
-        match head::parse(&self.pending, limits) {
+/// One read from the socket into the thread's buffer, parsed with what came before it:
+/// `Ok(None)` when the head is still unfinished.
+fn poll_head(
+    stream: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+    limits: head::Limits,
+) -> Poll<std::io::Result<Option<Next>>> {
+    READ.with_borrow_mut(|buf| {
+        let mut read = ReadBuf::new(buf);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        if read.is_empty() {
+            // Closed by the client, between requests or in the middle of a head.
+            return Poll::Ready(Ok(Some(Next::Close)));
+        }
+        if !pending.is_empty() {
+            pending.extend_from_slice(read);
+            return Poll::Ready(Ok(parsed(pending, limits)));
+        }
+        Poll::Ready(Ok(match head::parse(read, limits) {
             Parsed::Request(req, len, close) => {
-                self.pending.drain(..len);
-                if self.pending.is_empty() {
-                    // An idle connection keeps no buffer.
-                    self.pending = Vec::new();
-                }
+                pending.extend_from_slice(&read[len..]);
                 Some(Next::Request(req, close))
             }
-            Parsed::Partial => None,
-            Parsed::Other => Some(Next::Hyper),
+            Parsed::Partial => {
+                pending.extend_from_slice(read);
+                None
+            }
+            Parsed::Other => {
+                pending.extend_from_slice(read);
+                Some(Next::Hyper)
+            }
+        }))
+    })
+}
+
+/// The request at the start of `pending`, if its head is complete.
+fn parsed(pending: &mut Vec<u8>, limits: head::Limits) -> Option<Next> {
+    match head::parse(pending, limits) {
+        Parsed::Request(req, len, close) => {
+            pending.drain(..len);
+            if pending.is_empty() {
+                // An idle connection keeps no buffer.
+                *pending = Vec::new();
+            }
+            Some(Next::Request(req, close))
         }
+        Parsed::Partial => None,
+        Parsed::Other => Some(Next::Hyper),
     }
 }
