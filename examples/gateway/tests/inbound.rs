@@ -129,42 +129,69 @@ async fn a_head_in_pieces_is_read_whole() {
     gw.shutdown().await;
 }
 
-/// Plain requests and requests with bodies share a connection: the first upload hands the
-/// connection to hyper, which serves the rest of it.
+/// Reads the next response off `s` (`raw` keeps what came after it).
+async fn next_answer(s: &mut TcpStream, raw: &mut Vec<u8>) -> RawResponse {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some((r, used)) = answer(raw, false) {
+            raw.drain(..used);
+            return r;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before an answer");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Plain requests, small uploads that come whole with their head, and uploads that stream
+/// share a connection: the first streaming upload hands the connection to hyper, which serves
+/// the rest of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_moves_on_to_hyper_at_its_first_body() {
+async fn a_connection_moves_on_to_hyper_at_its_first_streaming_body() {
     let a = upstream("a", false).await;
     let gw = start(config(&[("a", a.addr)], serde_json::json!([]))).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut raw = Vec::new();
     s.write_all(b"GET /api/before HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n")
         .await
         .unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let first = loop {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed after the first request");
-        raw.extend_from_slice(&buf[..n]);
-        if let Some((r, used)) = answer(&raw, false) {
-            raw.drain(..used);
-            break r;
-        }
-    };
-    assert_eq!(json(&first)["path"], "/api/before");
-    // An upload, then a plain request, pipelined behind it.
+    assert_eq!(
+        json(&next_answer(&mut s, &mut raw).await)["path"],
+        "/api/before"
+    );
+    // Whole with its head.
     s.write_all(
-        b"POST /api/upload HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nContent-Length: 5\r\n\r\nhello\
-          GET /api/after HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nConnection: close\r\n\r\n",
+        b"POST /api/small HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nContent-Length: 5\r\n\r\nhello",
     )
     .await
     .unwrap();
-    let answers = answers_until_closed(&mut s, &[false, false]).await;
-    let upload = json(&answers[0]);
+    let small = json(&next_answer(&mut s, &mut raw).await);
     assert_eq!(
-        (upload["method"].as_str(), upload["len"].as_u64()),
-        (Some("POST"), Some(5))
+        (small["len"].as_u64(), small["sum"].as_u64()),
+        (Some(5), Some(support::checksum(b"hello")))
     );
-    assert_eq!(json(&answers[1])["path"], "/api/after");
+    // The body comes after the head: hyper's from here on.
+    s.write_all(
+        b"POST /api/later HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"world").await.unwrap();
+    let later = json(&next_answer(&mut s, &mut raw).await);
+    assert_eq!(
+        (later["len"].as_u64(), later["sum"].as_u64()),
+        (Some(5), Some(support::checksum(b"world")))
+    );
+    s.write_all(b"GET /api/after HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let after = next_answer(&mut s, &mut raw).await;
+    assert_eq!(json(&after)["path"], "/api/after");
+    assert_eq!(after.header("connection"), Some("close"));
     gw.shutdown().await;
 }
 

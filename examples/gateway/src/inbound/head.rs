@@ -1,11 +1,12 @@
-//! A request head read by the gateway itself: only the plain case (HTTP/1.1, no body, no
-//! protocol switch, within the limits); anything else is hyper's to answer.
+//! A request head read by the gateway itself: only the plain case (HTTP/1.1, no body or one
+//! that came whole with the head, no protocol switch, within the limits); anything else is
+//! hyper's to answer.
 
 use std::mem::MaybeUninit;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 /// The most header fields parsed here (hyper's default bound); a head with more goes to hyper,
@@ -26,12 +27,13 @@ pub(crate) struct Limits {
 // Returned once per request and matched at once: boxing the request would cost an allocation.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Parsed {
-    /// A plain request, the length of its head, and whether the client asked to close.
+    /// A plain request, the length of its head and body, and whether the client asked to
+    /// close.
     Request(Request<Body>, usize, bool),
     /// The head is not complete yet (and within `max_bytes`).
     Partial,
-    /// Anything else: a body, an upgrade, `Expect`, another HTTP version, a head over a
-    /// limit, bytes that are not HTTP/1.1 at all. hyper reads the connection from here on and
+    /// Anything else: a body that did not come whole with its head, an upgrade, `Expect`,
+    /// another HTTP version, a head over a limit, bytes that are not HTTP/1.1 at all. hyper reads the connection from here on and
     /// answers as it always has (400, 431, 100-continue, h2c…).
     Other,
 }
@@ -58,14 +60,41 @@ pub(super) fn parse(buf: &[u8], limits: Limits) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::Other;
     }
-    // The head in one allocation; the target and the field values are views of it.
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    // What the head says of the body and the connection.
+    let mut body_len = None;
+    let mut close = false;
+    for field in req.headers.iter() {
+        let name = field.name.as_bytes();
+        if [&b"transfer-encoding"[..], b"upgrade", b"expect"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            return Parsed::Other;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match parse_length(field.value) {
+                Some(n) if body_len.is_none_or(|b| b == n) => body_len = Some(n),
+                _ => return Parsed::Other,
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= has_token(field.value, b"close");
+        }
+    }
+    // A body is taken here only when it came whole with its head (a small form or JSON
+    // document); one still arriving streams through hyper.
+    let body_len = match usize::try_from(body_len.unwrap_or(0)) {
+        Ok(n) if n <= buf.len() - len => n,
+        _ => return Parsed::Other,
+    };
+    // The head and the body in one allocation; the target, the field values and the body are
+    // views of it.
+    let whole = Bytes::copy_from_slice(&buf[..len + body_len]);
     let view = |part: &[u8]| {
         if part.is_empty() {
             return Bytes::new();
         }
         let at = part.as_ptr() as usize - buf.as_ptr() as usize;
-        head.slice(at..at + part.len())
+        whole.slice(at..at + part.len())
     };
     let Ok(uri) = Uri::from_maybe_shared(view(target.as_bytes())) else {
         return Parsed::Other;
@@ -73,28 +102,34 @@ pub(super) fn parse(buf: &[u8], limits: Limits) -> Parsed {
     // Room for the fields the proxy adds (the forwarding fields, a request id): the map does
     // not grow, three reallocations, on the way to the node.
     let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_FIELDS);
-    let mut close = false;
     for field in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parsed::Other;
         };
-        match name {
-            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Other,
-            header::CONTENT_LENGTH if field.value != b"0" => return Parsed::Other,
-            header::CONNECTION => close |= has_token(field.value, b"close"),
-            _ => {}
-        }
         let Ok(value) = HeaderValue::from_maybe_shared(view(field.value)) else {
             return Parsed::Other;
         };
         headers.append(name, value);
     }
-    let mut request = Request::new(Body::empty());
+    let body = if body_len == 0 {
+        Body::empty()
+    } else {
+        Body::from(whole.slice(len..len + body_len))
+    };
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Parsed::Request(request, len, close)
+    Parsed::Request(request, len + body_len, close)
+}
+
+/// A `Content-Length` value: digits only.
+pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Whether a comma-separated field value names `token` (ASCII case-insensitive).
@@ -142,6 +177,34 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_came_whole_is_read_with_its_head() {
+        let raw = b"POST /form HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabcGET";
+        let (r, len, _) = request(raw);
+        assert_eq!(len, raw.len() - 3);
+        let body =
+            futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(r.into_body()))
+                .unwrap()
+                .unwrap()
+                .to_bytes();
+        assert_eq!(body, "abc");
+    }
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(parse_length(b"42"), Some(42));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"1 ",
+            b"-1",
+            b"0x10",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn close_is_a_token_of_connection() {
         assert!(request(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").2);
         assert!(!request(b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n").2);
@@ -161,7 +224,9 @@ mod tests {
     #[test]
     fn everything_but_a_plain_request_is_left_to_hyper() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            &b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
