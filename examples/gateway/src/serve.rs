@@ -1,5 +1,7 @@
-//! The proxy listener: hyper's connection API directly (HTTP/1.1 and h2c), with the limits a
-//! server at the edge needs, nginx's defaults where nginx has one.
+//! The proxy listener: plain HTTP/1.1 requests read and answered by the gateway itself
+//! (`inbound`), everything else (bodies that stream, upgrades, h2c, TLS) on hyper's
+//! connection API, with the limits a server at the edge needs, nginx's defaults where nginx
+//! has one.
 //!
 //! | setting (`server` section) | default | over it |
 //! |---|---|---|
