@@ -93,11 +93,11 @@ pub(crate) async fn serve(
         let to_head = req.method() == http::Method::HEAD;
         let response = crate::handle(server.shared.clone(), peer, false, req).await;
         close |= *conn.stop.borrow();
-        match respond::write(&mut conn.stream, to_head, response, close).await {
-            Ok(true) => {}
-            Ok(false) => break,
-            // The client went away, or the answer broke off: the connection ends unannounced.
-            Err(_) => break,
+        // The connection ends after an answer that closes it, or unannounced when the client
+        // went away or the answer broke off.
+        let kept = respond::write(&mut conn.stream, to_head, response, close).await;
+        if !matches!(kept, Ok(true)) {
+            break;
         }
     }
     replay::close(conn.stream);
