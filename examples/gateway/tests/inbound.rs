@@ -6,55 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use omega_testkit::http::{Connection, RawResponse};
+use omega_testkit::http::{Connection, RawResponse, parse_response};
 use support::{config, json, start, upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Reads one response from `raw` (HEAD answers have no body whatever they say); the response
-/// and the bytes it took, or `None` while it is incomplete.
-fn answer(raw: &[u8], to_head: bool) -> Option<(RawResponse, usize)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&raw[..end - 4]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut response = RawResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if to_head || status == 204 || status == 304 {
-        return Some((response, end));
-    }
-    if response.header("transfer-encoding") == Some("chunked") {
-        let mut at = end;
-        loop {
-            let line_end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at;
-            let size = usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).ok()?, 16)
-                .unwrap_or_else(|_| panic!("bad chunk size at {at}"));
-            at = line_end + 2;
-            if size == 0 {
-                // No trailers here: the empty line.
-                raw.get(at..at + 2)?;
-                return Some((response, at + 2));
-            }
-            response.body.extend_from_slice(raw.get(at..at + size)?);
-            at += size + 2;
-            raw.get(..at)?;
-        }
-    }
-    let length: usize = response
-        .header("content-length")
-        .expect("a framed answer")
-        .parse()
-        .unwrap();
-    response.body = raw.get(end..end + length)?.to_vec();
-    Some((response, end + length))
-}
 
 /// Reads responses off `s` until the server closes it: one per entry of `to_head`.
 async fn answers_until_closed(s: &mut TcpStream, to_head: &[bool]) -> Vec<RawResponse> {
@@ -66,7 +21,7 @@ async fn answers_until_closed(s: &mut TcpStream, to_head: &[bool]) -> Vec<RawRes
     let mut at = 0;
     let mut out = Vec::new();
     for &h in to_head {
-        let (r, used) = answer(&raw[at..], h)
+        let (r, used) = parse_response(&raw[at..], h)
             .unwrap_or_else(|| panic!("incomplete: {:?}", String::from_utf8_lossy(&raw[at..])));
         at += used;
         out.push(r);
@@ -133,7 +88,7 @@ async fn a_head_in_pieces_is_read_whole() {
 async fn next_answer(s: &mut TcpStream, raw: &mut Vec<u8>) -> RawResponse {
     let mut buf = [0u8; 4096];
     loop {
-        if let Some((r, used)) = answer(raw, false) {
+        if let Some((r, used)) = parse_response(raw, false) {
             raw.drain(..used);
             return r;
         }

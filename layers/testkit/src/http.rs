@@ -137,8 +137,19 @@ impl Connection {
 /// A whole response at the start of `raw`, and how many bytes it took; `None` while more bytes
 /// are needed.
 fn parse_complete(raw: &[u8]) -> Option<(RawResponse, usize)> {
+    parse_response(raw, false)
+}
+
+/// A whole response at the start of `raw` (bytes read off a keep-alive connection, possibly
+/// with more responses behind it) and how many bytes it took; `None` while more bytes are
+/// needed. An answer to HEAD (`to_head`), a 1xx, 204 or 304 has no body whatever its
+/// `Content-Length` says.
+pub fn parse_response(raw: &[u8], to_head: bool) -> Option<(RawResponse, usize)> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let mut response = parse_head(&raw[..end - 4])?;
+    if to_head || response.status < 200 || response.status == 204 || response.status == 304 {
+        return Some((response, end));
+    }
     let length = response
         .header("content-length")
         .and_then(|v| v.parse::<usize>().ok());
@@ -246,5 +257,10 @@ mod tests {
         assert!(super::parse_complete(&chunked[..chunked.len() - 1]).is_none());
         assert_eq!(super::parse_complete(chunked).unwrap().1, chunked.len());
         assert!(super::parse_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhi").is_none());
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n";
+        let (r, used) = super::parse_response(head, true).unwrap();
+        assert_eq!((r.status, r.body.len()), (200, 0));
+        let (r, rest) = super::parse_response(&head[used..], false).unwrap();
+        assert_eq!((r.status, rest), (304, head.len() - used));
     }
 }
