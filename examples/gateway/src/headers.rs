@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: [HeaderName; 9] = [
+// Statics, not consts: a const array is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -54,10 +55,26 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `name` is one of `HOP_BY_HOP`: one comparison of lengths, then of bytes, per name.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names (no hashing) finds that out.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // `Connection: keep-alive` (or `close`, `upgrade`) names nothing beyond the fixed list:
@@ -95,7 +112,7 @@ pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The headers that describe earlier hops: kept from trusted proxies only.
-pub(crate) const FORWARDING: [HeaderName; 4] = [
+pub(crate) static FORWARDING: [HeaderName; 4] = [
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
@@ -146,18 +163,32 @@ pub(crate) fn add_forwarded(
         buf.extend_from_slice(prior.as_bytes());
         buf.extend_from_slice(b", ");
     }
-    let _ = write!(buf, "{ip}");
+    match ip {
+        std::net::IpAddr::V4(v4) => push_v4(&mut buf, v4),
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
     let xff = buf.split().freeze();
     if let Some(prior) = prior_forwarded {
         buf.extend_from_slice(prior.as_bytes());
         buf.extend_from_slice(b", ");
     }
-    let _ = match ip {
-        std::net::IpAddr::V4(v4) => write!(buf, "for={v4};proto={proto}"),
-        std::net::IpAddr::V6(v6) => write!(buf, "for=\"[{v6}]\";proto={proto}"),
-    };
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            buf.extend_from_slice(b"for=");
+            push_v4(&mut buf, v4);
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "for=\"[{v6}]\"");
+        }
+    }
+    buf.extend_from_slice(b";proto=");
+    buf.extend_from_slice(proto.as_bytes());
     if let Some(host) = host {
-        let _ = write!(buf, ";host=\"{host}\"");
+        buf.extend_from_slice(b";host=\"");
+        buf.extend_from_slice(host.as_bytes());
+        buf.extend_from_slice(b"\"");
     }
     let forwarded = buf.freeze();
     if let Ok(v) = HeaderValue::from_maybe_shared(xff) {
@@ -165,6 +196,17 @@ pub(crate) fn add_forwarded(
     }
     if let Ok(v) = HeaderValue::from_maybe_shared(forwarded) {
         headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// Appends `ip` in dotted decimal, without `fmt`'s machinery (two addresses per request).
+fn push_v4(buf: &mut bytes::BytesMut, ip: std::net::Ipv4Addr) {
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf.extend_from_slice(b".");
+        }
+        buf.extend_from_slice(digits.format(octet).as_bytes());
     }
 }
 
@@ -234,6 +276,9 @@ mod tests {
         none.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         remove_hop_by_hop(&mut none);
         assert_eq!(none.len(), 2);
+        // The quick check and the list name the same headers.
+        assert!(HOP_BY_HOP.iter().all(is_hop_by_hop));
+        assert!(!is_hop_by_hop(&header::HOST));
     }
 
     #[test]
@@ -266,6 +311,15 @@ mod tests {
         assert_eq!(
             h[header::FORWARDED],
             "for=\"[2001:db8::1]\";proto=http;host=\"example.com\""
+        );
+
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=192.0.2.60"));
+        add_forwarded(&mut h, "10.0.255.9:4000".parse().unwrap(), "https", None);
+        assert_eq!(h["x-forwarded-for"], "10.0.255.9");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.60, for=10.0.255.9;proto=https"
         );
     }
 }

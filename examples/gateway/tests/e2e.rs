@@ -497,8 +497,44 @@ async fn routes_and_limits_see_the_path_in_normal_form() {
         "/other/x",
         "the upstream gets the normal form"
     );
+    assert_eq!(json(&other)["query"], "q=1");
     let encoded = get(gw.addr, "/x%2F..%2Fusers/7", &user).await.unwrap();
     assert_eq!(encoded.status, 400, "{encoded:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_strip_prefix_sends_the_rest_of_the_path_and_the_query() {
+    let a = upstream("a", false).await;
+    let doc = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "upstreams": { "pool": {
+            "nodes": [{ "id": "a", "url": format!("http://{}", a.addr) }],
+            "key": { "header": "x-user-id" }
+        }},
+        "routes": [
+            { "prefix": "/svc", "upstream": "pool", "strip_prefix": true },
+            { "prefix": "/", "upstream": "pool" }
+        ]
+    });
+    let gw = start(GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let user = [("x-user-id", "u")];
+    for (sent, path, query) in [
+        ("/svc/users/7?a=1&b=2", "/users/7", Some("a=1&b=2")),
+        ("/svc/users/7", "/users/7", None),
+        ("/svc", "/", None),
+        ("/svc?x=y", "/", Some("x=y")),
+        ("/svc/", "/", None),
+        // Routes without it send the client's path and query as they came.
+        ("/other/x?q=%20", "/other/x", Some("q=%20")),
+    ] {
+        let r = get(gw.addr, sent, &user).await.unwrap();
+        assert_eq!(r.status, 200, "{sent}: {r:?}");
+        let doc = json(&r);
+        assert_eq!(doc["path"], path, "{sent}");
+        assert_eq!(doc["query"].as_str(), query, "{sent}");
+    }
     gw.shutdown().await;
 }
 

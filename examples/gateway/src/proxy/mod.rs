@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use omega_penta::core::key::http::ClientIp;
 
@@ -256,22 +257,29 @@ impl NodeInner {
             .map(|p| p.0);
         let (mut parts, body) = req.into_parts();
 
-        // The upstream path: the route prefix removed when configured.
-        let path = parts.uri.path();
-        let path = match &route {
+        // The upstream path: the route prefix removed when configured; else the client's,
+        // as it was parsed (no copy).
+        let path_and_query = match &route {
             Some(r) if r.strip_prefix && r.prefix != "/" => {
+                let path = parts.uri.path();
                 let rest = &path[r.prefix.len().min(path.len())..];
-                if rest.starts_with('/') {
-                    rest.to_owned()
-                } else {
-                    format!("/{rest}")
+                let slash = if rest.starts_with('/') { "" } else { "/" };
+                let joined = match parts.uri.query() {
+                    Some(q) => format!("{slash}{rest}?{q}"),
+                    None => format!("{slash}{rest}"),
+                };
+                match PathAndQuery::try_from(joined) {
+                    Ok(pq) => pq,
+                    Err(_) => {
+                        return Ok(status(StatusCode::BAD_REQUEST, "invalid request path"));
+                    }
                 }
             }
-            _ => path.to_owned(),
-        };
-        let path_and_query = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
+            _ => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         let uri = match Uri::builder()
             .scheme(if self.https { "https" } else { "http" })
@@ -327,7 +335,7 @@ impl NodeInner {
         if !trusted {
             // What a client says about earlier hops is its own claim: the next tier gets
             // only what this gateway saw.
-            for name in FORWARDING {
+            for name in &FORWARDING {
                 parts.headers.remove(name);
             }
         }

@@ -43,6 +43,7 @@ pub(crate) async fn upstream(id: &'static str, failing: bool) -> Upstream {
 
 pub(crate) async fn serve_test_request(id: &str, failing: bool, req: Request) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
     if failing {
         let mut r = Response::new(Body::from("broken"));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -99,7 +100,8 @@ pub(crate) async fn serve_test_request(id: &str, failing: bool, req: Request) ->
             .fold(sum, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
     }
     let doc = serde_json::json!({
-        "node": id, "method": method, "path": path, "headers": headers, "len": len, "sum": sum,
+        "node": id, "method": method, "path": path, "query": query, "headers": headers, "len": len,
+        "sum": sum,
     });
     let mut r = Response::new(Body::from(doc.to_string()));
     r.headers_mut()
