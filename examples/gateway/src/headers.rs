@@ -55,26 +55,66 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether `name` is one of `HOP_BY_HOP`: one comparison of lengths, then of bytes, per name.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// The position of `name` in `HOP_BY_HOP`: a comparison of lengths, then of bytes.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
+/// The position of `name` in `FORWARDING`.
+fn forwarding_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "x-forwarded-for" => 0,
+        "x-forwarded-host" => 1,
+        "x-forwarded-proto" => 2,
+        "forwarded" => 3,
+        _ => return None,
+    })
+}
+
+/// Which of a list's names `headers` holds, as bits by their `index` in it: one pass over
+/// the map's names, no hashing.
+fn present(headers: &HeaderMap, index: fn(&HeaderName) -> Option<usize>) -> u32 {
+    let mut bits = 0;
+    for key in headers.keys() {
+        if let Some(i) = index(key) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// Removes those of `names` whose bit is in `bits`. A removal hashes and probes even for a
+/// name that is not there; most messages carry none of a list, or one.
+fn remove_bits(headers: &mut HeaderMap, names: &[HeaderName], bits: u32) {
+    for (i, name) in names.iter().enumerate() {
+        if bits & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the forwarding headers (`FORWARDING`), all their values.
+pub(crate) fn remove_forwarding(headers: &mut HeaderMap) {
+    let bits = present(headers, forwarding_index);
+    remove_bits(headers, &FORWARDING, bits);
 }
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (no hashing) finds that out.
-    if !headers.keys().any(is_hop_by_hop) {
+    // Most requests carry none, most responses `Connection` alone.
+    let bits = present(headers, hop_by_hop_index);
+    if bits == 0 {
         return;
     }
     // `Connection: keep-alive` (or `close`, `upgrade`) names nothing beyond the fixed list:
@@ -102,9 +142,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_bits(headers, &HOP_BY_HOP, bits);
 }
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -112,7 +150,7 @@ pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The headers that describe earlier hops: kept from trusted proxies only.
-pub(crate) static FORWARDING: [HeaderName; 4] = [
+static FORWARDING: [HeaderName; 4] = [
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
@@ -276,9 +314,35 @@ mod tests {
         none.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         remove_hop_by_hop(&mut none);
         assert_eq!(none.len(), 2);
-        // The quick check and the list name the same headers.
-        assert!(HOP_BY_HOP.iter().all(is_hop_by_hop));
-        assert!(!is_hop_by_hop(&header::HOST));
+    }
+
+    #[test]
+    fn the_forwarding_headers_that_are_there_go_all_their_values_with_them() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=198.51.100.1"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_forwarding(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        remove_forwarding(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn the_quick_lookups_name_the_lists_in_order() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for (i, name) in FORWARDING.iter().enumerate() {
+            assert_eq!(forwarding_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+        assert_eq!(forwarding_index(&header::HOST), None);
     }
 
     #[test]

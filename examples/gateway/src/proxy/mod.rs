@@ -23,7 +23,8 @@ use omega_penta::core::key::http::ClientIp;
 use crate::body::{IdleTimeout, Side};
 pub use crate::client::{Client, Clients, TlsClient, client};
 use crate::headers::{
-    FORWARDING, X_FORWARDED_HOST, X_FORWARDED_PROTO, add_forwarded, grpc_timeout, join_cookies,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO, add_forwarded, grpc_timeout, join_cookies,
+    remove_forwarding,
 };
 pub use crate::headers::{remove_hop_by_hop, valid_host};
 pub use error::{Unanswered, UpstreamError};
@@ -335,9 +336,7 @@ impl NodeInner {
         if !trusted {
             // What a client says about earlier hops is its own claim: the next tier gets
             // only what this gateway saw.
-            for name in &FORWARDING {
-                parts.headers.remove(name);
-            }
+            remove_forwarding(&mut parts.headers);
         }
         if let Some(host) = &original_host
             && !parts.headers.contains_key(X_FORWARDED_HOST)
