@@ -25,6 +25,7 @@
 mod body;
 mod outgoing;
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -361,9 +362,16 @@ async fn exchange(
 /// with a single copy.
 fn parse(conn: &mut Conn, to_head: bool) -> Result<Option<(Response<Bytes>, Head)>, Error> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let head_len = match response.parse(&conn.buf) {
+        // Left uninitialised: httparse writes the fields it returns (no 3 KiB of zeroes per
+        // answer).
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &conn.buf,
+            &mut fields,
+        );
+        let head_len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(Error::Invalid("not an HTTP/1.1 response head")),
