@@ -50,6 +50,12 @@ const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head or trailer section.
 const MAX_HEADERS: usize = 100;
 
+/// Room for the fields the layers add to an answer on its way to the client (a request id,
+/// `RateLimit`, `RateLimit-Policy` — one field, a value per limit —, `Cache-Status`): a map
+/// sized for the node's fields alone grew, a reallocation and a rehash, once per request
+/// behind limits.
+const ADDED_FIELDS: usize = 4;
+
 /// Why a node gave no (whole) answer.
 #[derive(Debug)]
 pub enum Error {
@@ -395,7 +401,7 @@ fn parse(conn: &mut Conn, to_head: bool) -> Result<Option<(Response<Bytes>, Head
         let taken = head_len + whole.unwrap_or(0);
         let message = Bytes::copy_from_slice(&conn.buf[..taken]);
         let base = conn.buf.as_ptr() as usize;
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut headers = HeaderMap::with_capacity(response.headers.len() + ADDED_FIELDS);
         for h in response.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| Error::Invalid("header name"))?;
