@@ -1,7 +1,7 @@
 //! [`ClientIp`]: the client's address, believing forwarding headers only from trusted proxies.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ::http::header::{FORWARDED, HeaderName};
 use ::http::{HeaderMap, Request};
@@ -192,9 +192,34 @@ impl ClientIp {
                 let net = Ipv6Addr::from(bits & mask);
                 Key::format(format_args!("{net}/{}", self.ipv6_prefix))
             }
+            IpAddr::V4(v4) => v4_key(v4),
             ip => Key::format(format_args!("{ip}")),
         }
     }
+}
+
+/// `ip` in dotted decimal, as `Display` writes it, without `fmt`'s machinery: this key is
+/// made for every request a per-client limit sees.
+fn v4_key(ip: Ipv4Addr) -> Key<'static> {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    Key::copy_of(&text[..len])
 }
 
 impl<B: 'static> KeySource<Request<B>> for ClientIp {
@@ -306,6 +331,19 @@ fn parse_node(hop: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use ::http::HeaderValue;
+
+    #[test]
+    fn ipv4_keys_are_the_addresses_as_display_writes_them() {
+        for octet in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(octet, 0, 9, 255),
+                Ipv4Addr::new(10, octet, 100, 1),
+                Ipv4Addr::new(192, 168, octet, octet),
+            ] {
+                assert_eq!(v4_key(ip).as_bytes(), ip.to_string().as_bytes());
+            }
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
