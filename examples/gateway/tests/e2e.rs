@@ -504,7 +504,7 @@ async fn routes_and_limits_see_the_path_in_normal_form() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_with_strip_prefix_sends_the_rest_of_the_path_and_the_query() {
+async fn nodes_get_the_path_and_query_in_origin_form_without_a_stripped_prefix() {
     let a = upstream("a", false).await;
     let doc = serde_json::json!({
         "listen": "127.0.0.1:0",
@@ -528,6 +528,11 @@ async fn a_route_with_strip_prefix_sends_the_rest_of_the_path_and_the_query() {
         ("/svc/", "/", None),
         // Routes without it send the client's path and query as they came.
         ("/other/x?q=%20", "/other/x", Some("q=%20")),
+        // An absolute-form target: its path (`/` when it has none) and query.
+        ("http://example.com/svc/a?q=1", "/a", Some("q=1")),
+        ("http://example.com/other?q=1", "/other", Some("q=1")),
+        ("http://example.com?q=2", "/", Some("q=2")),
+        ("http://example.com", "/", None),
     ] {
         let r = get(gw.addr, sent, &user).await.unwrap();
         assert_eq!(r.status, 200, "{sent}: {r:?}");

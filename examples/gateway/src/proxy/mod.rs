@@ -103,6 +103,14 @@ pub fn matches(prefix: &str, path: &str) -> bool {
             && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
 }
 
+/// `path` and `query` as a request target.
+fn origin_form(path: &str, query: Option<&str>) -> Option<PathAndQuery> {
+    match query {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).ok(),
+        None => PathAndQuery::try_from(path).ok(),
+    }
+}
+
 /// A short plain-text response.
 pub fn status(code: StatusCode, message: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(format!("{message}\n")));
@@ -258,29 +266,25 @@ impl NodeInner {
             .map(|p| p.0);
         let (mut parts, body) = req.into_parts();
 
-        // The upstream path: the route prefix removed when configured; else the client's,
-        // as it was parsed (no copy).
-        let path_and_query = match &route {
-            Some(r) if r.strip_prefix && r.prefix != "/" => {
+        // The upstream target: the path with the route prefix removed when configured; else
+        // the client's as it was parsed (no copy) when it is in origin form already, and its
+        // path and query otherwise (an absolute-form `http://host?q` has no path).
+        let query = parts.uri.query();
+        let path_and_query = match (&route, parts.uri.path_and_query()) {
+            (Some(r), _) if r.strip_prefix && r.prefix != "/" => {
                 let path = parts.uri.path();
                 let rest = &path[r.prefix.len().min(path.len())..];
-                let slash = if rest.starts_with('/') { "" } else { "/" };
-                let joined = match parts.uri.query() {
-                    Some(q) => format!("{slash}{rest}?{q}"),
-                    None => format!("{slash}{rest}"),
-                };
-                match PathAndQuery::try_from(joined) {
-                    Ok(pq) => pq,
-                    Err(_) => {
-                        return Ok(status(StatusCode::BAD_REQUEST, "invalid request path"));
-                    }
+                if rest.starts_with('/') {
+                    origin_form(rest, query)
+                } else {
+                    origin_form(&format!("/{rest}"), query)
                 }
             }
-            _ => parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            (_, Some(pq)) if pq.as_str().starts_with('/') => Some(pq.clone()),
+            _ => origin_form(parts.uri.path(), query),
+        };
+        let Some(path_and_query) = path_and_query else {
+            return Ok(status(StatusCode::BAD_REQUEST, "invalid request path"));
         };
         let uri = match Uri::builder()
             .scheme(if self.https { "https" } else { "http" })
