@@ -169,12 +169,15 @@ pub fn valid_host(host: &[u8]) -> bool {
         })
 }
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded` (RFC 7239).
+/// Appends the client to `X-Forwarded-For` and `Forwarded` (RFC 7239): to the chains an
+/// earlier hop sent when `extend` (a trusted proxy's), else as the fields' only entries (an
+/// untrusted client's fields were removed; nothing is looked up).
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     proto: &str,
     host: Option<&HeaderValue>,
+    extend: bool,
 ) {
     use std::fmt::Write as _;
     // Both values are written into one buffer and split off it: one allocation per request
@@ -189,8 +192,14 @@ pub(crate) fn add_forwarded(
     let host = host
         .filter(|h| valid_host(h.as_bytes()))
         .and_then(|h| h.to_str().ok());
-    let prior_xff = prior(headers, &X_FORWARDED_FOR);
-    let prior_forwarded = prior(headers, &header::FORWARDED);
+    let (prior_xff, prior_forwarded) = if extend {
+        (
+            prior(headers, &X_FORWARDED_FOR),
+            prior(headers, &header::FORWARDED),
+        )
+    } else {
+        (None, None)
+    };
     let mut buf = bytes::BytesMut::with_capacity(
         prior_xff.map_or(0, str::len)
             + prior_forwarded.map_or(0, str::len)
@@ -370,6 +379,7 @@ mod tests {
             "[2001:db8::1]:4000".parse().unwrap(),
             "http",
             Some(&host),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::1");
         assert_eq!(
@@ -379,7 +389,13 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert("forwarded", HeaderValue::from_static("for=192.0.2.60"));
-        add_forwarded(&mut h, "10.0.255.9:4000".parse().unwrap(), "https", None);
+        add_forwarded(
+            &mut h,
+            "10.0.255.9:4000".parse().unwrap(),
+            "https",
+            None,
+            true,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.255.9");
         assert_eq!(
             h[header::FORWARDED],

@@ -353,7 +353,13 @@ impl NodeInner {
             "http"
         };
         if let Some(peer) = peer {
-            add_forwarded(&mut parts.headers, peer, proto, original_host.as_ref());
+            add_forwarded(
+                &mut parts.headers,
+                peer,
+                proto,
+                original_host.as_ref(),
+                trusted,
+            );
         }
         // A trusted TLS terminator's `X-Forwarded-Proto: https` is kept.
         if !parts.headers.contains_key(X_FORWARDED_PROTO) {

@@ -345,7 +345,10 @@ async fn exchange(
     // The answer to a HEAD request has no body, whatever its head says.
     let to_head = head.method == Method::HEAD;
     loop {
-        if let Some(response) = parse(&mut conn, to_head)? {
+        // Nothing to parse before the first read.
+        if !conn.buf.is_empty()
+            && let Some(response) = parse(&mut conn, to_head)?
+        {
             let (response, mut head) = response;
             // A body cut short by the node's early answer leaves the connection unusable.
             head.reusable &= whole;
