@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use omega_core::Backend;
 use omega_core::redis::RedisConfig;
 use omega_rate_limit::{Lease, Limit, Quota, RateLimiter};
-use omega_testkit::RedisServer;
+use omega_testkit::{RedisCluster, RedisServer};
 
 async fn backend(url: String) -> Backend {
     Backend::redis(RedisConfig::url(url).op_timeout(Duration::from_millis(200)))
@@ -234,4 +234,108 @@ async fn a_leased_limit_refuses_requests_without_its_key_and_gives_the_lease_bac
     assert!(limiter.check(&Some(3)).await.is_allowed());
     let d = limiter.check(&Some(4)).await;
     assert_eq!(d.denied().unwrap().limit(), "global");
+}
+
+/// Keys in use renew their leases before they expire, in the background, and renewals that
+/// come due together share one script call: 200 keys, each asked every few milliseconds for
+/// well over a second, cost Redis a few calls per renewal window rather than a call per key
+/// each time its lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_keys_in_use_are_renewed_in_shared_calls() {
+    let server = RedisServer::start();
+    let stats = || (script_calls(&server), refused_script_calls(&server));
+    let run = renew_keys_in_use(backend(server.url()).await, stats).await;
+    assert!(
+        run.calls * 4 < run.per_key_each_hold,
+        "{} calls: renewals do not share calls (one per key per hold: {})",
+        run.calls,
+        run.per_key_each_hold
+    );
+}
+
+/// On a cluster the renewals of one window go in one call per hash slot: Redis refuses no
+/// call for keys of several slots (`CROSSSLOT`), and every decision is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_a_cluster_are_renewed_in_one_call_per_slot() {
+    let cluster = RedisCluster::start();
+    let backend =
+        Backend::redis(RedisConfig::cluster(cluster.urls()).op_timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+    let stats = || {
+        let nodes = cluster.nodes().iter();
+        let calls = nodes.clone().map(script_calls).sum();
+        (calls, nodes.map(refused_script_calls).sum())
+    };
+    let run = renew_keys_in_use(backend, stats).await;
+    assert_eq!(run.refused, 0, "script calls refused by the cluster");
+    assert!(run.calls > 0);
+}
+
+/// Script calls the server refused or that failed (a first `EVALSHA` of a script the server
+/// does not hold yet fails, and is sent again as `EVAL`).
+fn refused_script_calls(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let field = |l: &str, name: &str| -> u64 {
+        l.split(name)
+            .nth(1)
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| field(l, "rejected_calls=") + field(l, "failed_calls="))
+        .sum()
+}
+
+struct RenewalRun {
+    /// Script calls after the first lease of every key.
+    calls: u64,
+    /// Script calls refused or failed after the first lease of every key.
+    refused: u64,
+    /// The calls if every key fetched once per hold.
+    per_key_each_hold: u64,
+}
+
+/// 200 keys with leases held 200 ms, each asked every few milliseconds for 1.5 s; every
+/// decision must be admitted.
+async fn renew_keys_in_use(backend: Backend, stats: impl Fn() -> (u64, u64)) -> RenewalRun {
+    let hold = Duration::from_millis(200);
+    let keys = 200u32;
+    let limiter = RateLimiter::<u32>::builder()
+        .limit(
+            Limit::keyed("per_key", Quota::per_second(1_000_000), |k: &u32| Some(*k))
+                .lease(Lease::new(1_000).max_hold(hold)),
+        )
+        .backend(backend)
+        .build()
+        .unwrap();
+    for k in 0..keys {
+        assert!(limiter.check(&k).await.is_allowed());
+    }
+    let before = stats();
+    let started = Instant::now();
+    let mut decisions = 0u64;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        for k in 0..keys {
+            assert!(limiter.check(&k).await.is_allowed(), "key {k}");
+            decisions += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    let after = stats();
+    let calls = after.0 - before.0;
+    // Fetched when they expire, one call per key per hold: 200 × 1.5 s / 200 ms = 1,500.
+    let per_key_each_hold = u64::from(keys) * elapsed.as_millis() as u64 / hold.as_millis() as u64;
+    println!(
+        "{calls} script calls for {decisions} decisions over {keys} keys in {elapsed:?} \
+         (one call per key per hold would be {per_key_each_hold})"
+    );
+    RenewalRun {
+        calls,
+        refused: after.1 - before.1,
+        per_key_each_hold,
+    }
 }

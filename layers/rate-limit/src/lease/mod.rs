@@ -25,9 +25,13 @@ pub const DEFAULT_MAX_HOLD: Duration = Duration::from_millis(500);
 /// For each key of a leased limit the instance holds a lease: a number of cells taken from the
 /// key's Redis bucket by one script call, and the time the call was sent. A request spends its
 /// cost from the lease without touching Redis, also in a limiter whose other limits are exact
-/// (only those make a round trip). When a lease falls below a quarter of the batch, a
-/// background task tops it up with another batch while requests keep spending what is left,
-/// so a busy key does not stall at the end of each lease. When the lease cannot pay at all,
+/// (only those make a round trip). When a lease falls below a quarter of the batch, or a
+/// request pays from it in the last quarter of its hold, a background task tops it up with
+/// another batch while requests keep spending what is left, so a key in use does not stall
+/// when its lease runs out or expires. Top-ups that come due within a sixteenth of the hold
+/// (at most 10 ms) share one script call (one per hash slot on a cluster), so that many keys
+/// renewed every `max_hold` cost Redis and the instance a few calls rather than one per key;
+/// a lease running low is sent at once, with what is queued. When the lease cannot pay at all,
 /// one task fetches a new batch (the others wait for it rather than all asking Redis, and
 /// share its failure if it fails); a fetch takes `min(batch, cells available)` cells, as long
 /// as at least the request's cost is available, and otherwise the key is denied locally until
@@ -53,10 +57,12 @@ pub const DEFAULT_MAX_HOLD: Duration = Duration::from_millis(500);
 ///
 /// Cells not spent within `max_hold` of their call are dropped (cells left when a fetch or a
 /// top-up lands stay spendable until then). Those cells are lost to the cluster: per key and
-/// instance, at most `batch + batch / 4` cells every `max_hold` (a top-up lands on at most a
-/// quarter of a batch). With N instances, a key whose
-/// traffic is spread thinly may therefore see up to N × 1.25 × `batch` cells unused per
-/// `max_hold`; keep `batch` small against the burst (and leases for hot keys, such as a global
+/// instance, at most two batches every `max_hold` (a lease is renewed at most once in three
+/// quarters of a hold, and a top-up for a lease running low lands on less than a quarter of
+/// a batch). With N instances, a key whose traffic is spread thinly may therefore see up to
+/// N × 2 × `batch` cells unused per `max_hold`, and a key in use takes a batch every three
+/// quarters of `max_hold` whatever it spends of it; keep `batch` below what a key spends in a
+/// hold at the rate it is allowed (and leases for hot keys, such as a global
 /// limit), or `max_hold` short. A denial that follows a taken lease gives its cells back to the
 /// lease, so it costs nothing.
 ///
@@ -124,8 +130,10 @@ pub(crate) struct Paid {
     pub(crate) reset: Nanos,
     /// How many of the cells came from the previous lease (for a give-back).
     pub(crate) from_old: u32,
-    /// The right to top the lease up, when it runs low.
+    /// The right to top the lease up, when it runs low or old.
     pub(crate) top_up: Option<FetchGuard>,
+    /// The lease runs low (rather than old): its top-up should not wait.
+    pub(crate) running_low: bool,
 }
 
 /// Key hashes are already uniform: the map uses them as they are.
@@ -208,11 +216,15 @@ impl Leases {
     /// Pays from the lease of `key` if it exists and can pay (see [`Paid`]).
     pub(crate) fn try_pay(&self, key: Option<u64>, cost: u32, now: Nanos) -> Option<Paid> {
         let low_water = (self.lease.batch / 4).max(1);
+        let renew_before = self.lease.hold_nanos() / 4;
         match key {
-            None => self.global.get()?.try_pay(cost, now, low_water),
+            None => self
+                .global
+                .get()?
+                .try_pay(cost, now, low_water, renew_before),
             Some(k) => {
                 let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-                slots.get(&k)?.try_pay(cost, now, low_water)
+                slots.get(&k)?.try_pay(cost, now, low_water, renew_before)
             }
         }
     }

@@ -162,27 +162,37 @@ impl Slot {
         })
     }
 
-    /// Pays in place when the lease can, starting a top-up when it runs below `low_water`.
-    pub(super) fn try_pay(self: &Arc<Self>, cost: u32, now: Nanos, low_water: u32) -> Option<Paid> {
+    /// Pays in place when the lease can, starting a top-up when it runs below `low_water`
+    /// or its current part expires within `renew_before` (a key in use renews its lease
+    /// before it runs out, rather than a request waiting for the fetch after it expired).
+    pub(super) fn try_pay(
+        self: &Arc<Self>,
+        cost: u32,
+        now: Nanos,
+        low_water: u32,
+        renew_before: Nanos,
+    ) -> Option<Paid> {
         let mut st = self.lock();
         st.expire(now);
         if st.available() < cost {
             return None;
         }
         let from_old = st.take(cost);
-        let top_up =
-            (!st.fetching && st.available() < low_water && now >= st.denied_until).then(|| {
-                st.fetching = true;
-                FetchGuard {
-                    slot: self.clone(),
-                    done: false,
-                }
-            });
+        let running_low = st.available() < low_water;
+        let due = running_low || now.saturating_add(renew_before) >= st.expires;
+        let top_up = (!st.fetching && due && now >= st.denied_until).then(|| {
+            st.fetching = true;
+            FetchGuard {
+                slot: self.clone(),
+                done: false,
+            }
+        });
         Some(Paid {
             remaining: st.available(),
             reset: st.full_at.saturating_sub(now),
             from_old,
             top_up,
+            running_low,
         })
     }
 

@@ -72,7 +72,7 @@ fn expired_leases_are_dropped_and_denials_are_remembered() {
 
 #[test]
 fn a_low_lease_is_topped_up_once_while_it_still_pays() {
-    let leases = Leases::new(Lease::new(8), 100);
+    let leases = Leases::new(Lease::new(8).max_hold(Duration::from_nanos(1_000)), 100);
     let slot = leases.slot(None, 0, || b"k".to_vec());
     let Spend::Fetch(guard) = slot.spend(1, 0) else {
         panic!()
@@ -93,8 +93,40 @@ fn a_low_lease_is_topped_up_once_while_it_still_pays() {
 }
 
 #[test]
+fn a_lease_in_use_is_renewed_in_the_last_quarter_of_its_hold() {
+    let leases = Leases::new(Lease::new(100).max_hold(Duration::from_nanos(1_000)), 100);
+    let slot = leases.slot(None, 0, || b"k".to_vec());
+    let Spend::Fetch(guard) = slot.spend(1, 0) else {
+        panic!()
+    };
+    guard.granted(100, 1, 0, 0, 0, 1_000);
+    // Plenty of cells and more than a quarter of the hold ahead: no top-up.
+    for now in [1, 300, 749] {
+        assert!(
+            leases.try_pay(None, 1, now).unwrap().top_up.is_none(),
+            "{now}"
+        );
+    }
+    // From 750 (a quarter of the hold before 1,000) the lease is renewed, once, and not as
+    // one running low.
+    let paid = leases.try_pay(None, 1, 750).unwrap();
+    assert!(!paid.running_low);
+    let renewal = paid
+        .top_up
+        .expect("renewed in the last quarter of its hold");
+    assert!(leases.try_pay(None, 1, 800).unwrap().top_up.is_none());
+    renewal.topped_up(100, 0, 760, 770, 1_000);
+    // The 94 cells left expire at 1,000; the renewal's 100 are held from 760.
+    let paid = leases.try_pay(None, 1, 1_000).unwrap();
+    assert_eq!((paid.from_old, paid.remaining), (0, 99));
+    assert!(paid.top_up.is_none(), "the renewed lease is young");
+    let paid = leases.try_pay(None, 1, 1_510).unwrap();
+    assert!(paid.top_up.is_some(), "and renewed in its own last quarter");
+}
+
+#[test]
 fn cells_left_at_a_top_up_keep_their_own_expiry() {
-    let leases = Leases::new(Lease::new(8), 100);
+    let leases = Leases::new(Lease::new(8).max_hold(Duration::from_nanos(1_000)), 100);
     let slot = leases.slot(None, 0, || b"k".to_vec());
     let Spend::Fetch(guard) = slot.spend(1, 0) else {
         panic!()

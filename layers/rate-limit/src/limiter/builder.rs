@@ -166,6 +166,8 @@ impl<Req: 'static> RateLimiterBuilder<Req> {
                 cost: self.cost,
                 clock: self.clock,
                 store,
+                #[cfg(feature = "redis")]
+                renewals: std::sync::OnceLock::new(),
                 #[cfg(feature = "http")]
                 policies: super::policies::Policies::default(),
             }),

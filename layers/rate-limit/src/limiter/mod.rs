@@ -4,6 +4,7 @@
 //! - [`decision`]: what a check says;
 //! - [`local`]: decisions in this process (the in-memory backend);
 //! - `remote` (feature `redis`): decisions on Redis, exact or leased, and the failure policies;
+//! - `renew` (feature `redis`): the leases' background top-ups, batched;
 //! - `policies` (feature `http`): the requests' `RateLimit-Policy` lists, cached;
 //! - [`settle`]: what a service does with a decision.
 
@@ -14,6 +15,8 @@ mod local;
 mod policies;
 #[cfg(feature = "redis")]
 mod remote;
+#[cfg(feature = "redis")]
+mod renew;
 pub(crate) mod settle;
 
 use std::fmt;
@@ -69,6 +72,9 @@ pub(crate) struct Inner<Req> {
     pub(crate) cost: Option<CostFn<Req>>,
     pub(crate) clock: Clock,
     pub(crate) store: Store,
+    /// The queue of the leases' background top-ups, started on first use.
+    #[cfg(feature = "redis")]
+    pub(crate) renewals: std::sync::OnceLock<renew::Queue>,
     /// The `RateLimit-Policy` lists of requests, per set of policies.
     #[cfg(feature = "http")]
     pub(crate) policies: policies::Policies,

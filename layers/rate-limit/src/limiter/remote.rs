@@ -2,7 +2,8 @@
 //! exact limits in one script call, and each limit's failure policy decides when Redis fails.
 //!
 //! One pass over the limits ([`RateLimiter::decide_redis`]) pays every leased limit it can from
-//! its lease, in place (starting a background top-up when a lease runs low), and collects the
+//! its lease, in place (starting a background top-up when a lease runs low or old: see
+//! [`super::renew`]), and collects the
 //! exact limits. When no exact limit applies and every lease paid, the decision is made there,
 //! without waiting or allocating. Otherwise the rest ([`Prepared`]) goes to Redis with one
 //! deadline (the backend's operation timeout from the start): leases that must be fetched
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use super::RateLimiter;
 use super::decision::{Decision, Tally};
-use crate::lease::{FetchGuard, Lease, Slot, Spend};
+use crate::lease::{Slot, Spend};
 use crate::limit::{LimitState, MAX_LIMITS, OnBackendFailure};
 use crate::quota::{Gcra, Step};
 use crate::redis_store::{Item, LeaseGrant, RedisStore, RemoteStep, redis_key};
@@ -145,7 +146,16 @@ impl<Req: 'static> RateLimiter<Req> {
             match l_leases.try_pay(local_key, cost, now) {
                 Some(p) => {
                     if let Some(guard) = p.top_up {
-                        self.top_up(store, guard, g, l_leases.lease);
+                        let (queue, clock) = (&self.inner.renewals, &self.inner.clock);
+                        super::renew::top_up(
+                            queue,
+                            store,
+                            clock,
+                            guard,
+                            g,
+                            l_leases.lease,
+                            p.running_low,
+                        );
                     }
                     paid |= 1 << i;
                     (keys[i], from_old[i], figures[i]) =
@@ -191,29 +201,6 @@ impl<Req: 'static> RateLimiter<Req> {
             cost,
             policies: tally.policies(),
         })
-    }
-
-    /// Tops a lease up in the background (dropping the guard, without a runtime, lets the
-    /// next caller fetch instead). Its cells are held for `max_hold` from when it is sent.
-    fn top_up(&self, store: &Arc<RedisStore>, guard: FetchGuard, g: Gcra, lease: Lease) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, clock) = (store.clone(), self.inner.clock.clone());
-        runtime.spawn(async move {
-            let want = lease.batch.min(g.burst).max(1);
-            let sent = clock.now();
-            let result = store.lease(guard.redis_key(), &g, 1, want, None).await;
-            let now = clock.now();
-            match result {
-                Ok(LeaseGrant::Granted {
-                    cells,
-                    full_after_ns,
-                }) => guard.topped_up(cells, full_after_ns, sent, now, lease.hold_nanos()),
-                Ok(LeaseGrant::Denied { retry_ns }) => guard.denied(retry_ns, now),
-                Err(_) => guard.failed(),
-            }
-        });
     }
 
     /// Gives back what the leases in `paid` paid in place.

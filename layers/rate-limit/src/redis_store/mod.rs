@@ -63,6 +63,15 @@ pub(crate) enum LeaseGrant {
     Denied { retry_ns: u64 },
 }
 
+/// One key's lease asked of Redis: up to `want` cells, at least `min`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseAsk<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) gcra: Gcra,
+    pub(crate) min: u32,
+    pub(crate) want: u32,
+}
+
 /// One limit's part in a Redis decision.
 #[derive(Clone, Debug)]
 pub(crate) struct Item {
@@ -210,27 +219,57 @@ impl RedisStore {
         want: u32,
         deadline: Option<Instant>,
     ) -> omega_core::Result<LeaseGrant> {
-        let call = self
-            .call(&self.lease_script)
-            .arg(gcra.interval)
-            .arg(gcra.capacity)
-            .arg(min)
-            .arg(want)
-            .key(key)
-            .key(self.ids.key(key));
+        let ask = LeaseAsk {
+            key,
+            gcra: *gcra,
+            min,
+            want,
+        };
+        let grants = self.lease_many(&[ask], deadline).await?;
+        Ok(grants[0])
+    }
+
+    /// Takes the leases of `asks` in one call, by `deadline` (one grant per ask, in order).
+    /// On a cluster the keys must share a hash slot ([`RedisStore::is_cluster`]).
+    pub(crate) async fn lease_many(
+        &self,
+        asks: &[LeaseAsk<'_>],
+        deadline: Option<Instant>,
+    ) -> omega_core::Result<Vec<LeaseGrant>> {
+        let Some(first) = asks.first() else {
+            return Ok(Vec::new());
+        };
+        let mut call = self.call(&self.lease_script);
+        for ask in asks {
+            call = call
+                .arg(ask.gcra.interval)
+                .arg(ask.gcra.capacity)
+                .arg(ask.min)
+                .arg(ask.want)
+                .key(ask.key);
+        }
+        let call = call.key(self.ids.key(first.key));
         let raw = self.eval(&call, deadline).await?;
-        let (first, second) = (
-            raw.first().copied().unwrap_or(0),
-            raw.get(1).copied().unwrap_or(0).max(0) as u64,
-        );
-        Ok(if first > 0 {
-            LeaseGrant::Granted {
-                cells: u32::try_from(first).unwrap_or(u32::MAX),
-                full_after_ns: second,
-            }
-        } else {
-            LeaseGrant::Denied { retry_ns: second }
-        })
+        // A reply too short for a key (which the script never sends) grants it nothing.
+        let at = |i: usize| raw.get(i).copied().unwrap_or(0);
+        Ok((0..asks.len())
+            .map(|i| {
+                let (first, second) = (at(2 * i), at(2 * i + 1).max(0) as u64);
+                if first > 0 {
+                    LeaseGrant::Granted {
+                        cells: u32::try_from(first).unwrap_or(u32::MAX),
+                        full_after_ns: second,
+                    }
+                } else {
+                    LeaseGrant::Denied { retry_ns: second }
+                }
+            })
+            .collect())
+    }
+
+    /// Whether the backend is a cluster (a multi-key call then needs one hash slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.backend.is_cluster()
     }
 
     /// Takes from every item or from none, by `deadline`, and hands the items back. Errors

@@ -251,28 +251,42 @@ return done(out)
 "#
 );
 
-/// Takes a lease: `min(want, available)` cells of one key, provided at least `min` are
-/// available; otherwise nothing, and how long until `min` are. After the common arguments:
-/// interval (ns), capacity (ns), `min`, `want`. The reply: `cells, ns until full` when
-/// granted, `0, ns until min cells are free` otherwise. Same key format and GCRA as the other
-/// scripts, so exact and leasing instances share one bucket.
+/// Takes leases: for each key, `min(want, available)` cells, provided at least `min` are
+/// available; otherwise nothing, and how long until `min` are. After the common arguments,
+/// four per key: interval (ns), capacity (ns), `min`, `want`. The reply, two numbers per key:
+/// `cells, ns until full` when granted, `0, ns until min cells are free` otherwise. The keys
+/// of one call share a hash slot on a cluster (a standalone server takes any). Same key format
+/// and GCRA as the other scripts, so exact and leasing instances share one bucket.
 pub(super) const GCRA_LEASE: &str = concat!(
     prelude!(),
     replayed!(),
     r#"
-local interval = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-local min = tonumber(ARGV[5])
-local want = tonumber(ARGV[6])
-local ahead = ahead_of(redis.call('GET', KEYS[1]))
-local avail = 0
-if cap >= ahead then avail = idiv(cap - ahead, interval) end
-if avail < min then
-  return done({0, math.min(ahead + min * interval - cap, 9e15)})
+local n = #KEYS - 1
+local raw = redis.call('MGET', unpack(KEYS, 1, n))
+-- A key named twice in one call sees what its first lease took.
+local taken = {}
+local out = {}
+for i = 1, n do
+  local b = 3 + 4 * (i - 1)
+  local interval = tonumber(ARGV[b])
+  local cap = tonumber(ARGV[b + 1])
+  local min = tonumber(ARGV[b + 2])
+  local want = tonumber(ARGV[b + 3])
+  local ahead = taken[KEYS[i]] or ahead_of(raw[i])
+  local avail = 0
+  if cap >= ahead then avail = idiv(cap - ahead, interval) end
+  if avail < min then
+    out[2 * i - 1] = 0
+    out[2 * i] = math.min(ahead + min * interval - cap, 9e15)
+  else
+    local got = math.min(want, avail)
+    local nt = ahead + got * interval
+    store(KEYS[i], nt)
+    taken[KEYS[i]] = nt
+    out[2 * i - 1] = got
+    out[2 * i] = nt
+  end
 end
-local n = math.min(want, avail)
-local nt = ahead + n * interval
-store(KEYS[1], nt)
-return done({n, nt})
+return done(out)
 "#
 );
