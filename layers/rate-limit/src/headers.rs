@@ -123,12 +123,14 @@ impl Fields {
 fn field(name: &str, a: (&str, u64), b: (&str, u64)) -> Option<HeaderValue> {
     let mut buf = StackBuf::new();
     buf.push(b"\"");
-    for &c in name.as_bytes() {
-        if c == b'"' || c == b'\\' {
-            buf.push(b"\\");
-        }
-        buf.push(&[c]);
+    // The name in runs between the bytes to escape (most names have none).
+    let mut rest = name.as_bytes();
+    while let Some(i) = rest.iter().position(|&c| c == b'"' || c == b'\\') {
+        buf.push(&rest[..i]);
+        buf.push(&[b'\\', rest[i]]);
+        rest = &rest[i + 1..];
     }
+    buf.push(rest);
     buf.push(b"\"");
     for (key, value) in [a, b] {
         buf.push(key.as_bytes());
@@ -199,6 +201,11 @@ mod tests {
         assert_eq!(
             state("per \"user\"", 7, Duration::from_millis(17_001)).unwrap(),
             r#""per \"user\"";r=7;t=18"#
+        );
+        // Escapes at either end and side by side.
+        assert_eq!(
+            state("\"a\\\"\\", 1, Duration::ZERO).unwrap(),
+            r#""\"a\\\"\\";r=1;t=0"#
         );
         let long = "x".repeat(200);
         assert_eq!(
