@@ -3,14 +3,13 @@
 //!
 //! One pass over the limits ([`RateLimiter::decide_redis`]) pays every leased limit it can from
 //! its lease, in place (starting a background top-up when a lease runs low or old: see
-//! [`super::renew`]), and collects the
-//! exact limits. When no exact limit applies and every lease paid, the decision is made there,
-//! without waiting or allocating. Otherwise the rest ([`Prepared`]) goes to Redis with one
-//! deadline (the backend's operation timeout from the start): leases that must be fetched
-//! first, then the exact limits' call, each bounded by what is left of it. Waiters on a lease
-//! being fetched wait until the deadline at most, and share the fetch's failure rather than
-//! fetch one after another. Whatever fails, the decision ends by its deadline and the failure
-//! policies decide.
+//! [`super::renew`]), and collects the exact limits. When no exact limit applies and every
+//! lease paid, the decision is made there, without waiting or allocating. Otherwise the rest
+//! ([`Prepared`]) goes to Redis with one deadline (the backend's operation timeout from the
+//! start): leases that must be fetched first, then the exact limits' call, each bounded by
+//! what is left of it. Waiters on a lease being fetched wait until the deadline at most, and
+//! share the fetch's failure rather than fetch one after another. Whatever fails, the decision
+//! ends by its deadline and the failure policies decide.
 
 use std::sync::Arc;
 use std::time::Duration;
