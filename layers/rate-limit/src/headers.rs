@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::HeaderMap;
-use ::http::header::{HeaderName, HeaderValue};
+use ::http::header::{Entry, HeaderName, HeaderValue};
 use omega_core::clock::duration_nanos;
 use omega_core::http::seconds_rounded_up;
 
@@ -107,10 +107,19 @@ impl Fields {
         Fields { policies, state }
     }
 
-    /// Appends the fields to `headers`: one `RateLimit-Policy` line per policy.
+    /// Appends the fields to `headers`: one `RateLimit-Policy` line per policy (the name
+    /// looked up once for all of them).
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        for policy in self.policies.iter() {
-            headers.append(RATELIMIT_POLICY, policy.clone());
+        let mut policies = self.policies.iter().cloned();
+        if let Some(first) = policies.next() {
+            let mut lines = match headers.entry(RATELIMIT_POLICY) {
+                Entry::Occupied(mut lines) => {
+                    lines.append(first);
+                    lines
+                }
+                Entry::Vacant(none) => none.insert_entry(first),
+            };
+            policies.for_each(|policy| lines.append(policy));
         }
         if let Some(state) = self.state {
             headers.append(RATELIMIT, state);
@@ -216,6 +225,30 @@ mod tests {
             state("g", 0, Duration::MAX).unwrap(),
             r#""g";r=0;t=999999999999999"#
         );
+    }
+
+    #[test]
+    fn fields_are_appended_after_lines_already_there_in_order() {
+        let q = Quota::per_minute(10);
+        let policies: Arc<[HeaderValue]> = Arc::from(vec![
+            policy_value("a", &q).unwrap(),
+            policy_value("b", &q).unwrap(),
+        ]);
+        let state = state("a", 3, Duration::from_secs(6));
+        for earlier in [None, Some("\"inner\";q=1;w=1")] {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = earlier {
+                headers.insert(RATELIMIT_POLICY, HeaderValue::from_static(v));
+            }
+            Fields::new(policies.clone(), state.clone()).apply(&mut headers);
+            let lines: Vec<_> = headers.get_all(RATELIMIT_POLICY).iter().collect();
+            let mut want: Vec<&HeaderValue> = Vec::new();
+            let inner = earlier.map(HeaderValue::from_static);
+            want.extend(inner.as_ref());
+            want.extend(policies.iter());
+            assert_eq!(lines, want);
+            assert_eq!(headers.get(RATELIMIT), state.as_ref());
+        }
     }
 
     #[test]
