@@ -246,3 +246,36 @@ async fn an_upload_answered_early_gets_its_answer() {
     }
     gw.shutdown().await;
 }
+
+/// The same when the client pauses just as it is answered: the gateway has read all it was
+/// sent when it closes, and what the client sends after the pause is drained too, not reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_pauses_as_it_is_answered_early_gets_its_answer() {
+    let a = upstream("a", false).await;
+    let mut doc = serde_json::to_value(config(&[("a", a.addr)], serde_json::json!([]))).unwrap();
+    doc["routes"][0]["max_body"] = 1000.into();
+    let gw = start(omega_gateway::GatewayConfig::from_json(&doc.to_string()).unwrap()).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head =
+        "POST /api/up HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\nContent-Length: 4194304\r\n\r\n";
+    let mut first = head.as_bytes().to_vec();
+    first.resize(head.len() + 500, b'x');
+    s.write_all(&first).await.unwrap();
+    // The gateway answers 413 and closes meanwhile, with nothing of this client's left unread.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest = vec![b'x'; 4 * 1024 * 1024 - 500];
+    let sent = tokio::time::timeout(Duration::from_secs(20), s.write_all(&rest))
+        .await
+        .expect("the rest of the upload is taken");
+    assert!(sent.is_ok(), "the rest of the upload was cut: {sent:?}");
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 413"),
+        "reading {ended:?}: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    gw.shutdown().await;
+}

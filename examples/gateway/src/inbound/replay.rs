@@ -14,33 +14,41 @@ use tokio::net::TcpStream;
 const LINGER_WAIT: Duration = Duration::from_secs(5);
 /// The longest a closed connection is drained (nginx's `lingering_time`).
 const LINGER_MAX: Duration = Duration::from_secs(30);
+/// How long a connection closed while its client is silent waits for the client's close, or
+/// for more of an upload that paused just then.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
 
 /// Closes a client's connection without losing the answer just written to it. A client still
 /// sending (an upload answered early with 413, requests pipelined behind a `close`) would get
 /// a reset from a socket closed with its bytes unread: the rest of its upload fails to send,
 /// and many clients (hyper's among them) report that failure instead of reading the answer.
 /// So such a connection sends its FIN and is drained until the client closes too (at most
-/// 30 s, 5 s between reads), as nginx does.
+/// 30 s, 5 s between reads), as nginx does. A client that is silent when the connection
+/// closes may be between two writes of an upload (the gateway read all it had sent): it gets
+/// [`QUIET_WAIT`] to close or to go on sending.
 pub(crate) fn close(stream: TcpStream) {
     let mut probe = [0u8; 1];
-    match stream.try_read(&mut probe) {
-        Ok(n) if n > 0 => {}
-        // Closed by the client, nothing sent, or broken: nothing to wait for.
-        _ => return,
-    }
+    let first_wait = match stream.try_read(&mut probe) {
+        Ok(0) => return, // closed by the client: nothing to wait for
+        Ok(_) => LINGER_WAIT,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => QUIET_WAIT,
+        Err(_) => return, // broken
+    };
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(linger(stream));
+        runtime.spawn(linger(stream, first_wait));
     }
 }
 
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: TcpStream, first_wait: Duration) {
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
+    let mut wait = first_wait;
     let _ = tokio::time::timeout(LINGER_MAX, async {
-        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_WAIT, stream.read(&mut sink)).await {
+        while let Ok(Ok(n)) = tokio::time::timeout(wait, stream.read(&mut sink)).await {
             if n == 0 {
                 break;
             }
+            wait = LINGER_WAIT;
         }
     })
     .await;
