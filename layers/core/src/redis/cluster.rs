@@ -21,7 +21,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 use tokio::sync::{Notify, watch};
 
 use super::conn::{bad_url, map_error};
-use super::node::{self, Node};
+use super::node::Node;
 use super::route::Route;
 use super::state::{Context, jitter};
 use crate::error::{Error, ErrorKind, Result};
@@ -261,10 +261,7 @@ impl Cluster {
         }))
         .await;
         for n in &fresh {
-            if n.live().is_none() {
-                n.wake();
-            }
-            tokio::spawn(node::supervise(Arc::downgrade(ctx), n.clone()));
+            n.spawn_supervisor(ctx);
         }
         self.topology
             .store(Some(Arc::new(Topology { nodes, slots })));
@@ -343,8 +340,14 @@ fn parse_slots(v: Value, queried: &str) -> Option<Vec<Range>> {
 
 /// The one task per cluster backend that refreshes the topology: when asked (`wake`), and
 /// while the topology is unknown or a node is down, at the reconnect backoff pace. It ends
-/// when the backend is dropped (which wakes it).
-pub(crate) async fn keep_topology(ctx: Weak<Context>, cluster: Weak<Cluster>, wake: Arc<Notify>) {
+/// when the backend is dropped (which wakes it), and when the backend's tasks moved to
+/// another runtime (a newer `epoch`).
+pub(crate) async fn keep_topology(
+    ctx: Weak<Context>,
+    cluster: Weak<Cluster>,
+    wake: Arc<Notify>,
+    epoch: u64,
+) {
     let mut backoff: Option<Duration> = None;
     loop {
         let attention = match cluster.upgrade() {
@@ -364,6 +367,11 @@ pub(crate) async fn keep_topology(ctx: Weak<Context>, cluster: Weak<Cluster>, wa
             return;
         };
         if ctx.is_closed() {
+            return;
+        }
+        if ctx.epoch() != epoch {
+            // The wake-up may have been meant for the newer task: pass it on.
+            wake.notify_one();
             return;
         }
         let (min, max) = (ctx.cfg.backoff_min, ctx.cfg.backoff_max);

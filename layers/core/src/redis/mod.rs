@@ -16,6 +16,11 @@
 //!   operation (a layer that checks [`RedisBackend::is_up`] before each call sends none);
 //! - [`RedisBackend::health`] reports up/down, since when, and the last error, and
 //!   [`RedisBackend::node_health`] the same per server.
+//! - the supervisors and the connections run on the tokio runtime the backend was created
+//!   on; when that runtime shuts down while the backend lives on (a test suite sharing it
+//!   across `#[tokio::test]`s, a program that connects on one runtime and serves on
+//!   another), the next operation opens the connections again on its own runtime and starts
+//!   the supervisors there, within its operation timeout.
 //!
 //! ## Redis Cluster
 //!
@@ -81,7 +86,7 @@ pub use dispatch::MAX_REDIRECTS;
 use dispatch::{Op, Outcome, attempt, failed, fan_out, routed};
 use node::Node;
 use route::Route;
-use state::{Context, jitter};
+use state::{Context, jitter, spawn_task};
 
 /// A handle on Redis or Redis Cluster, shared by clones.
 #[derive(Clone)]
@@ -185,24 +190,64 @@ impl RedisBackend {
         })
     }
 
+    /// Starts the backend's tasks on the current runtime: the server's supervisor, or the
+    /// cluster's topology task (which starts each primary's supervisor as it connects it).
     fn spawn_supervisors(&self) {
         let ctx = &self.shared.ctx;
         match &self.shared.mode {
-            Mode::Single(node) => {
-                if node.live().is_none() {
-                    node.wake();
-                }
-                tokio::spawn(node::supervise(Arc::downgrade(ctx), node.clone()));
-            }
+            Mode::Single(node) => node.spawn_supervisor(ctx),
             Mode::Cluster(cluster) => {
                 // The first round also starts the periodic refresh if a node is down.
                 ctx.refresh.notify_one();
-                tokio::spawn(cluster::keep_topology(
+                let task = cluster::keep_topology(
                     Arc::downgrade(ctx),
                     Arc::downgrade(cluster),
                     ctx.refresh.clone(),
-                ));
+                    ctx.epoch(),
+                );
+                spawn_task(ctx, task);
             }
+        }
+    }
+
+    /// Moves the backend to the current runtime after the one its tasks ran on shut down
+    /// (their connections' drivers ran there too): every server's connection is opened again
+    /// here, within `deadline`, and the tasks are started again. Operations that come
+    /// meanwhile wait for it (within their own deadline).
+    #[cold]
+    async fn move_here(&self, deadline: Instant) {
+        let ctx = &self.shared.ctx;
+        let Ok(_moving) = tokio::time::timeout_at(deadline, ctx.moving.lock()).await else {
+            return;
+        };
+        if ctx.next_epoch().is_none() {
+            return;
+        }
+        let nodes: Vec<Arc<Node>> = match &self.shared.mode {
+            Mode::Single(node) => vec![node.clone()],
+            Mode::Cluster(cluster) => cluster
+                .topology()
+                .map(|t| t.nodes.clone())
+                .unwrap_or_default(),
+        };
+        let reopen = futures_util::future::join_all(nodes.iter().map(|n| n.reopen(ctx)));
+        let _ = tokio::time::timeout_at(deadline, reopen).await;
+        if self.is_cluster() {
+            nodes.iter().for_each(|n| n.spawn_supervisor(ctx));
+        }
+        self.spawn_supervisors();
+    }
+
+    /// Starts moving the backend to the current runtime in the background, when its tasks
+    /// were lost, for callers that look at its health before they send anything.
+    fn move_if_lost(&self) {
+        if self.shared.ctx.tasks_lost()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && self.shared.ctx.moving.try_lock().is_ok()
+        {
+            let backend = self.clone();
+            let deadline = Instant::now() + self.shared.ctx.cfg.connect_timeout;
+            runtime.spawn(async move { backend.move_here(deadline).await });
         }
     }
 
@@ -231,6 +276,7 @@ impl RedisBackend {
     /// or the supervisor's probe succeeds. One atomic load: cheap enough for a per-request
     /// check. See [`RedisBackend::is_up_for`] for one key.
     pub fn is_up(&self) -> bool {
+        self.move_if_lost();
         self.shared.ctx.is_up()
     }
 
@@ -238,6 +284,7 @@ impl RedisBackend {
     /// slot, whatever the other primaries do; on one server, [`RedisBackend::is_up`]. Costs a
     /// CRC16 of the key and a few atomic loads.
     pub fn is_up_for(&self, key: &[u8]) -> bool {
+        self.move_if_lost();
         match &self.shared.mode {
             Mode::Single(node) => node.is_up(),
             Mode::Cluster(cluster) => cluster
@@ -373,6 +420,9 @@ impl RedisBackend {
         let ctx = &*shared.ctx;
         let started = Instant::now();
         let deadline = started + ctx.cfg.op_timeout;
+        if ctx.tasks_lost() {
+            self.move_here(deadline).await;
+        }
         let outcome = match &shared.mode {
             Mode::Single(node) => match node.live() {
                 None => Err(node.unavailable().during(op())),

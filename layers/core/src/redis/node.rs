@@ -21,7 +21,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 
 use super::conn::{is_broken, map_error};
-use super::state::{Context, HealthState, jitter};
+use super::state::{Context, HealthState, jitter, spawn_task};
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{Health, HealthStatus};
 
@@ -138,6 +138,32 @@ impl Node {
         self.timeouts.store(0, Ordering::Relaxed);
         self.mark_up(ctx);
         Ok(())
+    }
+
+    /// Starts the node's supervisor on the current runtime, woken at once when the node has
+    /// no connection.
+    pub(crate) fn spawn_supervisor(self: &Arc<Self>, ctx: &Arc<Context>) {
+        if self.live().is_none() {
+            self.wake();
+        }
+        let task = supervise(Arc::downgrade(ctx), self.clone(), ctx.epoch());
+        spawn_task(ctx, task);
+    }
+
+    /// Opens a new connection in place of one whose driver ran on a runtime that shut down;
+    /// the node is down until it is installed (on failure, the supervisor retries).
+    pub(crate) async fn reopen(&self, ctx: &Context) {
+        if self.conn.swap(None).is_some() {
+            let err = Error::new(
+                ErrorKind::Disconnected,
+                "the runtime its connection ran on shut down; reconnecting on another",
+            )
+            .at(&self.addr);
+            self.mark_down(ctx, &err);
+        }
+        if let Err(e) = self.open(ctx).await {
+            self.mark_down(ctx, &e);
+        }
     }
 
     /// Why an operation was not sent: the node has no connection.
@@ -258,8 +284,9 @@ impl Node {
 
 /// The one task per node that reconnects it, and probes it while it is marked down with its
 /// connection kept. It holds the backend only weakly, so it ends when the last handle is
-/// dropped (which wakes it), and ends when the node leaves the topology.
-pub(crate) async fn supervise(ctx: Weak<Context>, node: Arc<Node>) {
+/// dropped (which wakes it), when the node leaves the topology, and when the backend's tasks
+/// moved to another runtime (a newer `epoch`).
+pub(crate) async fn supervise(ctx: Weak<Context>, node: Arc<Node>, epoch: u64) {
     let mut probe_delay: Option<Duration> = None;
     loop {
         let probing = node.conn.load().is_some() && !node.is_up();
@@ -276,10 +303,15 @@ pub(crate) async fn supervise(ctx: Weak<Context>, node: Arc<Node>) {
         if shared.is_closed() || node.is_retired() {
             return;
         }
+        if shared.epoch() != epoch {
+            // The wake-up may have been meant for the newer supervisor: pass it on.
+            node.wake();
+            return;
+        }
         if node.conn.load().is_none() {
             probe_delay = None;
             drop(shared);
-            if !reconnect(&ctx, &node).await {
+            if !reconnect(&ctx, &node, epoch).await {
                 return;
             }
             continue;
@@ -305,8 +337,8 @@ pub(crate) async fn supervise(ctx: Weak<Context>, node: Arc<Node>) {
 }
 
 /// Reconnects with jittered exponential backoff until a connection is installed; `false`
-/// when the backend is gone or the node retired.
-async fn reconnect(ctx: &Weak<Context>, node: &Arc<Node>) -> bool {
+/// when the backend is gone, the node retired or the supervisor's epoch over.
+async fn reconnect(ctx: &Weak<Context>, node: &Arc<Node>, epoch: u64) -> bool {
     let Some(shared) = ctx.upgrade() else {
         return false;
     };
@@ -316,7 +348,7 @@ async fn reconnect(ctx: &Weak<Context>, node: &Arc<Node>) -> bool {
         let Some(shared) = ctx.upgrade() else {
             return false;
         };
-        if shared.is_closed() || node.is_retired() {
+        if shared.is_closed() || node.is_retired() || shared.epoch() != epoch {
             return false;
         }
         if node.conn.load().is_some() {

@@ -1,8 +1,9 @@
 //! What every node of a backend shares: the settings, the overall health, the connection
 //! attempt counter and the metrics.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
@@ -60,6 +61,14 @@ pub(crate) struct Context {
     closed: AtomicBool,
     /// Asks the cluster's topology task for a refresh (a node went down, a slot moved).
     pub(crate) refresh: Arc<Notify>,
+    /// The backend's tasks (supervisors, the topology task) and its connections' drivers
+    /// run on one runtime; they are numbered by this epoch, bumped when they move to another.
+    epoch: AtomicU64,
+    /// A task of the current epoch ended before its time: its runtime shut down (or it
+    /// panicked). The next operation moves the backend to its own runtime.
+    lost: AtomicBool,
+    /// Held while the backend moves to another runtime.
+    pub(crate) moving: tokio::sync::Mutex<()>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: OpMetrics,
 }
@@ -79,7 +88,29 @@ impl Context {
             connect_attempts: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             refresh: Arc::new(Notify::new()),
+            epoch: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
+            moving: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The epoch of the backend's tasks: a task of an older one ends when it wakes.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// `true` when the backend's tasks were lost with their runtime. One atomic load.
+    #[inline]
+    pub(crate) fn tasks_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Starts a new epoch of tasks (after they were lost): the new epoch, or `None` when
+    /// the tasks were not lost (another operation moved them first).
+    pub(crate) fn next_epoch(&self) -> Option<u64> {
+        self.lost
+            .swap(false, Ordering::AcqRel)
+            .then(|| self.epoch.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// `true` while every node answers. One atomic load.
@@ -171,6 +202,39 @@ impl OpMetrics {
         OpMetrics {
             up: metrics::gauge!(crate::metrics::BACKEND_UP, "target" => target.to_owned()),
             seconds: [seconds("command"), seconds("pipeline"), seconds("script")],
+        }
+    }
+}
+
+/// Spawns one of the backend's tasks, of the current epoch, on the current runtime. A task
+/// dropped before it returns (its runtime shut down) marks the tasks lost, so that the next
+/// operation starts them again wherever it runs.
+pub(crate) fn spawn_task(ctx: &Arc<Context>, task: impl Future<Output = ()> + Send + 'static) {
+    let guard = Running {
+        ctx: Arc::downgrade(ctx),
+        epoch: ctx.epoch(),
+        returned: false,
+    };
+    tokio::spawn(async move {
+        let mut guard = guard;
+        task.await;
+        guard.returned = true;
+    });
+}
+
+struct Running {
+    ctx: Weak<Context>,
+    epoch: u64,
+    returned: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.returned
+            && let Some(ctx) = self.ctx.upgrade()
+            && ctx.epoch() == self.epoch
+        {
+            ctx.lost.store(true, Ordering::Release);
         }
     }
 }
