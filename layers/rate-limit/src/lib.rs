@@ -100,6 +100,8 @@ mod quota;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod service;
+#[cfg(feature = "redis")]
+mod task_queue;
 
 pub use adaptive::{
     AdaptiveConcurrency, AdaptiveConcurrencyLayer, AdaptiveLimiter, ConcurrencyLimited,

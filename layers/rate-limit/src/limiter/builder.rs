@@ -167,7 +167,7 @@ impl<Req: 'static> RateLimiterBuilder<Req> {
                 clock: self.clock,
                 store,
                 #[cfg(feature = "redis")]
-                renewals: std::sync::OnceLock::new(),
+                renewals: crate::task_queue::TaskQueue::new(),
                 #[cfg(feature = "http")]
                 policies: super::policies::Policies::default(),
             }),

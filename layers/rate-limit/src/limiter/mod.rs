@@ -74,7 +74,7 @@ pub(crate) struct Inner<Req> {
     pub(crate) store: Store,
     /// The queue of the leases' background top-ups, started on first use.
     #[cfg(feature = "redis")]
-    pub(crate) renewals: std::sync::OnceLock<renew::Queue>,
+    pub(crate) renewals: renew::Queue,
     /// The `RateLimit-Policy` lists of requests, per set of policies.
     #[cfg(feature = "http")]
     pub(crate) policies: policies::Policies,

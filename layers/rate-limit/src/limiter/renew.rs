@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::lease::{FetchGuard, Lease};
 use crate::quota::Gcra;
 use crate::redis_store::{LeaseAsk, LeaseGrant, RedisStore};
+use crate::task_queue::TaskQueue;
 
 /// The longest a top-up waits for others to share its call.
 pub(crate) const MAX_WINDOW: Duration = Duration::from_millis(10);
@@ -37,12 +38,13 @@ pub(crate) struct TopUp {
 }
 
 /// The queue of a limiter's top-ups.
-pub(crate) type Queue = mpsc::UnboundedSender<TopUp>;
+pub(crate) type Queue = TaskQueue<TopUp>;
 
 /// Queues a top-up of the lease behind `guard`; starts the batching task on first use, on
-/// the current runtime (without one, the guard is dropped and the next caller fetches).
+/// the current runtime, and again after that runtime shut down (without a runtime, the guard
+/// is dropped and the next caller fetches).
 pub(crate) fn top_up(
-    queue: &std::sync::OnceLock<Queue>,
+    queue: &Queue,
     store: &Arc<RedisStore>,
     clock: &Clock,
     guard: FetchGuard,
@@ -50,21 +52,15 @@ pub(crate) fn top_up(
     lease: Lease,
     running_low: bool,
 ) {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    let queue = queue.get_or_init(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store.clone(), clock.clone(), rx));
-        tx
-    });
-    // A closed queue drops the guard: the next caller fetches.
-    let _ = queue.send(TopUp {
+    let top_up = TopUp {
         guard,
         gcra,
         lease,
         running_low,
-    });
+    };
+    let start = |rx| drop(tokio::spawn(run(store.clone(), clock.clone(), rx)));
+    // Unsent (no runtime), the guard is dropped: the next caller fetches.
+    let _ = queue.send(top_up, start);
 }
 
 /// How long a top-up of `lease` may wait for others.

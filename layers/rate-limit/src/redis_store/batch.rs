@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::{DecisionIds, Item, RemoteStep, id_lifetime};
 use crate::limit::MAX_LIMITS;
 use crate::quota::Gcra;
+use crate::task_queue::TaskQueue;
 
 /// The most decisions one batched call carries.
 const MAX_BATCH: usize = 256;
@@ -40,16 +41,17 @@ pub(super) struct Batcher {
     pub(super) test_now_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Starts the batching task; it ends when the limiter (the queue's sender) is dropped.
-pub(super) fn start(batcher: Batcher) -> mpsc::UnboundedSender<Pending> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_batches(Arc::new(batcher), rx));
-    tx
+/// Starts the batching task on `queue`; it ends when the limiter (the queue's sender) is
+/// dropped, or with its runtime.
+pub(super) fn start(batcher: Batcher, queue: mpsc::UnboundedReceiver<Pending>) {
+    tokio::spawn(run_batches(Arc::new(batcher), queue));
 }
 
-/// Queues `items` and waits for their answer, at most until `deadline`.
+/// Queues `items` (the batching task started with `start` when it is not running) and waits
+/// for their answer, at most until `deadline`.
 pub(super) async fn submit(
-    queue: &mpsc::UnboundedSender<Pending>,
+    queue: &TaskQueue<Pending>,
+    start: impl FnOnce(mpsc::UnboundedReceiver<Pending>),
     items: Vec<Item>,
     deadline: Instant,
     op_timeout: Duration,
@@ -62,8 +64,8 @@ pub(super) async fn submit(
         deadline,
         reply,
     };
-    if let Err(unsent) = queue.send(pending) {
-        return (unsent.0.items, Err(lost()));
+    if let Err(unsent) = queue.send(pending, start) {
+        return (unsent.items, Err(lost()));
     }
     match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(done)) => done,

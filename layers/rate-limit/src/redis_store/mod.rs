@@ -134,7 +134,7 @@ pub(crate) struct RedisStore {
     script: Script,
     batch_script: Script,
     /// The queue of the batching task, started on first use (standalone Redis only).
-    batcher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<batch::Pending>>,
+    batcher: crate::task_queue::TaskQueue<batch::Pending>,
     lease_script: Script,
     ids: std::sync::Arc<DecisionIds>,
     metrics: crate::metrics::StoreMetrics,
@@ -149,7 +149,7 @@ impl RedisStore {
             script: Script::new("rate_limit_gcra", GCRA_MULTI),
             lease_script: Script::new("rate_limit_lease", GCRA_LEASE),
             batch_script: Script::new("rate_limit_batch", GCRA_BATCH),
-            batcher: std::sync::OnceLock::new(),
+            batcher: crate::task_queue::TaskQueue::new(),
             ids: std::sync::Arc::new(DecisionIds::new()),
             metrics: crate::metrics::StoreMetrics::new(backend.target()),
             #[cfg(test)]
@@ -284,16 +284,20 @@ impl RedisStore {
             let result = self.take_on_cluster(&items, deadline).await;
             return (items, result);
         }
-        let queue = self.batcher.get_or_init(|| {
-            batch::start(batch::Batcher {
-                backend: self.backend.clone(),
-                script: self.batch_script.clone(),
-                ids: self.ids.clone(),
-                #[cfg(test)]
-                test_now_us: self.test_now_us.clone(),
-            })
-        });
-        batch::submit(queue, items, deadline, self.backend.op_timeout()).await
+        let start = |rx| {
+            batch::start(
+                batch::Batcher {
+                    backend: self.backend.clone(),
+                    script: self.batch_script.clone(),
+                    ids: self.ids.clone(),
+                    #[cfg(test)]
+                    test_now_us: self.test_now_us.clone(),
+                },
+                rx,
+            )
+        };
+        let op_timeout = self.backend.op_timeout();
+        batch::submit(&self.batcher, start, items, deadline, op_timeout).await
     }
 
     /// One call per slot, all at once; a denial or a failure gives back, in the background,
