@@ -63,6 +63,40 @@ async fn commands_answer_and_failures_are_typed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_caller_cannot_read_fails_the_call_not_the_connection() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(config(server.url())).await.unwrap();
+    let attempts = backend.connect_attempts();
+    let get = redis::cmd("GET").arg("missing").to_owned();
+    for _ in 0..3 {
+        let e = backend.query::<String>(&get).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("GET"), "{e}");
+        let e = backend
+            .pipeline::<(String,)>(redis::pipe().get("missing"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        let script = Script::new("nothing", "return false");
+        let e = backend.eval::<String>(&script.call()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(
+            backend.is_up(),
+            "the server answered: {:?}",
+            backend.health()
+        );
+    }
+    assert_eq!(backend.health().status, HealthStatus::Up);
+    assert_eq!(
+        backend.connect_attempts(),
+        attempts,
+        "the connection is kept: the server answered every call"
+    );
+    let v: Option<String> = backend.query(&get).await.unwrap();
+    assert_eq!(v, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_restart_failing_fast_while_down() {
     let mut server = RedisServer::start();
     let backend = RedisBackend::connect(config(server.url())).await.unwrap();

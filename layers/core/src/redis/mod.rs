@@ -325,28 +325,28 @@ impl RedisBackend {
     /// # Ok(()) }
     /// ```
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        self.run(
+        let reply = self.run(
             Op::Command,
             || route::of_cmd(cmd),
             1,
             || command_name(cmd),
-            |mut conn| async move { cmd.query_async(&mut conn).await },
-        )
-        .await
+            |mut conn| async move { cmd.query_async::<Value>(&mut conn).await },
+        );
+        self.read(reply.await?, || command_name(cmd))
     }
 
     /// Runs a pipeline (atomically with `MULTI`/`EXEC` when the pipeline says so) within the
     /// operation timeout. On a cluster it goes to the node of its first key.
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
         let replies = if pipe.is_transaction() { 0 } else { pipe.len() };
-        self.run(
+        let reply = self.run(
             Op::Pipeline,
             || route::of_pipeline(pipe),
             replies,
             || Cow::Borrowed("pipeline"),
-            |mut conn| async move { pipe.query_async(&mut conn).await },
-        )
-        .await
+            |mut conn| async move { pipe.query_async::<Value>(&mut conn).await },
+        );
+        self.read(reply.await?, || Cow::Borrowed("pipeline"))
     }
 
     /// Runs a script call by SHA, falling back to `EVAL` on `NOSCRIPT`; both attempts share
@@ -363,24 +363,40 @@ impl RedisBackend {
     /// it keeps for a while). [`ErrorKind::Unavailable`] and the other errors mean it did not
     /// run (a failing script may have made writes before its error, as Redis scripts do).
     pub async fn eval<T: FromRedisValue>(&self, call: &ScriptCall) -> Result<T> {
-        self.run(
+        let name = || Cow::Owned(format!("script {}", call.script().name()));
+        let reply = self.run(
             Op::Script,
             || {
                 call.first_key()
                     .map_or(Route::Any, |k| Route::Slot(hash_slot(k)))
             },
             1,
-            || Cow::Owned(format!("script {}", call.script().name())),
+            name,
             |mut conn| async move {
-                match call.command(false).query_async(&mut conn).await {
+                match call.command(false).query_async::<Value>(&mut conn).await {
                     Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
                         call.command(true).query_async(&mut conn).await
                     }
                     other => other,
                 }
             },
-        )
-        .await
+        );
+        self.read(reply.await?, name)
+    }
+
+    /// Reads a reply as the caller's type. It is read after the operation, so that a reply
+    /// of another type fails the call ([`ErrorKind::Protocol`]) without counting against the
+    /// connection (redis-rs reports it as a parse error, which would drop it).
+    fn read<T: FromRedisValue>(
+        &self,
+        reply: Value,
+        op: impl Fn() -> Cow<'static, str>,
+    ) -> Result<T> {
+        T::from_redis_value(reply).map_err(|e| {
+            Error::new(ErrorKind::Protocol, e.to_string())
+                .at(&self.shared.ctx.target)
+                .during(op())
+        })
     }
 
     /// Loads a script into the script cache (`SCRIPT LOAD`), on every primary of a cluster.
