@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use omega_core::redis::SubscriptionEvent;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 /// What the listener needs of a cache: who it is, its partitions, and how to drop what it
 /// holds. The cache implements it; the listener holds it weakly, so it ends with the cache.
@@ -98,23 +98,36 @@ impl Message {
     }
 }
 
-/// Starts the task that keeps this cache's subscription; it ends when `stop`'s sender (held
-/// by the cache) is dropped.
+/// Starts the task that keeps this cache's subscription, on the current runtime; it ends
+/// when `stop`'s sender (held by the cache) is dropped, or the cache is. `after_gap`: the
+/// first subscription follows a time without a listener (the one before ended with its
+/// runtime), so L1 is dropped then as after any gap.
+///
+/// A listener that ends otherwise (its runtime shut down, or its subscription's task) leaves
+/// L2 unused and L1 empty, since invalidations are no longer heard, and marks itself lost:
+/// the cache's next use of L2 starts another (see [`crate::l2::L2::take_lost_listener`]).
 pub(crate) fn spawn_listener<C: Listener>(
     cache: Weak<C>,
     l2: Arc<crate::l2::L2>,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<()>,
+    after_gap: bool,
 ) {
     let mut sub = l2.backend.subscribe(l2.channel().to_owned());
+    let guard = Listening {
+        cache: cache.clone(),
+        l2: l2.clone(),
+        ended: false,
+    };
     tokio::spawn(async move {
-        let mut first = true;
+        let mut guard = guard;
+        let mut first = !after_gap;
         loop {
             let event = tokio::select! {
                 e = sub.next() => e,
-                _ = &mut stop => return,
+                _ = stop.changed() => break,
             };
             let Some(event) = event else { return };
-            let Some(cache) = cache.upgrade() else { return };
+            let Some(cache) = cache.upgrade() else { break };
             match event {
                 SubscriptionEvent::Subscribed => {
                     if !first {
@@ -131,7 +144,10 @@ pub(crate) fn spawn_listener<C: Listener>(
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {},
-                            _ = &mut stop => return,
+                            _ = stop.changed() => {
+                                guard.ended = true;
+                                return;
+                            }
                         }
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
@@ -145,7 +161,28 @@ pub(crate) fn spawn_listener<C: Listener>(
                 _ => {}
             }
         }
+        guard.ended = true;
     });
+}
+
+/// Held by a listener: marks it lost when it ends before its cache asked it to.
+struct Listening<C: Listener> {
+    cache: Weak<C>,
+    l2: Arc<crate::l2::L2>,
+    ended: bool,
+}
+
+impl<C: Listener> Drop for Listening<C> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.l2.set_synced(false);
+        if let Some(cache) = self.cache.upgrade() {
+            cache.drop_everything();
+            self.l2.set_listener_lost();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,8 +71,12 @@ pub(crate) struct Inner<V> {
     delays: Mutex<Vec<u64>>,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<Arc<crate::l2::L2>>,
+    /// Dropped with the cache: its invalidation listener ends.
     #[cfg(feature = "redis")]
-    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<()>>,
+    /// This cache, for a listener started again on another runtime.
+    #[cfg(feature = "redis")]
+    me: std::sync::Weak<Inner<V>>,
 }
 
 /// Builds a [`Cache`]; see [`Cache::builder`].
@@ -212,12 +216,13 @@ impl<V: Clone + Send + Sync + 'static> CacheBuilder<V> {
                     parts.len(),
                     self.lease,
                 ));
-                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (tx, rx) = tokio::sync::watch::channel(());
                 (Some((l2, rx)), Some(tx))
             }
             None => (None, None),
         };
-        let inner = Arc::new(Inner {
+        #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+        let inner = Arc::new_cyclic(|me| Inner {
             name: self.name,
             parts: parts.into_boxed_slice(),
             clock: self.clock,
@@ -228,11 +233,13 @@ impl<V: Clone + Send + Sync + 'static> CacheBuilder<V> {
             #[cfg(feature = "redis")]
             l2: l2.as_ref().map(|(l, _)| l.clone()),
             #[cfg(feature = "redis")]
-            _stop: stop,
+            stop,
+            #[cfg(feature = "redis")]
+            me: me.clone(),
         });
         #[cfg(feature = "redis")]
         if let Some((l2, rx)) = l2 {
-            crate::bus::spawn_listener(Arc::downgrade(&inner), l2, rx);
+            crate::bus::spawn_listener(Arc::downgrade(&inner), l2, rx, false);
         }
         Ok(Cache { inner })
     }
@@ -253,7 +260,23 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     #[cfg(feature = "redis")]
     #[inline]
     pub(crate) fn l2_ready(&self) -> Option<&Arc<crate::l2::L2>> {
-        self.l2.as_ref().filter(|l| l.ready())
+        self.l2
+            .as_ref()
+            .filter(|l| l.ready() || self.listen_again(l))
+    }
+
+    /// Starts the invalidation listener again on the current runtime when the one before
+    /// ended with its own; L2 stays unused until it has subscribed. Always `false`.
+    #[cfg(feature = "redis")]
+    #[cold]
+    fn listen_again(&self, l2: &Arc<crate::l2::L2>) -> bool {
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Some(stop) = &self.stop
+            && l2.take_lost_listener()
+        {
+            crate::bus::spawn_listener(self.me.clone(), l2.clone(), stop.subscribe(), true);
+        }
+        false
     }
 
     /// Drops every L1 entry (after a gap in the invalidation channel).

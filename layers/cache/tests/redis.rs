@@ -278,3 +278,35 @@ async fn batches_load_only_the_missing_items_and_take_the_least_ttl() {
     assert!(batch.ttl() > Duration::from_secs(55));
     assert_eq!(asked.lock().unwrap().len(), 2);
 }
+
+/// A cache used on a second runtime after the one it was built on shut down (a test suite
+/// sharing it across `#[tokio::test]`s): its listener ended with the first runtime, and the
+/// cache must neither serve what it can no longer hear invalidated nor stay deaf.
+#[test]
+fn a_cache_used_on_the_next_runtime_still_hears_invalidations() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let server = RedisServer::start();
+    let up = Upstream::new(Duration::ZERO);
+    let first = runtime();
+    let a = first.block_on(async {
+        let a = instance(&server.url(), "rt").await;
+        assert_eq!(service(&a, &up).oneshot("k".into()).await.unwrap(), "k#1");
+        a
+    });
+    drop(first);
+
+    runtime().block_on(async {
+        let b = instance(&server.url(), "rt").await;
+        service(&a, &up).oneshot("k".into()).await.unwrap();
+        eventually("A to subscribe again", || a.is_synced()).await;
+        let v = service(&a, &up).oneshot("k".into()).await.unwrap();
+        assert_eq!(a.get("p", b"k").as_ref(), Some(&v), "A holds k in L1");
+        b.invalidate("p", b"k").await.unwrap();
+        eventually("A to drop k", || a.get("p", b"k").is_none()).await;
+    });
+}
