@@ -253,3 +253,38 @@ async fn a_subscription_that_comes_back_catches_up_on_what_it_missed() {
         "caught up from the key, not from a message"
     );
 }
+
+/// An instance whose sync was built on a runtime that has since shut down (a test suite
+/// sharing it across `#[tokio::test]`s): its openings still reach the others, and it hears
+/// theirs again once its listener is back on the runtime it is used on.
+#[test]
+fn a_sync_used_on_the_next_runtime_shares_and_hears_openings() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let server = RedisServer::start();
+    let first = runtime();
+    let (sa, a) = first.block_on(async {
+        let (sa, a) = instance(&server.url(), "a", 1).await;
+        eventually("a's subscription", || sa.is_subscribed()).await;
+        (sa, a)
+    });
+    drop(first);
+
+    runtime().block_on(async {
+        let (sb, b) = instance(&server.url(), "b", 1).await;
+        eventually("b's subscription", || sb.is_subscribed()).await;
+        trip(&a);
+        eventually("b to follow a", || b.state() == State::Open).await;
+        eventually("a's subscription, again", || sa.is_subscribed()).await;
+        let a2 = CircuitBreaker::with_config("orders", config()).unwrap();
+        let b2 = CircuitBreaker::with_config("orders", config()).unwrap();
+        sa.attach(&a2);
+        sb.attach(&b2);
+        trip(&b2);
+        eventually("a to follow b", || a2.state() == State::Open).await;
+    });
+}

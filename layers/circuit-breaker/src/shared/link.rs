@@ -92,7 +92,7 @@ impl Link {
             format!("{}/{:016x}", sync.token_prefix, rand::random::<u64>()).into();
         let left =
             move || wait.saturating_sub(Duration::from_nanos(clock.now().saturating_sub(started)));
-        self.sync.runtime.spawn(async move {
+        self.sync.spawn(async move {
             // While Redis is down the instance decides alone; the vote is retried while the
             // breaker stays in this OPEN, so an opening made during an outage still reaches
             // the others once Redis is back.
@@ -128,13 +128,13 @@ impl Link {
 
 /// Runs `op` until it succeeds, backing off while it fails and the breaker stays in the state
 /// of `epoch`.
-fn retry<F, Fut>(breaker: &CircuitBreaker, epoch: u32, sync: &SyncInner, op: F)
+fn retry<F, Fut>(breaker: &CircuitBreaker, epoch: u32, sync: &Arc<SyncInner>, op: F)
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let weak = breaker.downgrade();
-    sync.runtime.spawn(async move {
+    sync.spawn(async move {
         let mut backoff = Backoff::new();
         while !op().await {
             if !backoff.wait_in(&weak, epoch).await {

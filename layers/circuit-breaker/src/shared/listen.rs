@@ -95,19 +95,55 @@ impl SyncInner {
     }
 }
 
+/// Starts the listener on the current runtime.
+pub(super) fn start(inner: &Arc<SyncInner>) {
+    let subscription = inner.backend.subscribe(inner.channel.clone());
+    let weak = Arc::downgrade(inner);
+    let guard = Listening {
+        sync: weak.clone(),
+        ended: false,
+    };
+    let shutdown = inner.shutdown.clone();
+    tokio::spawn(async move {
+        let mut guard = guard;
+        guard.ended = listen(weak, subscription, shutdown).await;
+    });
+}
+
+/// Held by the listener: when it ends before the sync asked it to (its runtime shut down),
+/// the sync is no longer subscribed, and the next task it starts starts another listener.
+struct Listening {
+    sync: Weak<SyncInner>,
+    ended: bool,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if !self.ended
+            && let Some(inner) = self.sync.upgrade()
+        {
+            inner.subscribed.store(false, Ordering::Release);
+            inner.listener_lost.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Follows the subscription: messages open breakers; each (re)subscription catches up.
-pub(super) async fn listen(
+/// `true` when the sync asked it to end (or is gone), `false` when the subscription ended.
+async fn listen(
     weak: Weak<SyncInner>,
     mut subscription: Subscription,
     shutdown: Arc<Notify>,
-) {
+) -> bool {
     loop {
         let event = tokio::select! {
             event = subscription.next() => event,
-            () = shutdown.notified() => return,
+            () = shutdown.notified() => return true,
         };
-        let Some(event) = event else { return };
-        let Some(inner) = weak.upgrade() else { return };
+        let Some(event) = event else { return false };
+        let Some(inner) = weak.upgrade() else {
+            return true;
+        };
         match event {
             SubscriptionEvent::Subscribed => {
                 // Learn what was opened while we were not listening (the breakers attached
@@ -115,9 +151,7 @@ pub(super) async fn listen(
                 let targets = inner.names().into_iter().map(|n| (n, None)).collect();
                 inner.subscribed.store(true, Ordering::Release);
                 inner.subscriptions.fetch_add(1, Ordering::AcqRel);
-                inner
-                    .runtime
-                    .spawn(catch_up_until_answered(weak.clone(), targets));
+                tokio::spawn(catch_up_until_answered(weak.clone(), targets));
             }
             SubscriptionEvent::Message(payload) => inner.on_message(&payload),
             SubscriptionEvent::Lost => inner.subscribed.store(false, Ordering::Release),

@@ -115,7 +115,11 @@ struct SyncInner {
     published: AtomicU64,
     received: AtomicU64,
     keys_read: AtomicU64,
+    /// Where tasks go when they are started outside a runtime: the one the sync was built on.
     runtime: tokio::runtime::Handle,
+    /// The listener ended with its runtime: the next task started (a transition, an
+    /// attachment) or [`RedisSync::is_subscribed`] starts another on the current runtime.
+    listener_lost: AtomicBool,
     shutdown: Arc<Notify>,
 }
 
@@ -126,6 +130,31 @@ struct SyncInner {
 struct Attached {
     map: HashMap<Arc<str>, Vec<WeakBreaker>>,
     next_sweep: u64,
+}
+
+impl SyncInner {
+    /// Spawns `task` on the current runtime (the one the sync was built on, outside any); a
+    /// listener lost with its runtime is started again here first.
+    fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.listen_again();
+                runtime.spawn(task);
+            }
+            Err(_) => drop(self.runtime.spawn(task)),
+        }
+    }
+
+    /// Starts the listener again on the current runtime when the one before ended with its
+    /// own: its first subscription catches up on every attached name, as after any gap.
+    fn listen_again(self: &Arc<Self>) {
+        if self.listener_lost.load(Ordering::Acquire)
+            && tokio::runtime::Handle::try_current().is_ok()
+            && self.listener_lost.swap(false, Ordering::AcqRel)
+        {
+            listen::start(self);
+        }
+    }
 }
 
 impl Drop for SyncInner {
@@ -180,7 +209,11 @@ impl RedisSyncBuilder {
     }
 
     /// Subscribes to the breakers' channel (in the background: a service starts while Redis
-    /// is down). Must be called within a tokio runtime; outside one, it fails with a
+    /// is down). The sync's tasks run on the runtime of the call that starts them; its
+    /// listener, if the runtime it ran on shuts down while the sync lives on (a test suite
+    /// sharing it across `#[tokio::test]`s), is started again on the runtime of the next
+    /// transition, attachment or [`RedisSync::is_subscribed`], and catches up on the OPEN
+    /// keys as after any gap. Must be called within a tokio runtime; outside one, it fails with a
     /// configuration error, as it does without an instance id when the host name cannot be
     /// read, or with an empty one.
     pub fn build(self) -> omega_core::Result<RedisSync> {
@@ -202,7 +235,6 @@ impl RedisSyncBuilder {
             ));
         }
         let channel: Arc<str> = self.backend.keyspace().key(&["cb", "events"]).into();
-        let subscription = self.backend.subscribe(channel.clone());
         let (vote_script, recovered_script) = ops::scripts();
         let inner = Arc::new(SyncInner {
             backend: self.backend,
@@ -222,14 +254,10 @@ impl RedisSyncBuilder {
             received: AtomicU64::new(0),
             keys_read: AtomicU64::new(0),
             runtime,
+            listener_lost: AtomicBool::new(false),
             shutdown: Arc::new(Notify::new()),
         });
-        let shutdown = inner.shutdown.clone();
-        inner.runtime.spawn(listen::listen(
-            Arc::downgrade(&inner),
-            subscription,
-            shutdown,
-        ));
+        listen::start(&inner);
         Ok(RedisSync { inner })
     }
 }
@@ -289,12 +317,14 @@ impl RedisSync {
         let sync = Arc::downgrade(&self.inner);
         let target = (breaker.inner.name.clone(), Some(breaker.downgrade()));
         self.inner
-            .runtime
             .spawn(listen::catch_up_until_answered(sync, vec![target]));
     }
 
-    /// `true` while the pub/sub subscription is up.
+    /// `true` while the pub/sub subscription is up. Asked on a runtime after the one the
+    /// listener ran on shut down, it starts the listener again there (as does the next
+    /// transition or attachment).
     pub fn is_subscribed(&self) -> bool {
+        self.inner.listen_again();
         self.inner.subscribed.load(Ordering::Acquire)
     }
 
