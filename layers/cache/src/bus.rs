@@ -105,7 +105,7 @@ impl Message {
 ///
 /// A listener that ends otherwise (its runtime shut down, or its subscription's task) leaves
 /// L2 unused and L1 empty, since invalidations are no longer heard, and marks itself lost:
-/// the cache's next use of L2 starts another (see [`crate::l2::L2::take_lost_listener`]).
+/// the cache's next use of L2 starts another (see [`crate::l2::L2::listener`]).
 pub(crate) fn spawn_listener<C: Listener>(
     cache: Weak<C>,
     l2: Arc<crate::l2::L2>,
@@ -113,21 +113,22 @@ pub(crate) fn spawn_listener<C: Listener>(
     after_gap: bool,
 ) {
     let mut sub = l2.backend.subscribe(l2.channel().to_owned());
-    let guard = Listening {
-        cache: cache.clone(),
-        l2: l2.clone(),
-        ended: false,
+    let on_lost = {
+        let (cache, l2) = (cache.clone(), l2.clone());
+        move || lost(&cache, &l2)
     };
-    tokio::spawn(async move {
-        let mut guard = guard;
+    let task = async move {
         let mut first = !after_gap;
         loop {
             let event = tokio::select! {
                 e = sub.next() => e,
-                _ = stop.changed() => break,
+                _ = stop.changed() => return,
             };
-            let Some(event) = event else { return };
-            let Some(cache) = cache.upgrade() else { break };
+            let Some(event) = event else {
+                // The subscription's task ended: nothing is heard any more.
+                return lost(&cache, &l2);
+            };
+            let Some(cache) = cache.upgrade() else { return };
             match event {
                 SubscriptionEvent::Subscribed => {
                     if !first {
@@ -144,10 +145,7 @@ pub(crate) fn spawn_listener<C: Listener>(
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {},
-                            _ = stop.changed() => {
-                                guard.ended = true;
-                                return;
-                            }
+                            _ = stop.changed() => return,
                         }
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
@@ -161,27 +159,17 @@ pub(crate) fn spawn_listener<C: Listener>(
                 _ => {}
             }
         }
-        guard.ended = true;
-    });
+    };
+    omega_core::task::spawn_watched(task, on_lost);
 }
 
-/// Held by a listener: marks it lost when it ends before its cache asked it to.
-struct Listening<C: Listener> {
-    cache: Weak<C>,
-    l2: Arc<crate::l2::L2>,
-    ended: bool,
-}
-
-impl<C: Listener> Drop for Listening<C> {
-    fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        self.l2.set_synced(false);
-        if let Some(cache) = self.cache.upgrade() {
-            cache.drop_everything();
-            self.l2.set_listener_lost();
-        }
+/// The listener ended before its cache asked it to: L2 is no longer used and L1 is dropped,
+/// since invalidations are no longer heard, until another listener has subscribed.
+fn lost<C: Listener>(cache: &Weak<C>, l2: &crate::l2::L2) {
+    l2.set_synced(false);
+    if let Some(cache) = cache.upgrade() {
+        cache.drop_everything();
+        l2.listener.set();
     }
 }
 

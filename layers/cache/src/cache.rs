@@ -270,9 +270,8 @@ impl<V: Clone + Send + Sync + 'static> Inner<V> {
     #[cfg(feature = "redis")]
     #[cold]
     fn listen_again(&self, l2: &Arc<crate::l2::L2>) -> bool {
-        if tokio::runtime::Handle::try_current().is_ok()
-            && let Some(stop) = &self.stop
-            && l2.take_lost_listener()
+        if let Some(stop) = &self.stop
+            && l2.listener.take()
         {
             crate::bus::spawn_listener(self.me.clone(), l2.clone(), stop.subscribe(), true);
         }

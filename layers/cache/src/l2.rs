@@ -87,8 +87,9 @@ pub(crate) struct L2 {
     pub(crate) lease: LeaseCfg,
     gens: Box<[AtomicU64]>,
     synced: AtomicBool,
-    /// The invalidation listener ended with its runtime; the next use of L2 starts another.
-    listener_lost: AtomicBool,
+    /// Whether the invalidation listener ended with its runtime: the next use of L2 starts
+    /// another.
+    pub(crate) listener: omega_core::task::Lost,
     /// When an operation last went out while the backend was marked down (milliseconds since
     /// `born`): one probe per [`PROBE_EVERY`], so L2 comes back when Redis does.
     probed: AtomicU64,
@@ -113,7 +114,7 @@ impl L2 {
             lease,
             gens: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             synced: AtomicBool::new(false),
-            listener_lost: AtomicBool::new(false),
+            listener: omega_core::task::Lost::new(),
             probed: AtomicU64::new(0),
             born: std::time::Instant::now(),
             channel,
@@ -143,16 +144,6 @@ impl L2 {
 
     pub(crate) fn set_synced(&self, synced: bool) {
         self.synced.store(synced, Ordering::Release);
-    }
-
-    pub(crate) fn set_listener_lost(&self) {
-        self.listener_lost.store(true, Ordering::Release);
-    }
-
-    /// `true` once after the listener was lost: the caller starts another.
-    pub(crate) fn take_lost_listener(&self) -> bool {
-        self.listener_lost.load(Ordering::Acquire)
-            && self.listener_lost.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn is_synced(&self) -> bool {

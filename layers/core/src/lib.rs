@@ -69,6 +69,7 @@ pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod reject;
+pub mod task;
 
 pub use backend::Backend;
 pub use clock::{Clock, Nanos};

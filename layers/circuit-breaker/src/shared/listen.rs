@@ -95,55 +95,39 @@ impl SyncInner {
     }
 }
 
-/// Starts the listener on the current runtime.
+/// Starts the listener on the current runtime. When it ends before the sync asked it to (its
+/// runtime shut down, or its subscription ended), the sync is no longer subscribed, and the
+/// next task it starts starts another listener.
 pub(super) fn start(inner: &Arc<SyncInner>) {
     let subscription = inner.backend.subscribe(inner.channel.clone());
     let weak = Arc::downgrade(inner);
-    let guard = Listening {
-        sync: weak.clone(),
-        ended: false,
+    let on_lost = {
+        let weak = weak.clone();
+        move || lost(&weak)
     };
     let shutdown = inner.shutdown.clone();
-    tokio::spawn(async move {
-        let mut guard = guard;
-        guard.ended = listen(weak, subscription, shutdown).await;
-    });
+    omega_core::task::spawn_watched(listen(weak, subscription, shutdown), on_lost);
 }
 
-/// Held by the listener: when it ends before the sync asked it to (its runtime shut down),
-/// the sync is no longer subscribed, and the next task it starts starts another listener.
-struct Listening {
-    sync: Weak<SyncInner>,
-    ended: bool,
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        if !self.ended
-            && let Some(inner) = self.sync.upgrade()
-        {
-            inner.subscribed.store(false, Ordering::Release);
-            inner.listener_lost.store(true, Ordering::Release);
-        }
+fn lost(weak: &Weak<SyncInner>) {
+    if let Some(inner) = weak.upgrade() {
+        inner.subscribed.store(false, Ordering::Release);
+        inner.listener.set();
     }
 }
 
 /// Follows the subscription: messages open breakers; each (re)subscription catches up.
-/// `true` when the sync asked it to end (or is gone), `false` when the subscription ended.
-async fn listen(
-    weak: Weak<SyncInner>,
-    mut subscription: Subscription,
-    shutdown: Arc<Notify>,
-) -> bool {
+async fn listen(weak: Weak<SyncInner>, mut subscription: Subscription, shutdown: Arc<Notify>) {
     loop {
         let event = tokio::select! {
             event = subscription.next() => event,
-            () = shutdown.notified() => return true,
+            () = shutdown.notified() => return,
         };
-        let Some(event) = event else { return false };
-        let Some(inner) = weak.upgrade() else {
-            return true;
+        let Some(event) = event else {
+            // The subscription's task ended: nothing is heard any more.
+            return lost(&weak);
         };
+        let Some(inner) = weak.upgrade() else { return };
         match event {
             SubscriptionEvent::Subscribed => {
                 // Learn what was opened while we were not listening (the breakers attached

@@ -119,7 +119,7 @@ struct SyncInner {
     runtime: tokio::runtime::Handle,
     /// The listener ended with its runtime: the next task started (a transition, an
     /// attachment) or [`RedisSync::is_subscribed`] starts another on the current runtime.
-    listener_lost: AtomicBool,
+    listener: omega_core::task::Lost,
     shutdown: Arc<Notify>,
 }
 
@@ -148,10 +148,7 @@ impl SyncInner {
     /// Starts the listener again on the current runtime when the one before ended with its
     /// own: its first subscription catches up on every attached name, as after any gap.
     fn listen_again(self: &Arc<Self>) {
-        if self.listener_lost.load(Ordering::Acquire)
-            && tokio::runtime::Handle::try_current().is_ok()
-            && self.listener_lost.swap(false, Ordering::AcqRel)
-        {
+        if self.listener.take() {
             listen::start(self);
         }
     }
@@ -254,7 +251,7 @@ impl RedisSyncBuilder {
             received: AtomicU64::new(0),
             keys_read: AtomicU64::new(0),
             runtime,
-            listener_lost: AtomicBool::new(false),
+            listener: omega_core::task::Lost::new(),
             shutdown: Arc::new(Notify::new()),
         });
         listen::start(&inner);

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
@@ -210,33 +210,14 @@ impl OpMetrics {
 /// dropped before it returns (its runtime shut down) marks the tasks lost, so that the next
 /// operation starts them again wherever it runs.
 pub(crate) fn spawn_task(ctx: &Arc<Context>, task: impl Future<Output = ()> + Send + 'static) {
-    let guard = Running {
-        ctx: Arc::downgrade(ctx),
-        epoch: ctx.epoch(),
-        returned: false,
-    };
-    tokio::spawn(async move {
-        let mut guard = guard;
-        task.await;
-        guard.returned = true;
-    });
-}
-
-struct Running {
-    ctx: Weak<Context>,
-    epoch: u64,
-    returned: bool,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !self.returned
-            && let Some(ctx) = self.ctx.upgrade()
-            && ctx.epoch() == self.epoch
+    let (weak, epoch) = (Arc::downgrade(ctx), ctx.epoch());
+    crate::task::spawn_watched(task, move || {
+        if let Some(ctx) = weak.upgrade()
+            && ctx.epoch() == epoch
         {
             ctx.lost.store(true, Ordering::Release);
         }
-    }
+    });
 }
 
 /// `d` ± 25%.
