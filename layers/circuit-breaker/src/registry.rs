@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use omega_core::Clock;
+use omega_core::task::{Lost, spawn_watched};
 
 use crate::breaker::CircuitBreaker;
 use crate::error::{CircuitOpen, ConfigError};
@@ -72,6 +73,12 @@ struct RegInner<K> {
     prefix: String,
     max: usize,
     tick: AtomicU64,
+    /// How long a breaker may stay unused, when idle breakers are swept.
+    idle: Option<Duration>,
+    /// Set when the sweep is not running although `idle` asks for it (the registry was built
+    /// outside a runtime, or the sweep ended with its runtime): the next breaker created
+    /// inside a runtime starts it there.
+    sweep: Lost,
     #[cfg(feature = "redis")]
     sync: Option<crate::shared::RedisSync>,
 }
@@ -146,7 +153,9 @@ impl<K> BreakerRegistryBuilder<K> {
     }
 
     /// Drops breakers unused for about `idle` (see [`BreakerRegistry::evict_idle`]); a tokio
-    /// task runs the sweep every `idle / 2` when the registry is built inside a runtime.
+    /// task runs the sweep every `idle / 2`, from when the registry is built inside a runtime
+    /// (or creates its first breaker inside one), and again on the runtime of the next
+    /// breaker created after the runtime it ran on shut down.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle = Some(idle);
         self
@@ -175,22 +184,15 @@ impl<K> BreakerRegistryBuilder<K> {
                 prefix: self.prefix,
                 max: self.max,
                 tick: AtomicU64::new(0),
+                idle: self.idle,
+                sweep: Lost::new(),
                 #[cfg(feature = "redis")]
                 sync: self.sync,
             }),
         };
-        if let (Some(idle), Ok(rt)) = (self.idle, tokio::runtime::Handle::try_current()) {
-            let weak: Weak<RegInner<K>> = Arc::downgrade(&registry.inner);
-            let period = (idle / 2).max(Duration::from_millis(1));
-            rt.spawn(async move {
-                let mut interval = tokio::time::interval(period);
-                interval.tick().await;
-                loop {
-                    interval.tick().await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    BreakerRegistry { inner }.evict_idle();
-                }
-            });
+        if registry.inner.idle.is_some() {
+            registry.inner.sweep.set();
+            registry.start_sweep();
         }
         Ok(registry)
     }
@@ -284,7 +286,29 @@ where
         self.get_or_create(key).try_acquire_owned()
     }
 
+    /// Starts the sweep of idle breakers (every `idle / 2`) on the current runtime, if it is
+    /// due to start (see `RegInner::sweep`).
+    fn start_sweep(&self) {
+        let Some(idle) = self.inner.idle else { return };
+        if !self.inner.sweep.take() {
+            return;
+        }
+        let weak: Weak<RegInner<K>> = Arc::downgrade(&self.inner);
+        let period = (idle / 2).max(Duration::from_millis(1));
+        let sweep = async move {
+            let mut interval = tokio::time::interval(period);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                BreakerRegistry { inner }.evict_idle();
+            }
+        };
+        spawn_watched(sweep, self.inner.sweep.setter());
+    }
+
     fn insert_with(&self, key: K, config: CircuitBreakerConfig) -> CircuitBreaker {
+        self.start_sweep();
         // The breaker is made before the write lock is taken: the lock covers one shard's
         // copy only. A racing insert of the same key wins; this breaker is then dropped.
         let breaker = CircuitBreaker::builder(format!("{}{}", self.inner.prefix, key))

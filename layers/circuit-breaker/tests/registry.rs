@@ -110,3 +110,39 @@ fn lookups_take_any_borrowed_form_of_the_key() {
     assert_eq!(b.name(), "b");
     assert!(b.same_as(&names.get(&"b".to_string()).unwrap()));
 }
+
+/// A registry built on one runtime and used on the next (a test suite sharing it across
+/// `#[tokio::test]`s): its sweep ended with the first runtime, and idle breakers must still go.
+#[test]
+fn the_sweep_follows_the_registry_to_the_next_runtime() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let registry = first.block_on(async {
+        BreakerRegistry::<String>::builder()
+            .clock(Clock::system())
+            .idle_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    });
+    drop(first);
+    runtime().block_on(async {
+        for i in 0..10 {
+            registry.get_or_create(&format!("k{i}"));
+        }
+        let started = std::time::Instant::now();
+        while !registry.is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{} idle breakers were never swept",
+                registry.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("idle breakers swept after {:?}", started.elapsed());
+    });
+}
