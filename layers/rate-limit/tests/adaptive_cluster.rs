@@ -227,3 +227,51 @@ async fn cluster_mode_needs_redis() {
     let err = Cluster::new(&Backend::memory(), 10).unwrap_err();
     assert!(err.to_string().contains("in memory"), "{err}");
 }
+
+/// An instance built on one runtime and used on the next (a test suite sharing it across
+/// `#[tokio::test]`s): its exchange ended with the first runtime, and it must go on telling
+/// its demand, or the others take its share while it still uses it.
+#[test]
+fn an_instance_used_on_the_next_runtime_keeps_exchanging() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let period = Duration::from_millis(50);
+    let server = RedisServer::start();
+    let limiter = |backend: &Backend| {
+        AdaptiveLimiter::<()>::builder()
+            .name("rt")
+            .cluster(Cluster::new(backend, BUDGET).unwrap().period(period))
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let a = first.block_on(async { limiter(&backend(server.url()).await) });
+    drop(first);
+    runtime().block_on(async {
+        let b = limiter(&backend(server.url()).await);
+        let service = |l: &AdaptiveLimiter<()>| {
+            AdaptiveConcurrencyLayer::new(l.clone())
+                .layer(service_fn(|()| async { Ok::<_, Infallible>(()) }))
+        };
+        let (sa, sb) = (service(&a), service(&b));
+        // Ten periods of use: an instance that stops telling is dropped after three.
+        let until = Instant::now() + period * 10;
+        while Instant::now() < until {
+            sa.clone().oneshot(()).await.unwrap();
+            sb.clone().oneshot(()).await.unwrap();
+            tokio::time::sleep(period / 5).await;
+        }
+        let keys = server.cli(&["KEYS", "*adaptive:rt*"]);
+        let key = keys.lines().next().expect("the exchange's key");
+        assert_eq!(
+            server.cli(&["HLEN", key]),
+            "2",
+            "both instances tell their demand: {}",
+            server.cli(&["HGETALL", key])
+        );
+    });
+}

@@ -231,11 +231,11 @@ impl<Req: 'static> AdaptiveLimiterBuilder<Req> {
             algorithm,
             settings,
             partitions,
+            #[cfg(feature = "redis")]
+            cluster: self.cluster.map(super::Cluster::into_task),
         });
         #[cfg(feature = "redis")]
-        if let Some(cluster) = self.cluster {
-            cluster.start(Arc::downgrade(&inner));
-        }
+        super::cluster::start(&inner);
         Ok(AdaptiveLimiter { inner })
     }
 }

@@ -1,10 +1,11 @@
 //! Cluster mode (feature `redis`): instances share one budget for a downstream.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use omega_core::Backend;
 use omega_core::redis::{RedisBackend, Script};
+use omega_core::task::{Lost, spawn_watched};
 
 use super::Inner;
 use super::partition::Partition;
@@ -55,8 +56,9 @@ return out
 /// `max`; each instance keeps at least `min`, so `n` instances hold `n × min` even when that
 /// is over the budget.
 ///
-/// The exchange runs on a task of the tokio runtime the limiter is built in; it ends when the
-/// limiter is dropped.
+/// The exchange runs on a task of the tokio runtime the limiter is built in, and again on the
+/// runtime of the next request after that runtime shut down (a limiter shared across
+/// `#[tokio::test]`s); it ends when the limiter is dropped.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
@@ -123,26 +125,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the exchange for `inner`'s partitions.
-    pub(super) fn start<Req: 'static>(self, inner: Weak<Inner<Req>>) {
-        let script = Script::new("adaptive_cluster_exchange", EXCHANGE);
-        let instance = instance_id();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = inner.upgrade() else {
-                    return;
-                };
-                let partitions = inner.partitions();
-                let name = inner.settings.name.clone();
-                drop(inner);
-                for p in partitions {
-                    self.exchange(&script, &instance, &name, &p).await;
-                }
-            }
-        });
+    /// What the limiter keeps to run (and run again) its exchange.
+    pub(super) fn into_task(self) -> ClusterTask {
+        ClusterTask {
+            cluster: Arc::new(self),
+            script: Script::new("adaptive_cluster_exchange", EXCHANGE),
+            instance: instance_id().into(),
+            lost: Lost::new(),
+        }
     }
 
     /// One partition's exchange: tells its demand, sets its share.
@@ -163,6 +153,54 @@ impl Cluster {
             p.set_ceiling(share(self.budget, mine, others).max(s.min));
         }
     }
+}
+
+/// A limiter's exchange: its settings, this instance's id (kept when the task starts again),
+/// and whether its task ended with its runtime.
+pub(super) struct ClusterTask {
+    cluster: Arc<Cluster>,
+    script: Script,
+    instance: Arc<str>,
+    lost: Lost,
+}
+
+impl ClusterTask {
+    /// Starts the exchange again on the current runtime if it ended with its own (a limiter
+    /// used after the runtime it was built on shut down). One atomic load while it runs.
+    #[inline]
+    pub(super) fn keep<Req: 'static>(&self, inner: &Arc<Inner<Req>>) {
+        if self.lost.take() {
+            start(inner);
+        }
+    }
+}
+
+/// Starts the exchange of `inner`'s partitions, every period, on the current runtime.
+pub(super) fn start<Req: 'static>(inner: &Arc<Inner<Req>>) {
+    let Some(task) = &inner.cluster else { return };
+    let (cluster, script, instance) = (
+        task.cluster.clone(),
+        task.script.clone(),
+        task.instance.clone(),
+    );
+    let weak: Weak<Inner<Req>> = Arc::downgrade(inner);
+    let exchanges = async move {
+        let mut tick = tokio::time::interval(cluster.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let partitions = inner.partitions();
+            let name = inner.settings.name.clone();
+            drop(inner);
+            for p in partitions {
+                cluster.exchange(&script, &instance, &name, &p).await;
+            }
+        }
+    };
+    spawn_watched(exchanges, task.lost.setter());
 }
 
 /// Max-min fair share of `budget` for the instance that wants `mine`, beside `others`.

@@ -175,6 +175,9 @@ struct Inner<Req> {
     algorithm: Algorithm,
     settings: Arc<Settings>,
     partitions: Partitions<Req>,
+    /// Cluster mode: the exchange of shares through Redis.
+    #[cfg(feature = "redis")]
+    cluster: Option<cluster::ClusterTask>,
 }
 
 type Map = HashMap<Box<[u8]>, Arc<Partition>, foldhash::fast::RandomState>;
@@ -213,6 +216,10 @@ impl<Req: 'static> AdaptiveLimiter<Req> {
     /// Admission for `req`: a slot in its partition, or why not.
     #[inline]
     pub(crate) fn admit(&self, req: &Req) -> Admission {
+        #[cfg(feature = "redis")]
+        if let Some(task) = &self.inner.cluster {
+            task.keep(&self.inner);
+        }
         let partition = match &self.inner.partitions {
             Partitions::Global(p) => p.clone(),
             Partitions::Keyed {
