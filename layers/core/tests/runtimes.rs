@@ -97,3 +97,31 @@ fn a_cluster_backend_serves_the_next_runtime() {
         assert!(backend.node_health().iter().all(|h| h.is_up()));
     });
 }
+
+#[test]
+fn a_subscription_follows_its_consumer_to_the_next_runtime() {
+    use omega_core::redis::SubscriptionEvent;
+    let server = RedisServer::start();
+    let first = runtime();
+    let (backend, mut sub) = first.block_on(async {
+        let backend = RedisBackend::connect(tuned(RedisConfig::url(server.url())))
+            .await
+            .unwrap();
+        let mut sub = backend.subscribe("news");
+        assert_eq!(sub.next().await, Some(SubscriptionEvent::Subscribed));
+        (backend, sub)
+    });
+    drop(first);
+
+    runtime().block_on(async {
+        // What was published meanwhile was missed: the consumer hears so, then is subscribed
+        // again and gets what comes next.
+        assert_eq!(sub.next().await, Some(SubscriptionEvent::Lost));
+        assert_eq!(sub.next().await, Some(SubscriptionEvent::Subscribed));
+        backend.publish("news", b"again").await.unwrap();
+        assert_eq!(
+            sub.next().await,
+            Some(SubscriptionEvent::Message(b"again".to_vec()))
+        );
+    });
+}

@@ -50,13 +50,23 @@ pub struct Subscription {
     channel: Arc<str>,
     events: mpsc::Receiver<SubscriptionEvent>,
     task: tokio::task::JoinHandle<()>,
+    backend: RedisBackend,
 }
 
 impl Subscription {
-    /// The next event; `None` only if the subscription task ended (it ends when the runtime
-    /// shuts down).
+    /// The next event. The subscription's task runs on the runtime it was made on; when that
+    /// runtime has shut down, the task is started again on the caller's, which hears
+    /// [`SubscriptionEvent::Lost`] first (what was published meanwhile was missed). `None`
+    /// only outside a runtime, after the task ended.
     pub async fn next(&mut self) -> Option<SubscriptionEvent> {
-        self.events.recv().await
+        match self.events.recv().await {
+            Some(event) => Some(event),
+            None => {
+                tokio::runtime::Handle::try_current().ok()?;
+                *self = self.backend.subscribe(self.channel.clone());
+                Some(SubscriptionEvent::Lost)
+            }
+        }
     }
 
     /// The channel.
@@ -104,6 +114,7 @@ impl RedisBackend {
             channel,
             events,
             task,
+            backend: self.clone(),
         }
     }
 
