@@ -451,13 +451,16 @@ async fn route_request(
     mut req: Request<Body>,
 ) -> (Response<Body>, Option<Arc<proxy::RouteInfo>>) {
     // A `Host` (or HTTP/2 `:authority`) that is not a host name or address is refused, as
-    // nginx does, before it can reach a forwarding header.
-    let host_ok = match req.headers().get(http::header::HOST) {
-        Some(h) => proxy::valid_host(h.as_bytes()),
-        None => req
-            .uri()
-            .authority()
-            .is_none_or(|a| proxy::valid_host(a.as_str().as_bytes())),
+    // nginx does, before it can reach a forwarding header; so is an HTTP/1.1 request without
+    // one `Host` line (RFC 9112 §3.2: a next tier could read another host than ours).
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host_ok = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => proxy::valid_host(h.as_bytes()),
+        (Some(_), Some(_)) => false,
+        (None, _) => match req.uri().authority() {
+            Some(a) => proxy::valid_host(a.as_str().as_bytes()),
+            None => req.version() != http::Version::HTTP_11,
+        },
     };
     if !host_ok {
         return (proxy::status(StatusCode::BAD_REQUEST, "invalid Host"), None);

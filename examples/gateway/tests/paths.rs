@@ -99,3 +99,61 @@ async fn nodes_get_the_path_and_query_in_origin_form_without_a_stripped_prefix()
     }
     gw.shutdown().await;
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with more than one `Host` line, is
+/// answered 400 and goes nowhere (a next tier could read either host); HTTP/1.0 may leave it
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_needs_exactly_one_host() {
+    let a = upstream("a", false).await;
+    let gw = start(one_node(
+        a.addr,
+        serde_json::json!([{ "prefix": "/", "upstream": "pool" }]),
+    ))
+    .await;
+    let exchange = |raw: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, raw.as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let end = "x-user-id: u\r\nConnection: close\r\n\r\n";
+    for (what, head, answer) in [
+        ("no Host", "GET /x HTTP/1.1\r\n", "HTTP/1.1 400"),
+        (
+            "two Hosts",
+            "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "one Host twice",
+            "GET /x HTTP/1.1\r\nHost: a\r\nhost: a\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "HTTP/1.0 without Host",
+            "GET /x HTTP/1.0\r\n",
+            "HTTP/1.0 200",
+        ),
+        (
+            "HTTP/1.1 with one Host",
+            "GET /x HTTP/1.1\r\nHost: a\r\n",
+            "HTTP/1.1 200",
+        ),
+    ] {
+        let raw: &'static str = format!("{head}{end}").leak();
+        let out = exchange(raw).await;
+        assert!(out.starts_with(answer), "{what}: {out}");
+    }
+    assert_eq!(
+        a.hits.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "only the requests with one Host or HTTP/1.0 reached the node"
+    );
+    gw.shutdown().await;
+}
