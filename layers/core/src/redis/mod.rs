@@ -273,7 +273,7 @@ impl RedisBackend {
 
     /// `true` while every server answers (on a cluster: every primary, once the topology is
     /// known). A server is down from its first timeout or broken connection until an operation
-    /// or the supervisor's probe succeeds. One atomic load: cheap enough for a per-request
+    /// or the supervisor's probe succeeds. Two atomic loads: cheap enough for a per-request
     /// check. See [`RedisBackend::is_up_for`] for one key.
     pub fn is_up(&self) -> bool {
         self.move_if_lost();
