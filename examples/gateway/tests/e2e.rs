@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use omega_gateway::{Gateway, GatewayConfig};
-use omega_testkit::http::{Connection, get, request};
+use omega_testkit::http::{Connection, exchange, get, request};
 use support::{bytes_of, checksum, config, json, start, status_for, upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,19 +416,12 @@ async fn forwarding_headers_are_believed_from_trusted_proxies_only() {
     );
 
     // `Host: a,for=203.0.113.9` would read as a second hop to a naive next tier.
-    let mut s = tokio::net::TcpStream::connect(untrusted.addr)
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut s,
+    let out = exchange(
+        untrusted.addr,
         b"GET /api/echo HTTP/1.1\r\nHost: a,for=203.0.113.9\r\nx-user-id: u1\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
-    let mut out = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)
-        .await
-        .unwrap();
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(

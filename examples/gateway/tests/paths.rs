@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 
 use omega_gateway::GatewayConfig;
-use omega_testkit::http::get;
+use omega_testkit::http::{exchange, get};
 use support::{json, start, upstream};
 
 /// A gateway over one node `a` with `routes`.
@@ -111,17 +111,6 @@ async fn an_http11_request_needs_exactly_one_host() {
         serde_json::json!([{ "prefix": "/", "upstream": "pool" }]),
     ))
     .await;
-    let exchange = |raw: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut s, raw.as_bytes())
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&out).into_owned()
-    };
     let end = "x-user-id: u\r\nConnection: close\r\n\r\n";
     for (what, head, answer) in [
         ("no Host", "GET /x HTTP/1.1\r\n", "HTTP/1.1 400"),
@@ -146,8 +135,9 @@ async fn an_http11_request_needs_exactly_one_host() {
             "HTTP/1.1 200",
         ),
     ] {
-        let raw: &'static str = format!("{head}{end}").leak();
-        let out = exchange(raw).await;
+        let raw = format!("{head}{end}");
+        let out = exchange(gw.addr, raw.as_bytes()).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
         assert!(out.starts_with(answer), "{what}: {out}");
     }
     assert_eq!(

@@ -284,15 +284,9 @@ async fn batches_load_only_the_missing_items_and_take_the_least_ttl() {
 /// cache must neither serve what it can no longer hear invalidated nor stay deaf.
 #[test]
 fn a_cache_used_on_the_next_runtime_still_hears_invalidations() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let server = RedisServer::start();
     let up = Upstream::new(Duration::ZERO);
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let a = first.block_on(async {
         let a = instance(&server.url(), "rt").await;
         assert_eq!(service(&a, &up).oneshot("k".into()).await.unwrap(), "k#1");
@@ -300,7 +294,7 @@ fn a_cache_used_on_the_next_runtime_still_hears_invalidations() {
     });
     drop(first);
 
-    runtime().block_on(async {
+    omega_testkit::runtime().block_on(async {
         let b = instance(&server.url(), "rt").await;
         service(&a, &up).oneshot("k".into()).await.unwrap();
         eventually("A to subscribe again", || a.is_synced()).await;

@@ -259,14 +259,8 @@ async fn a_subscription_that_comes_back_catches_up_on_what_it_missed() {
 /// theirs again once its listener is back on the runtime it is used on.
 #[test]
 fn a_sync_used_on_the_next_runtime_shares_and_hears_openings() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let server = RedisServer::start();
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let (sa, a) = first.block_on(async {
         let (sa, a) = instance(&server.url(), "a", 1).await;
         eventually("a's subscription", || sa.is_subscribed()).await;
@@ -274,7 +268,7 @@ fn a_sync_used_on_the_next_runtime_shares_and_hears_openings() {
     });
     drop(first);
 
-    runtime().block_on(async {
+    omega_testkit::runtime().block_on(async {
         let (sb, b) = instance(&server.url(), "b", 1).await;
         eventually("b's subscription", || sb.is_subscribed()).await;
         trip(&a);

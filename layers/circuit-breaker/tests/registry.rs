@@ -115,13 +115,7 @@ fn lookups_take_any_borrowed_form_of_the_key() {
 /// `#[tokio::test]`s): its sweep ended with the first runtime, and idle breakers must still go.
 #[test]
 fn the_sweep_follows_the_registry_to_the_next_runtime() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let registry = first.block_on(async {
         BreakerRegistry::<String>::builder()
             .clock(Clock::system())
@@ -130,7 +124,7 @@ fn the_sweep_follows_the_registry_to_the_next_runtime() {
             .unwrap()
     });
     drop(first);
-    runtime().block_on(async {
+    omega_testkit::runtime().block_on(async {
         for i in 0..10 {
             registry.get_or_create(&format!("k{i}"));
         }

@@ -111,17 +111,10 @@ impl Lost {
 mod tests {
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn a_task_dropped_with_its_runtime_is_lost_and_one_that_returns_is_not() {
         let (forever, done) = (Lost::new(), Lost::new());
-        let rt = runtime();
+        let rt = omega_testkit::runtime();
         rt.block_on(async {
             spawn_watched(std::future::pending(), forever.setter());
             spawn_watched(async {}, done.setter()).await.unwrap();
@@ -131,7 +124,7 @@ mod tests {
         assert!(forever.is_lost());
         assert!(!done.is_lost());
         assert!(!forever.take(), "taken only inside a runtime");
-        runtime().block_on(async {
+        omega_testkit::runtime().block_on(async {
             assert!(forever.take());
             assert!(!forever.take(), "once");
         });

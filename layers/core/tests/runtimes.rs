@@ -10,13 +10,6 @@ use omega_core::HealthStatus;
 use omega_core::redis::{RedisBackend, RedisConfig};
 use omega_testkit::{RedisCluster, RedisServer};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn tuned(cfg: RedisConfig) -> RedisConfig {
     cfg.op_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(500))
@@ -41,7 +34,7 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 #[test]
 fn a_server_backend_serves_the_next_runtime_and_still_reconnects() {
     let mut server = RedisServer::start();
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let backend = first
         .block_on(RedisBackend::connect(tuned(RedisConfig::url(server.url()))))
         .unwrap();
@@ -50,7 +43,7 @@ fn a_server_backend_serves_the_next_runtime_and_still_reconnects() {
         .unwrap();
     drop(first);
 
-    let second = runtime();
+    let second = omega_testkit::runtime();
     second.block_on(async {
         // The first operation on the new runtime is answered, not failed.
         assert_eq!(get(&backend, "k").await.unwrap(), "v");
@@ -70,7 +63,7 @@ fn a_server_backend_serves_the_next_runtime_and_still_reconnects() {
 #[test]
 fn a_cluster_backend_serves_the_next_runtime() {
     let cluster = RedisCluster::start();
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let backend = first
         .block_on(RedisBackend::connect(tuned(RedisConfig::cluster(
             cluster.urls(),
@@ -87,7 +80,7 @@ fn a_cluster_backend_serves_the_next_runtime() {
     });
     drop(first);
 
-    let second = runtime();
+    let second = omega_testkit::runtime();
     second.block_on(async {
         // Keys on every primary, each answered on the first try.
         for k in &keys {
@@ -102,7 +95,7 @@ fn a_cluster_backend_serves_the_next_runtime() {
 fn a_subscription_follows_its_consumer_to_the_next_runtime() {
     use omega_core::redis::SubscriptionEvent;
     let server = RedisServer::start();
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let (backend, mut sub) = first.block_on(async {
         let backend = RedisBackend::connect(tuned(RedisConfig::url(server.url())))
             .await
@@ -113,7 +106,7 @@ fn a_subscription_follows_its_consumer_to_the_next_runtime() {
     });
     drop(first);
 
-    runtime().block_on(async {
+    omega_testkit::runtime().block_on(async {
         // What was published meanwhile was missed: the consumer hears so, then is subscribed
         // again and gets what comes next.
         assert_eq!(sub.next().await, Some(SubscriptionEvent::Lost));

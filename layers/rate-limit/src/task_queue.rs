@@ -65,13 +65,6 @@ impl<T: Send + 'static> TaskQueue<T> {
 mod tests {
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     /// A task that answers each item on the channel it carries.
     fn echo(mut rx: UnboundedReceiver<std::sync::mpsc::Sender<u32>>) {
         tokio::spawn(async move {
@@ -88,7 +81,7 @@ mod tests {
         assert!(queue.send(reply.clone(), echo).is_err(), "no runtime");
         let mut starts = 0;
         for _ in 0..2 {
-            let rt = runtime();
+            let rt = omega_testkit::runtime();
             rt.block_on(async {
                 for _ in 0..3 {
                     queue

@@ -233,12 +233,6 @@ async fn cluster_mode_needs_redis() {
 /// its demand, or the others take its share while it still uses it.
 #[test]
 fn an_instance_used_on_the_next_runtime_keeps_exchanging() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let period = Duration::from_millis(50);
     let server = RedisServer::start();
     let limiter = |backend: &Backend| {
@@ -248,10 +242,10 @@ fn an_instance_used_on_the_next_runtime_keeps_exchanging() {
             .build()
             .unwrap()
     };
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let a = first.block_on(async { limiter(&backend(server.url()).await) });
     drop(first);
-    runtime().block_on(async {
+    omega_testkit::runtime().block_on(async {
         let b = limiter(&backend(server.url()).await);
         let service = |l: &AdaptiveLimiter<()>| {
             AdaptiveConcurrencyLayer::new(l.clone())

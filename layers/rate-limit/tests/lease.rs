@@ -17,23 +17,6 @@ async fn backend(url: String) -> Backend {
         .unwrap()
 }
 
-/// Script calls the server has run (`EVALSHA` and `EVAL`).
-fn script_calls(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_leasing_instances_admit_no_more_than_the_global_limit() {
     let server = RedisServer::start();
@@ -88,7 +71,7 @@ async fn two_leasing_instances_admit_no_more_than_the_global_limit() {
     // Leases dropped unused cost some admissions, but the limit was used.
     assert!(admitted >= rate, "{admitted} admitted in {elapsed:.2} s");
     // Denials were decided locally: far fewer script calls than decisions.
-    let calls = script_calls(&server);
+    let calls = server.script_calls();
     eprintln!("{admitted} admitted (bound {bound}), {denied} denied, {calls} script calls");
     assert!(
         calls * 4 < admitted + denied,
@@ -108,7 +91,7 @@ async fn a_lease_serves_a_batch_of_decisions_per_round_trip() {
         .backend(backend(server.url()).await)
         .build()
         .unwrap();
-    let before = script_calls(&server);
+    let before = server.script_calls();
     // 64 decisions in flight at a time; concurrent callers wait for one fetch.
     let mut admitted = 0;
     for _ in 0..16 {
@@ -121,7 +104,7 @@ async fn a_lease_serves_a_batch_of_decisions_per_round_trip() {
             admitted += 1;
         }
     }
-    let calls = script_calls(&server) - before;
+    let calls = server.script_calls() - before;
     // 1,024 decisions from leases of 50 cells: 21 fetches (a little more if the
     // clock is read between a lease running dry and its renewal).
     assert!(
@@ -243,7 +226,7 @@ async fn a_leased_limit_refuses_requests_without_its_key_and_gives_the_lease_bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_of_keys_in_use_are_renewed_in_shared_calls() {
     let server = RedisServer::start();
-    let stats = || (script_calls(&server), refused_script_calls(&server));
+    let stats = || (server.script_calls(), refused_script_calls(&server));
     let run = renew_keys_in_use(backend(server.url()).await, stats).await;
     assert!(
         run.calls * 4 < run.per_key_each_hold,
@@ -264,7 +247,7 @@ async fn leases_on_a_cluster_are_renewed_in_one_call_per_slot() {
             .unwrap();
     let stats = || {
         let nodes = cluster.nodes().iter();
-        let calls = nodes.clone().map(script_calls).sum();
+        let calls = nodes.clone().map(RedisServer::script_calls).sum();
         (calls, nodes.map(refused_script_calls).sum())
     };
     let run = renew_keys_in_use(backend, stats).await;

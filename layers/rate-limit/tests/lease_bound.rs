@@ -18,23 +18,6 @@ async fn backend(url: String) -> Backend {
         .unwrap()
 }
 
-/// Script calls the server has run.
-fn script_calls(server: &RedisServer) -> u64 {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// Admits with `limiter` until it denies; returns how many it admitted and when the first
 /// and last were admitted.
 async fn drain(limiter: &RateLimiter<u32>) -> (u64, Instant, Instant) {
@@ -185,11 +168,11 @@ async fn a_full_lease_table_keeps_most_leases() {
         assert!(limiter.check(&k).await.is_allowed());
     }
     assert!(limiter.check(&1_000).await.is_allowed(), "one more key");
-    let before = script_calls(&server);
+    let before = server.script_calls();
     for k in (0..64).rev() {
         assert!(limiter.check(&k).await.is_allowed());
     }
-    let fetches = script_calls(&server) - before;
+    let fetches = server.script_calls() - before;
     println!("revisiting 64 leased keys after one more: {fetches} lease fetches");
     assert!(fetches <= 16, "{fetches} of 64 leases were dropped");
 }

@@ -13,22 +13,6 @@ use omega_core::redis::RedisConfig;
 use omega_rate_limit::{Limit, Quota, RateLimiter};
 use omega_testkit::{FaultProxy, RedisCluster, RedisServer};
 
-/// Script calls `node` has run (`EVALSHA` and `EVAL`).
-fn script_runs(node: &RedisServer) -> u64 {
-    node.cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// The node that serves `key` (the others answer `MOVED`).
 fn node_of(cluster: &RedisCluster, key: &str) -> usize {
     (0..3)
@@ -102,7 +86,7 @@ async fn a_script_re_sent_by_the_cluster_client_takes_its_cells_once() {
     let limiter = limiter(backend.clone());
     assert_eq!(left_after_one_more(&limiter).await, 99);
     let node = node_of(&cluster, &backend.keyspace().tagged("rl:global", &[]));
-    let runs = || script_runs(&cluster.nodes()[node]);
+    let runs = || cluster.nodes()[node].script_calls();
     let before = runs();
     let (allowed, degraded) = decide_through_a_dropped_connection(&limiter, &proxies[node]).await;
     // A client that re-sends (redis-rs's cluster client did) gets the first run's answer

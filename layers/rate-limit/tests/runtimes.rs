@@ -12,34 +12,10 @@ use omega_core::redis::RedisConfig;
 use omega_rate_limit::{Lease, Limit, OnBackendFailure, Quota, RateLimiter};
 use omega_testkit::RedisServer;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Script calls the server has run (`EVALSHA` and `EVAL`).
-fn script_calls(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[test]
 fn a_limiter_decides_against_redis_on_the_next_runtime() {
     let server = RedisServer::start();
-    let first = runtime();
+    let first = omega_testkit::runtime();
     let backend = first
         .block_on(Backend::redis(
             RedisConfig::url(server.url()).op_timeout(Duration::from_millis(500)),
@@ -75,10 +51,10 @@ fn a_limiter_decides_against_redis_on_the_next_runtime() {
     assert_eq!(decide(&first, 50), 50);
     drop(first);
 
-    let calls = script_calls(&server);
-    let second = runtime();
+    let calls = server.script_calls();
+    let second = omega_testkit::runtime();
     assert_eq!(decide(&second, 50), 50, "the second runtime's decisions");
-    let made = script_calls(&server) - calls;
+    let made = server.script_calls() - calls;
     assert!(
         made >= 50,
         "each exact decision is a script call on the second runtime: {made} calls"

@@ -72,6 +72,16 @@ pub async fn request(
     })
 }
 
+/// Sends `raw` as it is (a hand-written, possibly malformed request) and reads until the
+/// server closes the connection.
+pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(raw).await?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
 /// `GET path` with `headers`.
 pub async fn get(
     addr: SocketAddr,

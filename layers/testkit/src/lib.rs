@@ -11,7 +11,8 @@
 //!   the test process's own throwaway server (`initdb` + `postgres`, trust auth, a free port)
 //!   or on the server named by `OMEGA_TEST_POSTGRES_URL`;
 //! - [`http`]: a minimal HTTP/1.1 client that shows a response exactly as it was sent;
-//! - [`alloc`]: a counting global allocator, to show that a hot path allocates nothing.
+//! - [`alloc`]: a counting global allocator, to show that a hot path allocates nothing;
+//! - [`runtime`]: a fresh current-thread runtime, for values that outlive one.
 //!
 //! Every child process is killed when its handle is dropped (also when a test panics) and, on
 //! Linux, when the test process dies.
@@ -51,3 +52,13 @@ pub use port::free_port;
 pub use process::spawn_long_lived;
 pub use proxy::FaultProxy;
 pub use redis::{RedisServer, require_redis_server};
+
+/// A current-thread runtime with I/O and time enabled, for tests that use one value on
+/// several runtimes in turn (each dropped before the next is made), as a test suite sharing a
+/// value across `#[tokio::test]`s does.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+}

@@ -236,6 +236,23 @@ impl RedisServer {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
+    /// How many script calls (`EVALSHA` and `EVAL`) the server has run, from
+    /// `INFO commandstats` (`CONFIG RESETSTAT` starts it again).
+    pub fn script_calls(&self) -> u64 {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Runs `redis-cli -h 127.0.0.1 -p <port> <args...>` and returns its trimmed stdout
     /// (for example `cli(&["SCRIPT", "FLUSH"])`, `cli(&["DEBUG", "SLEEP", "1"])`).
     ///
