@@ -118,3 +118,24 @@ fn a_subscription_follows_its_consumer_to_the_next_runtime() {
         );
     });
 }
+
+/// A caller that only looks at the backend's health before it sends anything (as the layers
+/// do) moves it too: the connection is opened again in the background.
+#[test]
+fn asking_is_up_on_the_next_runtime_moves_the_backend() {
+    let server = RedisServer::start();
+    let first = omega_testkit::runtime();
+    let backend = first
+        .block_on(RedisBackend::connect(tuned(RedisConfig::url(server.url()))))
+        .unwrap();
+    drop(first);
+    let attempts = backend.connect_attempts();
+    omega_testkit::runtime().block_on(async {
+        eventually("a connection opened on this runtime", async || {
+            backend.is_up() && backend.connect_attempts() > attempts
+        })
+        .await;
+        let pong: String = backend.query(&redis::cmd("PING")).await.unwrap();
+        assert_eq!(pong, "PONG");
+    });
+}
